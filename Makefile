@@ -1,0 +1,97 @@
+# forage: `make demo` and `make test` are the two commands a user types.
+# Everything they need is installed by `make deps` (Debian's apt-get, sudo when not root).
+
+LUA        ?= lua5.4
+BUSTED     ?= busted
+LUA_INC    ?= /usr/include/lua5.4
+CC         ?= cc
+PY         ?= /usr/bin/python3
+
+WARN   = -Wall -Wextra -Wshadow -Wpedantic -Wstrict-prototypes -Wmissing-prototypes \
+         -Wformat=2 -Wundef -Wvla -Werror
+CFLAGS ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) $(CFLAGS)
+LDLIBS =
+
+SRC  = $(wildcard src/*.c)
+HDR  = $(wildcard src/*.h)
+SO   = forage/core.so
+
+# Debian packages: what building and testing need; what benchmarks and fuzzing add.
+DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check
+BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy
+FUZZ_PKGS  = clang libclang-rt-14-dev
+
+export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
+export LUA_CPATH := $(CURDIR)/?.so;;
+
+.PHONY: all deps bench-deps fuzz-deps test check lint rock-check demo bench fuzz clean
+
+all: $(SO)
+
+$(SO): $(SRC) $(HDR) Makefile
+	@mkdir -p forage
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(SRC) $(LDLIBS)
+
+# Installs what is missing, and nothing when all is present.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(DEPS_PKGS))
+
+bench-deps: deps
+	$(call apt_install,$(BENCH_PKGS))
+
+fuzz-deps: deps
+	$(call apt_install,$(FUZZ_PKGS))
+
+# The tests: lint, the spec suite, the rock installed offline, and the suite again
+# under AddressSanitizer and UndefinedBehaviorSanitizer.
+test: deps all lint
+	$(BUSTED) -o utfTerminal
+	$(MAKE) --no-print-directory rock-check
+	$(MAKE) --no-print-directory check
+
+lint: deps
+	luacheck --quiet lua spec bench examples bin
+
+# Installs the rock offline into a private tree and loads it from another directory.
+rock-check: deps
+	rm -rf build/rocktree
+	luarocks --lua-version 5.4 make --tree=build/rocktree --deps-mode=none rockspec/forage-scm-1.rockspec >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	cd /tmp && LUA_PATH='$(CURDIR)/build/rocktree/share/lua/5.4/?.lua;$(CURDIR)/build/rocktree/share/lua/5.4/?/init.lua;;' \
+	  LUA_CPATH='$(CURDIR)/build/rocktree/lib/lua/5.4/?.so;;' \
+	  $(LUA) -e 'local f = require "forage"; assert(f.pool and f.process, "incomplete rock"); print("rock ok:", f, f.version)'
+
+# The sanitizer build: one shared object, and the whole suite run against it.
+ASAN_SO = build/asan/forage/core.so
+$(ASAN_SO): $(SRC) $(HDR) Makefile
+	@mkdir -p build/asan/forage
+	$(CC) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -O1 -g -fno-omit-frame-pointer \
+	  -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared -o $@ $(SRC) $(LDLIBS)
+
+check: deps $(ASAN_SO)
+	LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LUA_CPATH='$(CURDIR)/build/asan/?.so;;' FORAGE_SANITIZED=1 \
+	  $(BUSTED) -o utfTerminal --cpath='$(CURDIR)/build/asan/?.so'
+
+demo: deps all
+	$(LUA) examples/demo.lua
+
+bench: bench-deps all
+	$(LUA) bench/run.lua
+
+fuzz: fuzz-deps
+	$(MAKE) -C fuzz
+
+clean:
+	rm -rf forage build

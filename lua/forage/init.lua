@@ -1,0 +1,35 @@
+-- forage: the public face. Friendly wrappers over the C core (forage.core); the README
+-- is the user's reference for everything exported here.
+local core = require "forage.core"
+local pool = require "forage.pool"
+
+local forage = {
+  version = "scm-1",
+  wire_version = core.wire_version,
+}
+
+-- forage.process(fn, ...) -> a Process, not yet started: p:start(), p:join([timeout]),
+-- p.pid, p.exitcode, p:alive(), p:terminate(), p:kill().
+function forage.process(fn, ...)
+  if type(fn) ~= "function" then
+    error("forage.process: expected a function, got " .. type(fn), 2)
+  end
+  return core.process(fn, ...)
+end
+
+-- forage.pipe([duplex = true]) -> two Connections: send(v), recv([timeout]), poll([timeout]), close().
+forage.pipe = core.pipe
+
+-- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries }.
+forage.pool = pool.new
+forage.TaskError = pool.TaskError
+
+-- forage.encode(v [, { code = true }]) / forage.decode(s [, { code = true }]): the wire format.
+forage.encode = core.encode
+forage.decode = core.decode
+
+forage.cpu_count = core.cpu_count
+forage.getpid = core.getpid
+forage.now = core.now
+
+return forage

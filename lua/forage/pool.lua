@@ -1,0 +1,573 @@
+-- forage.pool: the policy of the fork pool, over the mechanism in src/pool.c.
+--
+-- The C core forks the workers, moves encoded tasks and results, and re-runs the tasks
+-- of a worker that died. This module decides what a result means: AsyncResults,
+-- callbacks, the order of imap, chunking, completion (pending/drain) and errors.
+--
+-- Callbacks run in the parent, and only while the parent is inside a pool call
+-- (get, wait, map, an imap loop, drain, join): the parent has no hidden thread.
+
+local core = require "forage.core"
+
+local M = {}
+
+local Pool = {}
+Pool.__index = Pool
+
+local AsyncResult = {}
+AsyncResult.__index = AsyncResult
+
+-- The error of a task, raised in the parent: the worker's message and traceback, and
+-- which task (and item of a map) it was.
+local TaskError = {}
+TaskError.__index = TaskError
+TaskError.__tostring = function(e)
+  local where
+  if e.item then
+    where = string.format("item %d", e.item)
+  else
+    where = string.format("task %d", e.task)
+  end
+  local tb = e.traceback ~= "" and ("\nworker traceback:\n" .. e.traceback) or ""
+  return string.format("%s failed in worker %d: %s%s", where, e.pid or 0, e.message, tb)
+end
+M.TaskError = TaskError
+
+-- err: the table the core gives ({ value, traceback, index, pid }).
+local function task_error(err, task, item)
+  local value = err.value
+  return setmetatable({
+    value = value,
+    message = type(value) == "string" and value or tostring(value),
+    traceback = err.traceback or "",
+    task = task,
+    item = item,
+    pid = err.pid,
+    lost = err.lost,
+  }, TaskError)
+end
+
+-- Errors that are not a task's: the pool was terminated or broken.
+local function pool_error(message)
+  return setmetatable({ value = message, message = message, traceback = "", task = 0, pid = 0 }, TaskError)
+end
+
+local function encode_function(f, what)
+  if type(f) ~= "function" then
+    error(string.format("%s: expected a function, got %s", what, type(f)), 3)
+  end
+  return core.encode(f, { code = true, root = "function" })
+end
+
+-- ---------------------------------------------------------------------------------
+-- Creating a pool
+
+local function check_options(opts)
+  local known = { workers = true, init = true, init_args = true, max_tasks = true, task_retries = true }
+  for k in pairs(opts) do
+    if not known[k] then error(string.format("forage.pool: unknown option '%s'", tostring(k)), 3) end
+  end
+  if opts.init ~= nil and type(opts.init) ~= "function" then
+    error("forage.pool: init must be a function, got " .. type(opts.init), 3)
+  end
+  if opts.init_args ~= nil and type(opts.init_args) ~= "table" then
+    error("forage.pool: init_args must be a table, got " .. type(opts.init_args), 3)
+  end
+  for _, k in ipairs { "workers", "max_tasks", "task_retries" } do
+    local v = opts[k]
+    if v ~= nil and math.type(v) ~= "integer" then
+      error(string.format("forage.pool: %s must be an integer, got %s", k, tostring(v)), 3)
+    end
+  end
+end
+
+-- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries }.
+function M.new(opts)
+  if opts == nil or type(opts) == "number" then opts = { workers = opts } end
+  if type(opts) ~= "table" then error("forage.pool: expected a number or an options table", 2) end
+  check_options(opts)
+  local workers = opts.workers or core.cpu_count()
+  local self = setmetatable({
+    workers = workers,
+    state = "open",      -- "open", "closed" (no new tasks), "terminated"
+    handlers = {},       -- task id -> handler (an AsyncResult or an imap state)
+    starts = {},         -- task id -> index of its first item
+    counts = {},         -- task id -> number of items
+    npending = 0,        -- items submitted and not yet delivered (callbacks included)
+    events = {},
+  }, Pool)
+  local init_args = opts.init_args
+  if init_args and init_args.n == nil then init_args = table.pack(table.unpack(init_args)) end
+  self.core = core.pool_core {
+    workers = workers,
+    init = opts.init,
+    init_args = init_args,
+    max_tasks = opts.max_tasks,
+    task_retries = opts.task_retries,
+  }
+  return self
+end
+
+-- ---------------------------------------------------------------------------------
+-- Moving tasks and results
+
+function Pool:_check_open()
+  if self.state ~= "open" then error("pool is " .. self.state .. ": no new tasks", 3) end
+end
+
+-- Submits items[i..j] as one task for handler; start is the index of items[i] for the
+-- caller (the item number in a map).
+function Pool:_submit(handler, blob, star, items, i, j, root, start)
+  local id = self.core:submit(blob, star, items, i, j, root, start)
+  self.handlers[id] = handler
+  self.starts[id] = start or 1
+  self.counts[id] = j - i + 1
+  self.npending = self.npending + (j - i + 1)
+  return id
+end
+
+-- Delivers what the workers finished, waiting at most timeout seconds (nil: forever) for
+-- the first result. Returns the number of tasks delivered.
+function Pool:_pump(timeout)
+  if self.state == "terminated" then return 0 end
+  local ev = self.events
+  local n = self.core:wait(timeout or -1, ev)
+  for k = 1, n, 3 do
+    local id, kind, value = ev[k], ev[k + 1], ev[k + 2]
+    ev[k], ev[k + 1], ev[k + 2] = nil, nil, nil
+    local handler, start, count = self.handlers[id], self.starts[id], self.counts[id]
+    self.handlers[id], self.starts[id], self.counts[id] = nil, nil, nil
+    local ok, err = pcall(handler.deliver, handler, id, start, kind, value)
+    self.npending = self.npending - count
+    if not ok then error(err, 0) end
+  end
+  if ev.broken then
+    local message = "pool broken: a replacement worker's init failed: " .. ev.broken
+    ev.broken = nil
+    self:_fail_all(message)
+    self:terminate()
+    error(message, 0)
+  end
+  return n // 3
+end
+
+-- Fails every task not yet delivered with message (terminate, broken pool).
+function Pool:_fail_all(message)
+  local handlers = self.handlers
+  self.handlers, self.starts, self.counts = {}, {}, {}
+  self.npending = 0
+  local err = pool_error(message)
+  local seen = {}
+  for id, handler in pairs(handlers) do
+    if not seen[handler] then
+      seen[handler] = true
+      if handler.abort then handler:abort(id, err) end
+    end
+  end
+end
+
+-- pool:pending() -> items submitted whose results (and callbacks) are not yet done.
+function Pool:pending()
+  return self.npending
+end
+
+-- pool:drain([timeout]) -> true once nothing is pending, counting the tasks that
+-- callbacks submit meanwhile; nil, "timeout" when timeout seconds passed first.
+function Pool:drain(timeout)
+  local deadline = timeout and M.now() + timeout
+  while self.npending > 0 do
+    local left = deadline and deadline - M.now()
+    if left and left <= 0 then return nil, "timeout" end
+    self:_pump(left)
+  end
+  return true
+end
+
+-- ---------------------------------------------------------------------------------
+-- AsyncResult
+
+local function new_result(pool, on_done, on_error, what)
+  if on_done ~= nil and type(on_done) ~= "function" then
+    error(what .. ": on_done must be a function, got " .. type(on_done), 3)
+  end
+  if on_error ~= nil and type(on_error) ~= "function" then
+    error(what .. ": on_error must be a function, got " .. type(on_error), 3)
+  end
+  return setmetatable({ pool = pool, done = false, on_done = on_done, on_error = on_error }, AsyncResult)
+end
+
+function AsyncResult:_finish(ok, value)
+  self.done, self.ok = true, ok
+  if ok then
+    self.value = value
+    if self.on_done then self.on_done(value) end
+  else
+    self.err = value
+    if self.on_error then self.on_error(value) end
+  end
+end
+
+-- One apply: a single task whose single item is the argument list.
+function AsyncResult:deliver(id, _, kind, value)
+  if kind == "ok" then
+    self:_finish(true, value[1])
+  else
+    self:_finish(false, task_error(value, id, nil))
+  end
+end
+
+function AsyncResult:abort(_, err)
+  if not self.done then self:_finish(false, err) end
+end
+
+-- r:ready() -> true when the result (or error) is in.
+function AsyncResult:ready()
+  return self.done
+end
+
+-- r:successful() -> true when the task returned; raises when not ready (as Python).
+function AsyncResult:successful()
+  if not self.done then error("result is not ready", 2) end
+  return self.ok
+end
+
+-- r:wait([timeout]) -> true when ready, false when timeout seconds passed first.
+function AsyncResult:wait(timeout)
+  local deadline = timeout and M.now() + timeout
+  while not self.done do
+    local left = deadline and deadline - M.now()
+    if left and left <= 0 then return false end
+    self.pool:_pump(left)
+  end
+  return true
+end
+
+-- r:get([timeout]) -> the value; raises the task's error; nil, "timeout" when not ready.
+function AsyncResult:get(timeout)
+  if not self:wait(timeout) then return nil, "timeout" end
+  if not self.ok then error(self.err, 0) end
+  return self.value
+end
+
+-- ---------------------------------------------------------------------------------
+-- apply
+
+local function pack_args(args, what)
+  if args == nil then return { n = 0 } end
+  if type(args) ~= "table" then error(what .. ": args must be a table, got " .. type(args), 3) end
+  if args.n == nil then return table.pack(table.unpack(args)) end
+  return args
+end
+
+-- pool:apply_async(f, args [, { on_done = fn, on_error = fn }]) -> AsyncResult.
+-- (callback / error_callback are accepted too, as in Python.)
+function Pool:apply_async(f, args, opts)
+  self:_check_open()
+  opts = opts or {}
+  local r = new_result(self, opts.on_done or opts.callback, opts.on_error or opts.error_callback, "apply_async")
+  local blob = encode_function(f, "apply_async")
+  self:_submit(r, blob, true, { pack_args(args, "apply_async") }, 1, 1, "args")
+  return r
+end
+
+-- pool:apply(f, args) -> f(table.unpack(args)) run in a worker.
+function Pool:apply(f, args)
+  self:_check_open()
+  local r = new_result(self, nil, nil, "apply")
+  self:_submit(r, encode_function(f, "apply"), true, { pack_args(args, "apply") }, 1, 1, "args")
+  return r:get()
+end
+
+-- ---------------------------------------------------------------------------------
+-- map and starmap
+
+-- The default chunk size: about four chunks per worker, as Python, but at most
+-- MAX_DEFAULT_CHUNK items, so that the parent decodes early chunks while workers run
+-- later ones (a chunk costs a few microseconds here, not a pickled round trip).
+local MAX_DEFAULT_CHUNK = 4096
+function Pool:_default_chunk(n)
+  local c = -(-n // (self.workers * 4))
+  if c > MAX_DEFAULT_CHUNK then return MAX_DEFAULT_CHUNK end
+  return c < 1 and 1 or c
+end
+
+local function check_chunk(chunk, what)
+  if chunk ~= nil and (math.type(chunk) ~= "integer" or chunk < 1) then
+    error(string.format("%s: chunk size must be a positive integer, got %s", what, tostring(chunk)), 3)
+  end
+end
+
+-- Materialises an iterable (a list, or an iterator function called until nil).
+local function to_list(iterable, what)
+  if type(iterable) == "table" then return iterable, #iterable end
+  if type(iterable) == "function" then
+    local list, n = {}, 0
+    for v in iterable do
+      n = n + 1
+      list[n] = v
+    end
+    return list, n
+  end
+  error(string.format("%s: expected a table or an iterator function, got %s", what, type(iterable)), 3)
+end
+
+-- The handler of a whole map: results land at their item's index.
+local MapState = {}
+MapState.__index = MapState
+
+function MapState:deliver(id, start, kind, value)
+  if self.result.done then return end
+  if kind == "ok" then
+    table.move(value, 1, self.counts[id], start, self.values)
+    self.left = self.left - 1
+    if self.left == 0 then self.result:_finish(true, self.values) end
+  else
+    -- Python fails the whole map on the first error; later chunks are ignored.
+    self.result:_finish(false, task_error(value, id, start + (value.index or 0)))
+  end
+  self.counts[id] = nil
+end
+
+function MapState:abort(_, err)
+  if not self.result.done then self.result:_finish(false, err) end
+end
+
+function Pool:_map_async(f, iterable, chunk, opts, star, what)
+  self:_check_open()
+  check_chunk(chunk, what)
+  opts = opts or {}
+  local result = new_result(self, opts.on_done or opts.callback, opts.on_error or opts.error_callback, what)
+  local blob = encode_function(f, what)
+  local items, n = to_list(iterable, what)
+  chunk = chunk or self:_default_chunk(n)
+  local state = setmetatable({ result = result, values = core.new_table(n), left = -(-n // chunk), counts = {} },
+    MapState)
+  result.count = n
+  if n == 0 then
+    result:_finish(true, state.values)
+    return result
+  end
+  for i = 1, n, chunk do
+    local j = i + chunk - 1
+    if j > n then j = n end
+    local id = self:_submit(state, blob, star, items, i, j, "items", i)
+    state.counts[id] = j - i + 1
+  end
+  return result
+end
+
+-- pool:map(f, iterable [, chunk]) -> list of f(item), in order (and its length).
+function Pool:map(f, iterable, chunk)
+  local r = self:_map_async(f, iterable, chunk, nil, false, "map")
+  return r:get(), r.count
+end
+
+-- pool:starmap(f, list_of_arg_lists [, chunk]) -> list of f(table.unpack(args)).
+function Pool:starmap(f, iterable, chunk)
+  local r = self:_map_async(f, iterable, chunk, nil, true, "starmap")
+  return r:get(), r.count
+end
+
+-- pool:map_async(f, iterable [, chunk [, { on_done, on_error }]]) -> AsyncResult of the list.
+function Pool:map_async(f, iterable, chunk, opts)
+  return self:_map_async(f, iterable, chunk, opts, false, "map_async")
+end
+
+function Pool:starmap_async(f, iterable, chunk, opts)
+  return self:_map_async(f, iterable, chunk, opts, true, "starmap_async")
+end
+
+-- ---------------------------------------------------------------------------------
+-- imap and imap_unordered: lazy over their input, a bounded window of tasks in flight.
+
+local IterState = {}
+IterState.__index = IterState
+
+function IterState:deliver(id, start, kind, value)
+  if kind == "ok" then
+    for k = 1, self.counts[id] do self:_put(start + k - 1, true, value[k]) end
+  else
+    local results = value.results or {}
+    for k = 1, (value.index or 0) do self:_put(start + k - 1, true, results[k]) end
+    local item = start + (value.index or 0)
+    self:_put(item, false, task_error(value, id, item))
+    -- the items after the failed one in this chunk did not run
+    for k = (value.index or 0) + 2, self.counts[id] do
+      self:_put(start + k - 1, false, task_error({ value = "not run: an earlier item of its chunk failed",
+                                                  pid = value.pid }, id, start + k - 1))
+    end
+  end
+  self.counts[id] = nil
+  self.inflight = self.inflight - 1
+end
+
+function IterState:abort(_, err)
+  self.inflight = 0
+  self.exhausted = true
+  self:_put(self.next_out, false, err)
+end
+
+function IterState:_put(i, ok, v)
+  self.ready_ok[i] = ok
+  self.ready_val[i] = v
+  if not self.ordered then
+    self.fifo[#self.fifo + 1] = i
+  end
+end
+
+function Pool:_imap(f, iterable, chunk, star, ordered, what)
+  self:_check_open()
+  check_chunk(chunk, what)
+  chunk = chunk or 1
+  local blob = encode_function(f, what)
+  local list, n_list, pull
+  if type(iterable) == "table" then
+    list, n_list = iterable, #iterable
+  elseif type(iterable) == "function" then
+    pull = iterable
+  else
+    error(string.format("%s: expected a table or an iterator function, got %s", what, type(iterable)), 2)
+  end
+  local state = setmetatable({
+    ordered = ordered, ready_ok = {}, ready_val = {}, fifo = {}, fifo_pos = 1,
+    next_out = 1, inflight = 0, counts = {},
+  }, IterState)
+  local window = math.max(64, self.workers * 16)
+  local next_in, exhausted = 1, false
+  local buffer = {}
+
+  -- Submits chunks until the window is full or the input ends.
+  local function feed()
+    while not exhausted and state.inflight < window do
+      local id
+      if list then
+        if next_in > n_list then exhausted = true break end
+        local j = math.min(next_in + chunk - 1, n_list)
+        id = self:_submit(state, blob, star, list, next_in, j, "items", next_in)
+        state.counts[id] = j - next_in + 1
+        next_in = j + 1
+      else
+        local k = 0
+        while k < chunk do
+          local v = pull()
+          if v == nil then exhausted = true break end
+          k = k + 1
+          buffer[k] = v
+        end
+        if k == 0 then break end
+        id = self:_submit(state, blob, star, buffer, 1, k, "items", next_in)
+        state.counts[id] = k
+        next_in = next_in + k
+        for x = 1, k do buffer[x] = nil end
+      end
+      state.inflight = state.inflight + 1
+    end
+  end
+
+  local function take(i)
+    local ok, v = state.ready_ok[i], state.ready_val[i]
+    state.ready_ok[i], state.ready_val[i] = nil, nil
+    if not ok then error(v, 0) end
+    return i, v
+  end
+
+  return function()
+    while true do
+      if ordered then
+        if state.ready_ok[state.next_out] ~= nil then
+          local i = state.next_out
+          state.next_out = i + 1
+          return take(i)
+        end
+      elseif state.fifo_pos <= #state.fifo then
+        local i = state.fifo[state.fifo_pos]
+        state.fifo[state.fifo_pos] = nil
+        state.fifo_pos = state.fifo_pos + 1
+        if state.fifo_pos > #state.fifo then state.fifo, state.fifo_pos = {}, 1 end
+        return take(i)
+      end
+      if state.exhausted then exhausted = true end
+      feed()
+      if state.inflight == 0 then return nil end
+      self:_pump()
+    end
+  end
+end
+
+-- for i, r in pool:imap(f, iterable [, chunk = 1]) do ... end: results in input order.
+-- The loop yields the item's index first, as ipairs does, so nil results are fine.
+function Pool:imap(f, iterable, chunk)
+  return self:_imap(f, iterable, chunk, false, true, "imap")
+end
+
+-- for i, r in pool:imap_unordered(f, iterable [, chunk = 1]): results as they finish.
+function Pool:imap_unordered(f, iterable, chunk)
+  return self:_imap(f, iterable, chunk, false, false, "imap_unordered")
+end
+
+-- ---------------------------------------------------------------------------------
+-- Ending a pool
+
+-- pool:close(): no new tasks; the ones submitted still run.
+function Pool:close()
+  if self.state == "open" then self.state = "closed" end
+end
+
+-- pool:join([timeout]): after close (or terminate), waits for every task, callbacks
+-- included, then for the workers to exit. nil, "timeout" when timeout passed first.
+function Pool:join(timeout)
+  if self.state == "open" then error("pool is still open: call close() or terminate() before join()", 2) end
+  if self.state == "terminated" then return true end
+  local ok, err = self:drain(timeout)
+  if not ok then return nil, err end
+  self.core:shutdown(5)
+  self.core:terminate()
+  self.state = "terminated"
+  return true
+end
+
+-- pool:terminate(): kills the workers now; what is not finished fails with "pool terminated".
+function Pool:terminate()
+  if self.state == "terminated" then return end
+  self.state = "terminated"
+  self.core:terminate()
+  self:_fail_all("pool terminated")
+end
+
+-- local pool <close> = forage.pool(...): close and join at the end of the scope, or
+-- terminate when the scope ends by an error.
+function Pool:__close(err)
+  if err ~= nil then
+    self:terminate()
+  else
+    self:close()
+    self:join()
+  end
+end
+
+Pool.__gc = function(self)
+  if self.state ~= "terminated" and self.core then self.core:terminate() end
+end
+
+-- pool:pids() -> the worker process ids (for monitoring, or a test that kills one).
+function Pool:pids()
+  return self.core:pids()
+end
+
+-- pool:stats() -> { workers, pending, queued, in_flight, respawns, task_seconds, depth }.
+function Pool:stats()
+  local s = self.core:stats()
+  local queued, inflight, live = self.core:counts()
+  s.workers, s.live, s.queued, s.in_flight, s.pending = self.workers, live, queued, inflight, self.npending
+  return s
+end
+
+function Pool:__tostring()
+  return string.format("forage.Pool (%d workers, %s, %d pending)", self.workers, self.state, self.npending)
+end
+
+M.now = core.now
+M.AsyncResult = AsyncResult
+M.Pool = Pool
+
+return M

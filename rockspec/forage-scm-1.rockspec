@@ -1,0 +1,32 @@
+rockspec_format = "3.0"
+package = "forage"
+version = "scm-1"
+source = {
+   url = "git+file:///dev/null",
+}
+description = {
+   summary = "Fork pools, shared objects and sticky proxies for crawling, with a C core",
+   detailed = [[
+forage runs Lua functions in a pool of forked workers (the whole of Python's
+multiprocessing.Pool API, robust to killed workers), moves Lua values between
+processes with a versioned wire format, and is the base of a proxy-aware crawler.
+]],
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.4",
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["forage.core"] = {
+         sources = {
+            "src/buf.c", "src/core.c", "src/fork.c", "src/frame.c", "src/pipe.c",
+            "src/pool.c", "src/proc.c", "src/wire.c",
+         },
+         defines = { "_GNU_SOURCE" },
+      },
+      ["forage"] = "lua/forage/init.lua",
+      ["forage.pool"] = "lua/forage/pool.lua",
+   },
+}

@@ -1,0 +1,291 @@
+local forage = require "forage"
+local helpers = require "helpers"
+
+local function square(x) return x * x end
+
+describe("forage.pool", function()
+  local pool
+  before_each(function() pool = forage.pool(2) end)
+  after_each(function() pool:terminate() end)
+
+  describe("map and starmap", function()
+    it("maps in order, with the default chunking", function()
+      local list = {}
+      for i = 1, 1000 do list[i] = i end
+      local r, n = pool:map(square, list)
+      assert.equal(1000, n)
+      for i = 1, 1000 do assert.equal(i * i, r[i]) end
+    end)
+
+    it("maps an iterator function and an explicit chunk size", function()
+      local i = 0
+      local r = pool:map(square, function() i = i + 1 if i <= 10 then return i end end, 3)
+      assert.same({ 1, 4, 9, 16, 25, 36, 49, 64, 81, 100 }, r)
+    end)
+
+    it("maps an empty list", function()
+      local r, n = pool:map(square, {})
+      assert.same({}, r)
+      assert.equal(0, n)
+    end)
+
+    it("starmaps argument lists", function()
+      local r = pool:starmap(function(a, b) return a * b end, { { 1, 1 }, { 2, 2 }, { 3, 3 } })
+      assert.same({ 1, 4, 9 }, r)
+    end)
+
+    it("keeps integers and floats apart through workers", function()
+      local r = pool:map(function(x) return x end, { 3, 3.0 })
+      assert.equal("integer", math.type(r[1]))
+      assert.equal("float", math.type(r[2]))
+    end)
+
+    it("raises the first failing item's error with its index and the worker's traceback", function()
+      local ok, err = pcall(pool.map, pool, function(x)
+        if x == 7 then error("seven is bad") end
+        return x
+      end, { 1, 2, 3, 4, 5, 6, 7, 8 }, 2)
+      assert.is_false(ok)
+      assert.equal(7, err.item)
+      assert.truthy(err.message:find("seven is bad", 1, true))
+      assert.truthy(err.traceback:find("stack traceback", 1, true))
+      assert.truthy(tostring(err):find("item 7 failed in worker", 1, true))
+    end)
+
+    it("refuses a bad chunk size and a bad iterable with clear messages", function()
+      assert.has_error(function() pool:map(square, { 1 }, 0) end, "map: chunk size must be a positive integer, got 0")
+      assert.has_error(function() pool:map(square, 42) end, "map: expected a table or an iterator function, got number")
+      assert.has_error(function() pool:map(42, {}) end, "map: expected a function, got number")
+    end)
+  end)
+
+  describe("imap and imap_unordered", function()
+    it("imap yields (index, result) in order, nil results included", function()
+      local got = {}
+      for i, r in pool:imap(function(x) if x % 2 == 0 then return nil end return x end, { 1, 2, 3, 4, 5 }) do
+        got[#got + 1] = { i, r }
+      end
+      assert.same({ { 1, 1 }, { 2, nil }, { 3, 3 }, { 4, nil }, { 5, 5 } }, got)
+    end)
+
+    it("imap_unordered yields every result once", function()
+      local seen, count = {}, 0
+      for i, r in pool:imap_unordered(square, function()
+        count = count + 1
+        if count <= 500 then return count end
+      end, 7) do
+        assert.is_nil(seen[i])
+        seen[i] = r
+      end
+      for i = 1, 500 do assert.equal(i * i, seen[i]) end
+    end)
+
+    it("is lazy over a huge iterator: only a window is pulled ahead", function()
+      local pulled = 0
+      local it = pool:imap(square, function() pulled = pulled + 1 return pulled end)
+      for _ = 1, 10 do it() end
+      assert.is_true(pulled < 10000, "pulled " .. pulled)
+    end)
+
+    it("raises an item's error at its place in the sequence", function()
+      local got = {}
+      local ok, err = pcall(function()
+        for i, r in pool:imap(function(x) if x == 3 then error("three") end return x end, { 1, 2, 3, 4 }) do
+          got[i] = r
+        end
+      end)
+      assert.is_false(ok)
+      assert.same({ 1, 2 }, got)
+      assert.equal(3, err.item)
+    end)
+  end)
+
+  describe("apply and AsyncResult", function()
+    it("apply runs a function with arguments in a worker", function()
+      local pid = pool:apply(function(a, b) return { a + b, forage.getpid() } end, { 20, 22 })
+      assert.equal(42, pid[1])
+      assert.are_not.equal(forage.getpid(), pid[2])
+    end)
+
+    it("apply_async gives an AsyncResult with get, wait, ready, successful", function()
+      local r = pool:apply_async(function(x) helpers.spin(0.2) return x end, { "late" })
+      assert.is_false(r:ready())
+      assert.has_error(function() r:successful() end, "result is not ready")
+      local v, err = r:get(0.01)
+      assert.is_nil(v)
+      assert.equal("timeout", err)
+      assert.is_true(r:wait(5))
+      assert.is_true(r:ready())
+      assert.is_true(r:successful())
+      assert.equal("late", r:get())
+    end)
+
+    it("runs on_done and on_error in the parent", function()
+      local parent = forage.getpid()
+      local done, failed
+      pool:apply_async(function() return 1 end, {}, { on_done = function(v) done = { v, forage.getpid() } end })
+      pool:apply_async(function() error("nope") end, {}, { on_error = function(e) failed = { e, forage.getpid() } end })
+      assert.is_true(pool:drain(5))
+      assert.same({ 1, parent }, done)
+      assert.equal(parent, failed[2])
+      assert.truthy(failed[1].message:find("nope", 1, true))
+    end)
+
+    it("map_async and starmap_async call back with the whole list", function()
+      local got
+      local r = pool:map_async(square, { 1, 2, 3 }, nil, { on_done = function(v) got = v end })
+      assert.same({ 1, 4, 9 }, r:get(5))
+      assert.same({ 1, 4, 9 }, got)
+      assert.same({ 2, 12 }, pool:starmap_async(function(a, b) return a * b end, { { 1, 2 }, { 3, 4 } }):get(5))
+    end)
+
+    it("passes nil arguments in the middle of an argument list", function()
+      assert.equal("nil 3", pool:apply(function(a, b) return tostring(a) .. " " .. b end, table.pack(nil, 3)))
+    end)
+
+    it("refuses a userdata argument, naming where it sits", function()
+      local f = io.tmpfile()
+      assert.has_error(function() pool:apply(function() end, { 1, { conn = f } }) end,
+        "args[2].conn: cannot send userdata")
+      f:close()
+    end)
+
+    it("sends a function defined after the pool started, with its upvalues", function()
+      local offset = 1000
+      local function late(x) return x + offset end
+      assert.same({ 1001, 1002 }, pool:map(late, { 1, 2 }))
+      offset = 2000
+      assert.same({ 2001 }, pool:map(late, { 1 }))
+    end)
+
+    it("fails clearly when an upvalue cannot travel", function()
+      local handle = io.tmpfile()
+      local function uses_handle() return handle end
+      assert.has_error(function() pool:apply(uses_handle, {}) end, "function<upvalue handle>: cannot send userdata")
+      handle:close()
+    end)
+  end)
+
+  describe("completion", function()
+    it("pending and drain count tasks that callbacks submit", function()
+      local details = {}
+      local function detail(x) return x * 10 end
+      local function list_page(n) local out = {} for i = 1, n do out[i] = i end return out end
+      pool:apply_async(list_page, { 5 }, {
+        on_done = function(ids)
+          for _, id in ipairs(ids) do
+            pool:apply_async(detail, { id }, { on_done = function(v) details[#details + 1] = v end })
+          end
+        end,
+      })
+      assert.equal(1, pool:pending())
+      assert.is_true(pool:drain(10))
+      assert.equal(0, pool:pending())
+      table.sort(details)
+      assert.same({ 10, 20, 30, 40, 50 }, details)
+    end)
+
+    it("drain with a timeout returns nil, 'timeout' while work remains", function()
+      pool:apply_async(function() helpers.spin(0.3) end, {})
+      local ok, err = pool:drain(0.01)
+      assert.is_nil(ok)
+      assert.equal("timeout", err)
+      assert.is_true(pool:drain(5))
+    end)
+  end)
+
+  describe("closing", function()
+    it("close stops new tasks; join waits for the submitted ones", function()
+      local r = pool:apply_async(function() helpers.spin(0.1) return "done" end, {})
+      pool:close()
+      assert.has_error(function() pool:apply(square, { 1 }) end, "pool is closed: no new tasks")
+      assert.is_true(pool:join())
+      assert.equal("done", r:get())
+      assert.is_true(pool:join())
+    end)
+
+    it("join before close is an error", function()
+      assert.has_error(function() pool:join() end, "pool is still open: call close() or terminate() before join()")
+    end)
+
+    it("terminate fails the unfinished results and leaves no worker", function()
+      local pids = pool:pids()
+      local r = pool:apply_async(function() helpers.spin(5) end, {})
+      pool:terminate()
+      assert.is_true(r:ready())
+      assert.is_false(r:successful())
+      assert.equal("pool terminated", r.err.message)
+      for _, pid in ipairs(pids) do assert.is_false(helpers.exists(pid)) end
+    end)
+
+    it("a <close> variable closes and joins at the end of the scope", function()
+      local pids
+      do
+        local p <close> = forage.pool(2)
+        pids = p:pids()
+        assert.same({ 1, 4 }, p:map(square, { 1, 2 }))
+      end
+      for _, pid in ipairs(pids) do assert.is_false(helpers.exists(pid)) end
+    end)
+
+    it("a <close> variable terminates when the scope ends by an error", function()
+      local pids
+      local ok = pcall(function()
+        local p <close> = forage.pool(2)
+        pids = p:pids()
+        p:apply_async(function() helpers.spin(10) end, {})
+        error("leaving")
+      end)
+      assert.is_false(ok)
+      for _, pid in ipairs(pids) do assert.is_false(helpers.exists(pid)) end
+    end)
+  end)
+
+  describe("workers", function()
+    it("runs init with init_args in each worker", function()
+      local function init(tag) rawset(_G, "WORKER_TAG", tag .. forage.getpid()) end
+      local p <close> = forage.pool { workers = 3, init = init, init_args = { "w" } }
+      local tags = p:map(function() return rawget(_G, "WORKER_TAG") end, { 1, 2, 3, 4, 5, 6 }, 1)
+      for _, t in ipairs(tags) do assert.truthy(t:match("^w%d+$")) end
+    end)
+
+    it("max_tasks replaces a worker after that many tasks", function()
+      local p <close> = forage.pool { workers = 1, max_tasks = 2 }
+      local pids = p:map(function() return forage.getpid() end, { 1, 2, 3, 4, 5, 6 }, 1)
+      local distinct = {}
+      for _, pid in ipairs(pids) do distinct[pid] = (distinct[pid] or 0) + 1 end
+      local n = 0
+      for _, count in pairs(distinct) do
+        n = n + 1
+        assert.equal(2, count)
+      end
+      assert.equal(3, n)
+    end)
+
+    it("refuses unknown options and bad values", function()
+      assert.has_error(function() forage.pool { worker = 2 } end, "forage.pool: unknown option 'worker'")
+      assert.has_error(function() forage.pool { workers = 0 } end, "workers must be between 1 and 4096 (got 0)")
+      assert.has_error(function() forage.pool { init = 1 } end, "forage.pool: init must be a function, got number")
+    end)
+
+    it("workers exit when the parent dies", function()
+      local out = helpers.run_lua([[
+        local forage = require "forage"
+        local p = forage.pool(3)
+        print(table.concat(p:pids(), " "))
+        io.stdout:flush()
+        os.exit(0, false)   -- no finaliser runs: the workers must notice by themselves
+      ]])
+      local pids = {}
+      for pid in out:gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+      assert.equal(3, #pids)
+      local deadline = forage.now() + 5
+      local alive
+      repeat
+        alive = 0
+        for _, pid in ipairs(pids) do if helpers.exists(pid) then alive = alive + 1 end end
+      until alive == 0 or forage.now() > deadline
+      assert.equal(0, alive)
+    end)
+  end)
+end)

@@ -1,0 +1,21 @@
+/* forage.core: the private C module. Each concern lives in its own file and adds its
+   functions to this table; lua/forage/init.lua is the public face over it. */
+#include "core.h"
+
+#include <stdio.h>
+
+#include "lauxlib.h"
+#include "lua.h"
+#include "wire.h"
+
+int luaopen_forage_core(lua_State *L) {
+    luaL_checkversion(L);
+    lua_newtable(L);
+    forage_open_wire(L);
+    forage_open_proc(L);
+    forage_open_pipe(L);
+    forage_open_pool(L);
+    lua_pushinteger(L, WIRE_VERSION);
+    lua_setfield(L, -2, "wire_version");
+    return 1;
+}

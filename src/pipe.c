@@ -1,0 +1,178 @@
+/* forage.Connection: one end of a pipe between processes, carrying wire-encoded values. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "fork.h"
+#include "frame.h"
+#include "lauxlib.h"
+#include "wire.h"
+
+#define CONNECTION_TYPE "forage.Connection"
+
+typedef struct connection {
+    int fd;            /* -1 once closed */
+    int readable;
+    int writable;
+    frame_reader in;
+    buf out;
+} connection;
+
+static connection *check_open(lua_State *L, int i) {
+    connection *c = luaL_checkudata(L, i, CONNECTION_TYPE);
+    if (c->fd < 0) luaL_error(L, "attempt to use a closed connection");
+    return c;
+}
+
+/* A new closed connection, then opened on fd: memory errors never leak the fd. */
+static connection *new_connection(lua_State *L) {
+    connection *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+    luaL_setmetatable(L, CONNECTION_TYPE);
+    return c;
+}
+
+/* pipe([duplex = true]) -> conn1, conn2. With duplex false, conn1 only receives and
+   conn2 only sends, as Python's Pipe(duplex=False). */
+static int pipe_new(lua_State *L) {
+    int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
+    connection *a = new_connection(L);
+    connection *b = new_connection(L);
+    int fds[2];
+    int rc = duplex ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) : pipe2(fds, O_CLOEXEC);
+    if (rc != 0) return luaL_error(L, "cannot create pipe: %s", strerror(errno));
+    ignore_sigpipe();
+    a->fd = fds[0];
+    b->fd = fds[1];
+    a->readable = 1;
+    a->writable = duplex;
+    b->readable = duplex;
+    b->writable = 1;
+    return 2;
+}
+
+/* conn:send(v) -> true; raises when v cannot travel, nil, "closed" when the far end is gone. */
+static int connection_send(lua_State *L) {
+    connection *c = check_open(L, 1);
+    luaL_checkany(L, 2);
+    if (!c->writable) return luaL_error(L, "connection is receive-only");
+    char err[256];
+    size_t header_at;
+    buf_reset(&c->out);
+    if (frame_begin(&c->out, &header_at) != 0) return luaL_error(L, "not enough memory");
+    if (wire_encode(L, 2, &c->out, WIRE_CODE, "value", err, sizeof err) != 0) return luaL_error(L, "%s", err);
+    if (frame_end(&c->out, header_at) != 0) return luaL_error(L, "value too large to send (%zu bytes)", c->out.len);
+    if (fd_write_all(c->fd, c->out.data, c->out.len) != 0) {
+        if (errno == EPIPE || errno == ECONNRESET) {
+            luaL_pushfail(L);
+            lua_pushliteral(L, "closed");
+            return 2;
+        }
+        return luaL_error(L, "cannot send: %s", strerror(errno));
+    }
+    if (c->out.cap > (1u << 20)) buf_free(&c->out);   /* do not keep a huge buffer around */
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Fills the reader until a frame is complete. Returns 1 (frame ready), 0 (timeout),
+   -2 (far end closed), -1 (error, errno set). */
+static int await_frame(connection *c, double timeout, const char **p, size_t *n) {
+    double deadline = timeout < 0 ? 0 : now_seconds() + timeout;
+    for (;;) {
+        int got = frame_next(&c->in, p, n);
+        if (got != 0) {
+            if (got < 0) errno = EPROTO;
+            return got;
+        }
+        double left = timeout < 0 ? -1 : deadline - now_seconds();
+        if (timeout >= 0 && left < 0) left = 0;
+        int ready = fd_wait(c->fd, POLLIN, left);
+        if (ready < 0) return -1;
+        if (ready == 0) return 0;
+        long r = frame_fill(&c->in, c->fd);
+        if (r == 0) return -2;
+        if (r < 0 && errno != EAGAIN) return errno == ECONNRESET ? -2 : -1;
+    }
+}
+
+/* conn:recv([timeout]) -> value, or nil, "timeout" / nil, "closed". */
+static int connection_recv(lua_State *L) {
+    connection *c = check_open(L, 1);
+    double timeout = luaL_optnumber(L, 2, -1);
+    if (!c->readable) return luaL_error(L, "connection is send-only");
+    const char *p;
+    size_t n;
+    int rc = await_frame(c, timeout, &p, &n);
+    if (rc == 1) {
+        char err[256];
+        if (wire_decode(L, p, n, WIRE_CODE, err, sizeof err) != 0) return luaL_error(L, "recv: %s", err);
+        return 1;
+    }
+    if (rc == -1) return luaL_error(L, "cannot receive: %s", strerror(errno));
+    luaL_pushfail(L);
+    if (rc == 0) lua_pushliteral(L, "timeout");
+    else lua_pushliteral(L, "closed");
+    return 2;
+}
+
+/* conn:poll([timeout = 0]) -> true when recv would not block (a message or the far end's close). */
+static int connection_poll(lua_State *L) {
+    connection *c = check_open(L, 1);
+    double timeout = luaL_optnumber(L, 2, 0);
+    if (!c->readable) return luaL_error(L, "connection is send-only");
+    const char *p;
+    size_t n;
+    int rc = await_frame(c, timeout, &p, &n);
+    if (rc == 1) c->in.pos -= FRAME_HEADER + n;   /* peek only: the frame stays for recv */
+    if (rc == -1) return luaL_error(L, "cannot poll: %s", strerror(errno));
+    lua_pushboolean(L, rc != 0);
+    return 1;
+}
+
+/* conn:fileno() -> the file descriptor (for poll loops of one's own). */
+static int connection_fileno(lua_State *L) {
+    connection *c = check_open(L, 1);
+    lua_pushinteger(L, c->fd);
+    return 1;
+}
+
+/* conn:close(), __gc and __close: idempotent. */
+static int connection_close(lua_State *L) {
+    connection *c = luaL_checkudata(L, 1, CONNECTION_TYPE);
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    frame_reader_free(&c->in);
+    buf_free(&c->out);
+    return 0;
+}
+
+static int connection_tostring(lua_State *L) {
+    connection *c = luaL_checkudata(L, 1, CONNECTION_TYPE);
+    if (c->fd < 0) lua_pushliteral(L, "forage.Connection (closed)");
+    else lua_pushfstring(L, "forage.Connection (fd %d)", c->fd);
+    return 1;
+}
+
+void forage_open_pipe(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"send", connection_send}, {"recv", connection_recv}, {"poll", connection_poll},
+        {"fileno", connection_fileno}, {"close", connection_close}, {NULL, NULL},
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", connection_close}, {"__close", connection_close},
+        {"__tostring", connection_tostring}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, CONNECTION_TYPE);
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, pipe_new);
+    lua_setfield(L, -2, "pipe");
+}

@@ -1,0 +1,1132 @@
+/* forage.PoolCore: the mechanism of the fork pool. Workers, their pipes, dispatch of
+   encoded tasks, collection of results, and recovery when a worker dies. Policy (what a
+   result means, callbacks, ordering, AsyncResult) lives in lua/forage/pool.lua.
+
+   Each worker has its own pair of pipes, so the parent always knows which tasks a worker
+   holds: when it dies, exactly those are re-queued, and the one it was running (read from
+   a shared slot) counts an attempt. Nothing hangs on a dead worker (CPython gh-66587).
+
+   Messages parent -> worker (each one frame):
+     'F' u32 id, wire(fn)          define function id
+     'U' u32 id                    forget function id
+     'T' u64 task, u32 fn, u8 star, u32 count, count x (u32 len, wire(item))
+   Messages worker -> parent:
+     'R'                           ready: init ran
+     'I' wire(error)               init failed; the worker exits
+     'D' u64 task, u64 ns, u32 index, u32 count, count x (u32 len, wire(result))
+     'E' the same, then wire(error): items before index ran, the one at index failed
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "fork.h"
+#include "frame.h"
+#include "lauxlib.h"
+#include "wire.h"
+
+#define POOL_TYPE "forage.PoolCore"
+#define FUNCS_KEPT 64              /* unused functions kept in workers before forgetting */
+#define OUT_HIGH_WATER (1u << 20)  /* bytes queued to one worker before it counts as full */
+#define FLUSH_EVERY_NS 2000000     /* a worker holds finished results at most this long */
+#define MAX_DEPTH 256              /* tasks in flight per worker, at most */
+#define TARGET_QUEUE_SECONDS 0.002 /* work queued ahead in each worker */
+
+typedef struct func_entry {
+    struct func_entry *next;   /* hash chain */
+    uint64_t hash;
+    uint32_t id;
+    uint32_t refs;             /* tasks pending or in flight that use it */
+    char *blob;
+    size_t len;
+    uint32_t *known;           /* per slot: the worker generation that has it */
+} func_entry;
+
+typedef struct task {
+    struct task *next;
+    uint64_t id;
+    func_entry *fn;
+    int attempts;              /* deaths of a worker while it ran this task */
+    char *frame;               /* the whole 'T' frame, kept until the result arrives */
+    size_t len;
+} task;
+
+typedef struct task_list {
+    task *head, *tail;
+    size_t n;
+} task_list;
+
+enum { W_EMPTY, W_STARTING, W_READY, W_RETIRING };
+
+typedef struct worker {
+    int state;
+    pid_t pid;
+    int pidfd;
+    int task_fd;               /* parent writes tasks */
+    int result_fd;             /* parent reads results */
+    uint32_t gen;              /* incarnation of this slot */
+    frame_reader in;
+    buf out;
+    size_t out_pos;            /* bytes of out already written */
+    task_list inflight;
+    uint64_t dispatched;       /* tasks given to this incarnation */
+} worker;
+
+/* Written by a worker, read by the parent after the worker's death. */
+typedef struct shared_slot {
+    _Atomic uint64_t running_task;
+    _Atomic uint32_t running_index;
+} shared_slot;
+
+typedef struct pool {
+    pid_t owner;
+    int nworkers;
+    int shut;                  /* no respawns: closing or terminated */
+    int broken;                /* a respawned worker's init failed */
+    worker *workers;
+    shared_slot *slots;
+    task_list pending;
+    uint64_t next_task;
+    uint32_t next_func;
+    func_entry **buckets;
+    size_t nbuckets, nfuncs;
+    lua_Integer max_tasks;     /* 0: unlimited */
+    int task_retries;
+    double task_seconds;       /* moving average of one task's run time */
+    int rotor;                 /* where dispatch starts, for fairness */
+    uint64_t respawns;
+    char *broken_message;
+} pool;
+
+/* ---------- small helpers ---------- */
+
+static uint64_t hash_bytes(const char *p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
+static void list_push(task_list *l, task *t) {
+    t->next = NULL;
+    if (l->tail) l->tail->next = t;
+    else l->head = t;
+    l->tail = t;
+    l->n++;
+}
+
+static task *list_pop(task_list *l) {
+    task *t = l->head;
+    if (!t) return NULL;
+    l->head = t->next;
+    if (!l->head) l->tail = NULL;
+    l->n--;
+    t->next = NULL;
+    return t;
+}
+
+static uint64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void set_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* ---------- functions known to workers ---------- */
+
+static func_entry *func_find(pool *p, const char *blob, size_t len, uint64_t h) {
+    if (p->nbuckets == 0) return NULL;
+    for (func_entry *f = p->buckets[h & (p->nbuckets - 1)]; f; f = f->next)
+        if (f->hash == h && f->len == len && memcmp(f->blob, blob, len) == 0) return f;
+    return NULL;
+}
+
+static int func_grow(pool *p) {
+    size_t n = p->nbuckets ? p->nbuckets * 2 : 64;
+    func_entry **b = calloc(n, sizeof *b);
+    if (!b) return -1;
+    for (size_t i = 0; i < p->nbuckets; i++) {
+        func_entry *f = p->buckets[i];
+        while (f) {
+            func_entry *next = f->next;
+            f->next = b[f->hash & (n - 1)];
+            b[f->hash & (n - 1)] = f;
+            f = next;
+        }
+    }
+    free(p->buckets);
+    p->buckets = b;
+    p->nbuckets = n;
+    return 0;
+}
+
+/* Returns the entry for this encoded function, adding it when new; NULL when out of memory. */
+static func_entry *func_intern(pool *p, const char *blob, size_t len) {
+    uint64_t h = hash_bytes(blob, len);
+    func_entry *f = func_find(p, blob, len, h);
+    if (f) return f;
+    if (p->nfuncs >= p->nbuckets && func_grow(p) != 0) return NULL;
+    f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->blob = malloc(len);
+    f->known = calloc((size_t)p->nworkers, sizeof *f->known);
+    if (!f->blob || !f->known) {
+        free(f->blob);
+        free(f->known);
+        free(f);
+        return NULL;
+    }
+    memcpy(f->blob, blob, len);
+    f->len = len;
+    f->hash = h;
+    f->id = ++p->next_func;
+    f->next = p->buckets[h & (p->nbuckets - 1)];
+    p->buckets[h & (p->nbuckets - 1)] = f;
+    p->nfuncs++;
+    return f;
+}
+
+static void func_free(func_entry *f) {
+    free(f->blob);
+    free(f->known);
+    free(f);
+}
+
+/* Appends a frame of type tag with body to a worker's outgoing bytes. */
+static int queue_frame(worker *w, char tag, const char *body, size_t n, const char *tail, size_t tn) {
+    size_t at;
+    if (frame_begin(&w->out, &at) != 0 || buf_putc(&w->out, (unsigned char)tag) != 0 ||
+        buf_append(&w->out, body, n) != 0 || buf_append(&w->out, tail, tn) != 0)
+        return -1;
+    return frame_end(&w->out, at);
+}
+
+static int worker_live(const worker *w) { return w->state == W_READY || w->state == W_RETIRING; }
+
+/* Drops a task's hold on its function; forgets it everywhere once unused and many are kept. */
+static void func_release(pool *p, func_entry *f) {
+    if (--f->refs > 0 || p->nfuncs <= FUNCS_KEPT) return;
+    func_entry **at = &p->buckets[f->hash & (p->nbuckets - 1)];
+    while (*at != f) at = &(*at)->next;
+    *at = f->next;
+    p->nfuncs--;
+    char id[4];
+    put_u32(id, f->id);
+    for (int i = 0; i < p->nworkers; i++) {
+        worker *w = &p->workers[i];
+        if (worker_live(w) && f->known[i] == w->gen) queue_frame(w, 'U', id, 4, NULL, 0);
+    }
+    func_free(f);
+}
+
+static void task_free(pool *p, task *t) {
+    if (t->fn) func_release(p, t->fn);
+    free(t->frame);
+    free(t);
+}
+
+/* ---------- the worker side (runs in the child) ---------- */
+
+/* The message handler of a task: { value = error, traceback = "..." }. */
+static int task_error_handler(lua_State *L) {
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "value");
+    const char *msg = lua_tostring(L, 1);
+    luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
+    lua_setfield(L, -2, "traceback");
+    return 1;
+}
+
+/* Encodes the error table at idx; when its value cannot travel, sends its string form. */
+static void encode_error(lua_State *L, int idx, buf *b) {
+    char err[256];
+    if (wire_encode(L, idx, b, WIRE_DATA, "error", err, sizeof err) == 0) return;
+    lua_getfield(L, idx, "value");
+    const char *s = luaL_tolstring(L, -1, NULL);
+    lua_pushstring(L, s);
+    lua_setfield(L, idx, "value");
+    lua_pop(L, 2);
+    if (wire_encode(L, idx, b, WIRE_DATA, "error", err, sizeof err) != 0) buf_putc(b, 0);
+}
+
+/* Builds an error table { value = msg, traceback = "" } on the stack top. */
+static void push_error(lua_State *L, const char *msg) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "value");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "traceback");
+}
+
+static _Noreturn void worker_fail(const char *what) {
+    fprintf(stderr, "forage: pool worker %ld: %s: %s\n", (long)getpid(), what, strerror(errno));
+    child_exit(70);
+}
+
+static void worker_write(int fd, buf *out) {
+    if (out->len && fd_write_all(fd, out->data, out->len) != 0) {
+        if (errno == EPIPE) child_exit(0);   /* the parent is gone */
+        worker_fail("write");
+    }
+    buf_reset(out);
+    if (out->cap > (4u << 20)) buf_free(out);
+}
+
+/* Runs one 'T' frame: each item through the function, results into out. */
+static void worker_run_task(lua_State *L, int funcs, shared_slot *slot, const char *p, size_t n, buf *out) {
+    if (n < 17) worker_fail("short task frame");
+    uint64_t id = get_u64(p);
+    uint32_t fn = get_u32(p + 8);
+    int star = p[12] != 0;
+    uint32_t count = get_u32(p + 13);
+    const char *q = p + 17, *end = p + n;
+    uint64_t t0 = monotonic_ns();
+    atomic_store_explicit(&slot->running_task, id, memory_order_relaxed);
+
+    size_t at;
+    if (frame_begin(out, &at) != 0) worker_fail("memory");
+    size_t head = out->len;
+    char hdr[1 + 8 + 8 + 4 + 4] = {0};   /* tag, id, ns, (index), count */
+    buf_append(out, hdr, sizeof hdr);
+    uint32_t done = 0;
+    int failed = 0;
+    int base = lua_gettop(L);
+    char err[256];
+
+    for (uint32_t k = 0; k < count && !failed; k++) {
+        atomic_store_explicit(&slot->running_index, k, memory_order_relaxed);
+        if ((size_t)(end - q) < 4) worker_fail("short task frame");
+        size_t len = get_u32(q);
+        q += 4;
+        if ((size_t)(end - q) < len) worker_fail("short task frame");
+        lua_pushcfunction(L, task_error_handler);
+        lua_rawgeti(L, funcs, fn);
+        if (!lua_isfunction(L, -1)) worker_fail("task names an unknown function");
+        int nargs = 1;
+        if (wire_decode(L, q, len, WIRE_CODE, err, sizeof err) != 0) {
+            lua_settop(L, base);
+            push_error(L, err);
+            failed = 1;
+            break;
+        }
+        q += len;
+        if (star) {
+            if (!lua_istable(L, -1)) worker_fail("star task item is not a table");
+            int t = lua_gettop(L);
+            lua_getfield(L, t, "n");
+            lua_Integer na = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, t);
+            lua_pop(L, 1);
+            if (na < 0 || na > 250) {
+                lua_settop(L, base);
+                push_error(L, "too many arguments for one task (at most 250)");
+                failed = 1;
+                break;
+            }
+            luaL_checkstack(L, (int)na, "task arguments");
+            for (lua_Integer i = 1; i <= na; i++) lua_rawgeti(L, t, i);
+            lua_remove(L, t);
+            nargs = (int)na;
+        }
+        if (lua_pcall(L, nargs, 1, base + 1) != LUA_OK) {
+            lua_remove(L, base + 1);
+            failed = 1;
+            break;
+        }
+        size_t item_at = out->len;
+        char len_hdr[4] = {0};
+        buf_append(out, len_hdr, 4);
+        if (wire_encode(L, -1, out, WIRE_CODE, "result", err, sizeof err) != 0) {
+            out->len = item_at;
+            lua_settop(L, base);
+            push_error(L, err);
+            failed = 1;
+            break;
+        }
+        put_u32(out->data + item_at, (uint32_t)(out->len - item_at - 4));
+        lua_settop(L, base);
+        done++;
+    }
+    uint64_t ns = monotonic_ns() - t0;
+    char *h = out->data + head;
+    h[0] = failed ? 'E' : 'D';
+    put_u64(h + 1, id);
+    put_u64(h + 9, ns);
+    put_u32(h + 17, done);      /* failing index = results before it */
+    put_u32(h + 21, done);
+    if (failed) {
+        /* The error goes after the results: 'E' id ns index count results... error */
+        encode_error(L, lua_gettop(L), out);
+        lua_settop(L, base);
+    }
+    if (frame_end(out, at) != 0) {
+        /* Results too large for one frame: report that instead of them. */
+        out->len = at;
+        frame_begin(out, &at);
+        char eh[1 + 8 + 8 + 4 + 4] = {0};
+        eh[0] = 'E';
+        put_u64(eh + 1, id);
+        put_u64(eh + 9, ns);
+        buf_append(out, eh, sizeof eh);
+        push_error(L, "results too large for one message (over 2 GiB)");
+        encode_error(L, lua_gettop(L), out);
+        lua_settop(L, base);
+        frame_end(out, at);
+    }
+    atomic_store_explicit(&slot->running_task, 0, memory_order_relaxed);
+}
+
+/* The whole life of a worker process; never returns. The pool userdata is at index 1
+   and its uservalue holds init and init_args. */
+static _Noreturn void worker_main(lua_State *L, pool *p, int slot_index, pid_t parent, int task_fd, int result_fd) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) child_exit(0);
+    shared_slot *slot = &p->slots[slot_index];
+    buf out = BUF_INIT;
+    lua_settop(L, 1);
+    lua_newtable(L);            /* 2: functions by id */
+    int funcs = 2;
+
+    /* init(init_args...) */
+    lua_getiuservalue(L, 1, 1);
+    lua_getfield(L, -1, "init");
+    if (!lua_isnil(L, -1)) {
+        lua_pushcfunction(L, task_error_handler);
+        lua_insert(L, -2);
+        lua_getfield(L, -3, "init_args");
+        int nargs = 0;
+        if (lua_istable(L, -1)) {
+            int t = lua_gettop(L);
+            lua_getfield(L, t, "n");
+            lua_Integer na = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, t);
+            lua_pop(L, 1);
+            luaL_checkstack(L, (int)na, "init arguments");
+            for (lua_Integer i = 1; i <= na; i++) lua_rawgeti(L, t, i);
+            lua_remove(L, t);
+            nargs = (int)na;
+        } else {
+            lua_pop(L, 1);
+        }
+        if (lua_pcall(L, nargs, 0, -nargs - 2) != LUA_OK) {
+            size_t at;
+            frame_begin(&out, &at);
+            buf_putc(&out, 'I');
+            encode_error(L, lua_gettop(L), &out);
+            frame_end(&out, at);
+            worker_write(result_fd, &out);
+            child_exit(3);
+        }
+    }
+    lua_settop(L, funcs);
+    size_t at;
+    frame_begin(&out, &at);
+    buf_putc(&out, 'R');
+    frame_end(&out, at);
+    worker_write(result_fd, &out);
+
+    frame_reader in = {BUF_INIT, 0};
+    uint64_t last_flush = monotonic_ns();
+    char err[256];
+    for (;;) {
+        long got = frame_fill(&in, task_fd);
+        if (got == 0) break;    /* the parent closed: the pool is closing */
+        if (got < 0) worker_fail("read");
+        const char *f;
+        size_t n;
+        int rc;
+        while ((rc = frame_next(&in, &f, &n)) == 1) {
+            if (n < 1) worker_fail("empty frame");
+            char tag = f[0];
+            f++;
+            n--;
+            if (tag == 'T') {
+                worker_run_task(L, funcs, slot, f, n, &out);
+                uint64_t now = monotonic_ns();
+                if (out.len > (256u << 10) || now - last_flush > FLUSH_EVERY_NS) {
+                    worker_write(result_fd, &out);
+                    last_flush = now;
+                }
+            } else if (tag == 'F') {
+                if (n < 4) worker_fail("short function frame");
+                if (wire_decode(L, f + 4, n - 4, WIRE_CODE, err, sizeof err) != 0) {
+                    fprintf(stderr, "forage: pool worker %ld: cannot load a function: %s\n", (long)getpid(), err);
+                    child_exit(70);
+                }
+                lua_rawseti(L, funcs, get_u32(f));
+            } else if (tag == 'U') {
+                if (n < 4) worker_fail("short frame");
+                lua_pushnil(L);
+                lua_rawseti(L, funcs, get_u32(f));
+            } else {
+                worker_fail("unknown frame");
+            }
+        }
+        if (rc < 0) worker_fail("corrupt frame");
+        worker_write(result_fd, &out);
+        last_flush = monotonic_ns();
+    }
+    worker_write(result_fd, &out);
+    child_exit(0);
+}
+
+/* ---------- the parent side ---------- */
+
+static void close_fd(int *fd) {
+    if (*fd >= 0) {
+        fork_unregister_fd(*fd);
+        close(*fd);
+    }
+    *fd = -1;
+}
+
+/* Forks the worker of slot i. Returns 0, or -1 with errno set. The pool is at index 1. */
+static int worker_spawn(lua_State *L, pool *p, int i) {
+    worker *w = &p->workers[i];
+    int tfd[2], rfd[2];
+    if (pipe2(tfd, O_CLOEXEC) != 0) return -1;
+    if (pipe2(rfd, O_CLOEXEC) != 0) {
+        close(tfd[0]);
+        close(tfd[1]);
+        return -1;
+    }
+    fcntl(tfd[1], F_SETPIPE_SZ, 1 << 20);
+    fcntl(rfd[1], F_SETPIPE_SZ, 1 << 20);
+    atomic_store(&p->slots[i].running_task, 0);
+    pid_t parent = getpid();
+    int pidfd;
+    pid_t pid = fork_child(&pidfd);
+    if (pid < 0) {
+        int e = errno;
+        close(tfd[0]); close(tfd[1]); close(rfd[0]); close(rfd[1]);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {
+        close(tfd[1]);
+        close(rfd[0]);
+        worker_main(L, p, i, parent, tfd[0], rfd[1]);
+    }
+    close(tfd[0]);
+    close(rfd[1]);
+    set_nonblock(tfd[1]);
+    set_nonblock(rfd[0]);
+    fork_register_fd(tfd[1]);
+    fork_register_fd(rfd[0]);
+    w->state = W_STARTING;
+    w->pid = pid;
+    w->pidfd = pidfd;
+    w->task_fd = tfd[1];
+    w->result_fd = rfd[0];
+    w->gen++;
+    w->dispatched = 0;
+    w->out_pos = 0;
+    buf_reset(&w->out);
+    w->in.pos = 0;
+    buf_reset(&w->in.in);
+    return 0;
+}
+
+/* Tasks a worker may hold at once: about TARGET_QUEUE_SECONDS of work, at least one. */
+static size_t pool_depth(const pool *p) {
+    if (p->task_seconds <= 0) return 2;
+    double d = TARGET_QUEUE_SECONDS / p->task_seconds;
+    if (d < 1) return 1;
+    if (d > MAX_DEPTH) return MAX_DEPTH;
+    return (size_t)d;
+}
+
+/* Writes what a worker's out buffer holds, without blocking. */
+static void worker_flush(worker *w) {
+    while (w->out_pos < w->out.len) {
+        ssize_t n = write(w->task_fd, w->out.data + w->out_pos, w->out.len - w->out_pos);
+        if (n > 0) {
+            w->out_pos += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            return;   /* EAGAIN: later; EPIPE: its death is noticed through the pidfd */
+        }
+    }
+    w->out_pos = 0;
+    buf_reset(&w->out);
+}
+
+static int worker_can_take(const pool *p, const worker *w, size_t depth) {
+    if (w->state != W_READY) return 0;
+    if (w->inflight.n >= depth) return 0;
+    if (w->out.len - w->out_pos > OUT_HIGH_WATER) return 0;
+    if (p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks) return 0;
+    return 1;
+}
+
+/* Gives pending tasks to workers with room, round robin, then writes. */
+static void pool_dispatch(pool *p) {
+    size_t depth = pool_depth(p);
+    int progress = 1;
+    while (p->pending.n > 0 && progress) {
+        progress = 0;
+        for (int k = 0; k < p->nworkers && p->pending.n > 0; k++) {
+            int i = (p->rotor + k) % p->nworkers;
+            worker *w = &p->workers[i];
+            if (!worker_can_take(p, w, depth)) continue;
+            task *t = list_pop(&p->pending);
+            func_entry *f = t->fn;
+            if (f->known[i] != w->gen) {
+                char id[4];
+                put_u32(id, f->id);
+                queue_frame(w, 'F', id, 4, f->blob, f->len);
+                f->known[i] = w->gen;
+            }
+            buf_append(&w->out, t->frame, t->len);
+            list_push(&w->inflight, t);
+            w->dispatched++;
+            progress = 1;
+        }
+        p->rotor = (p->rotor + 1) % p->nworkers;
+    }
+    for (int i = 0; i < p->nworkers; i++) {
+        worker *w = &p->workers[i];
+        if (worker_live(w) && w->out.len > w->out_pos) worker_flush(w);
+        /* A worker at its task limit leaves once it has nothing in flight. */
+        if (w->state == W_READY && p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks &&
+            w->inflight.n == 0) {
+            w->state = W_RETIRING;
+            close_fd(&w->task_fd);
+        }
+    }
+}
+
+/* Appends one event (id, kind, value on the stack top) to the table at ev. */
+static void push_event(lua_State *L, int ev, int *nev, uint64_t id, const char *kind) {
+    lua_pushinteger(L, (lua_Integer)id);
+    lua_rawseti(L, ev, ++*nev);
+    lua_pushstring(L, kind);
+    lua_rawseti(L, ev, ++*nev);
+    lua_rawseti(L, ev, ++*nev);   /* the value pushed by the caller */
+}
+
+/* Decodes count results from q into a new list on the stack. Returns the position after them. */
+static const char *push_results(lua_State *L, const char *q, const char *end, uint32_t count) {
+    lua_createtable(L, (int)count, 0);
+    char err[256];
+    for (uint32_t k = 0; k < count; k++) {
+        if (end - q < 4) luaL_error(L, "pool: corrupt result frame");
+        size_t len = get_u32(q);
+        q += 4;
+        if ((size_t)(end - q) < len) luaL_error(L, "pool: corrupt result frame");
+        if (wire_decode(L, q, len, WIRE_CODE, err, sizeof err) != 0) luaL_error(L, "pool: bad result: %s", err);
+        lua_rawseti(L, -2, (lua_Integer)k + 1);
+        q += len;
+    }
+    return q;
+}
+
+/* Takes the task with this id out of a worker's in-flight list (it is normally the first). */
+static task *take_inflight(worker *w, uint64_t id) {
+    task **at = &w->inflight.head;
+    task *prev = NULL;
+    while (*at && (*at)->id != id) {
+        prev = *at;
+        at = &(*at)->next;
+    }
+    task *t = *at;
+    if (!t) return NULL;
+    *at = t->next;
+    if (w->inflight.tail == t) w->inflight.tail = prev;
+    w->inflight.n--;
+    t->next = NULL;
+    return t;
+}
+
+/* Handles one frame from worker w. */
+static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t n, int ev, int *nev) {
+    if (n < 1) luaL_error(L, "pool: empty frame from worker %d", (int)w->pid);
+    char tag = f[0];
+    const char *q = f + 1, *end = f + n;
+    char err[256];
+    if (tag == 'R') {
+        if (w->state == W_STARTING) w->state = W_READY;
+        return;
+    }
+    if (tag == 'I') {
+        /* Init failed: the worker exits; its death is reported through the pool's state. */
+        if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) lua_pushstring(L, err);
+        lua_getfield(L, -1, "traceback");
+        const char *tb = lua_tostring(L, -1);
+        free(p->broken_message);
+        p->broken_message = strdup(tb ? tb : "init failed");
+        lua_pop(L, 2);
+        p->broken = 1;
+        return;
+    }
+    if ((tag != 'D' && tag != 'E') || n < 1 + 8 + 8 + 4 + 4) luaL_error(L, "pool: bad frame from worker");
+    uint64_t id = get_u64(q);
+    uint64_t ns = get_u64(q + 8);
+    uint32_t index = get_u32(q + 16);
+    uint32_t count = get_u32(q + 20);
+    q += 24;
+    task *t = take_inflight(w, id);
+    if (!t) luaL_error(L, "pool: result for unknown task %d", (int)id);
+    double secs = (double)ns * 1e-9;
+    p->task_seconds = p->task_seconds <= 0 ? secs : p->task_seconds * 0.9 + secs * 0.1;
+    task_free(p, t);
+    if (tag == 'D') {
+        push_results(L, q, end, count);
+        push_event(L, ev, nev, id, "ok");
+        return;
+    }
+    /* 'E': { value, traceback, index = 0-based item, results = {...}, pid } */
+    q = push_results(L, q, end, count);
+    if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) push_error(L, err);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "results");
+    lua_pushinteger(L, index);
+    lua_setfield(L, -2, "index");
+    lua_pushinteger(L, w->pid);
+    lua_setfield(L, -2, "pid");
+    push_event(L, ev, nev, id, "error");
+}
+
+/* Reads every frame a worker has sent so far. Returns 0 at end of stream, 1 otherwise. */
+static int worker_read(lua_State *L, pool *p, worker *w, int ev, int *nev) {
+    for (;;) {
+        long got = frame_fill(&w->in, w->result_fd);
+        const char *f;
+        size_t n;
+        int rc;
+        while ((rc = frame_next(&w->in, &f, &n)) == 1) handle_frame(L, p, w, f, n, ev, nev);
+        if (rc < 0) luaL_error(L, "pool: corrupt stream from worker %d", (int)w->pid);
+        if (got == 0) return 0;
+        if (got < 0) return errno == EAGAIN ? 1 : 0;
+    }
+}
+
+/* A worker ended: collect what it sent, reap it, re-queue or fail its tasks, replace it. */
+static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
+    worker *w = &p->workers[i];
+    worker_read(L, p, w, ev, nev);
+    int status = 0;
+    reap_child(w->pid, w->pidfd, -1, &status);
+    int code = status_code(status);
+    close_fd(&w->task_fd);
+    close_fd(&w->result_fd);
+    if (w->pidfd >= 0) close(w->pidfd);
+    w->pidfd = -1;
+    int was_starting = w->state == W_STARTING;
+    w->state = W_EMPTY;
+
+    uint64_t running = atomic_load(&p->slots[i].running_task);
+    uint32_t running_index = atomic_load(&p->slots[i].running_index);
+    /* Re-queue in order at the front, so the oldest tasks go first again. */
+    task *t;
+    task_list requeue = {NULL, NULL, 0};
+    while ((t = list_pop(&w->inflight)) != NULL) {
+        if (t->id == running) {   /* even a clean exit (os.exit in a task) counts */
+            t->attempts++;
+            if (t->attempts > p->task_retries) {
+                lua_createtable(L, 0, 4);
+                if (code < 0) lua_pushfstring(L, "worker died (signal %d)", -code);
+                else lua_pushfstring(L, "worker died (exit %d)", code);
+                lua_setfield(L, -2, "value");
+                lua_pushliteral(L, "");
+                lua_setfield(L, -2, "traceback");
+                lua_pushinteger(L, running_index);
+                lua_setfield(L, -2, "index");
+                lua_pushinteger(L, w->pid);
+                lua_setfield(L, -2, "pid");
+                push_event(L, ev, nev, t->id, "lost");
+                task_free(p, t);
+                continue;
+            }
+        }
+        list_push(&requeue, t);
+    }
+    if (requeue.n > 0) {
+        requeue.tail->next = p->pending.head;
+        if (!p->pending.head) p->pending.tail = requeue.tail;
+        p->pending.head = requeue.head;
+        p->pending.n += requeue.n;
+    }
+    if (was_starting || p->broken) {
+        p->broken = 1;
+        return;
+    }
+    if (!p->shut) {
+        if (worker_spawn(L, p, i) != 0) luaL_error(L, "pool: cannot start a worker: %s", strerror(errno));
+        p->respawns++;
+    }
+}
+
+static pool *check_pool(lua_State *L) {
+    pool *p = luaL_checkudata(L, 1, POOL_TYPE);
+    if (p->workers == NULL) luaL_error(L, "attempt to use a closed pool");
+    if (p->owner != getpid()) luaL_error(L, "a pool can only be used by the process that created it");
+    return p;
+}
+
+/* True when nothing can produce an event: no task anywhere, no worker changing state. */
+static int pool_idle(const pool *p) {
+    if (p->pending.n > 0) return 0;
+    for (int i = 0; i < p->nworkers; i++) {
+        const worker *w = &p->workers[i];
+        if (w->inflight.n > 0 || w->state == W_STARTING || w->state == W_RETIRING) return 0;
+    }
+    return 1;
+}
+
+/* Waits for events for at most timeout seconds (< 0: until one happens); fills ev.
+   Returns the number of values added to ev (three per event). */
+static int pool_wait(lua_State *L, pool *p, double timeout, int ev) {
+    int nev = 0;
+    double deadline = now_seconds() + (timeout < 0 ? 0 : timeout);
+    struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)p->nworkers * 3, 0);
+    int *owner = lua_newuserdatauv(L, sizeof *owner * (size_t)p->nworkers * 3, 0);
+    uint32_t *gen = lua_newuserdatauv(L, sizeof *gen * (size_t)p->nworkers * 3, 0);
+    for (;;) {
+        pool_dispatch(p);
+        int nfds = 0;
+        for (int i = 0; i < p->nworkers; i++) {
+            worker *w = &p->workers[i];
+            if (w->state == W_EMPTY) continue;
+            fds[nfds] = (struct pollfd){.fd = w->result_fd, .events = POLLIN};
+            gen[nfds] = w->gen;
+            owner[nfds++] = i;
+            if (w->pidfd >= 0) {
+                fds[nfds] = (struct pollfd){.fd = w->pidfd, .events = POLLIN};
+                gen[nfds] = w->gen;
+                owner[nfds++] = i;
+            }
+            if (w->task_fd >= 0 && w->out.len > w->out_pos) {
+                fds[nfds] = (struct pollfd){.fd = w->task_fd, .events = POLLOUT};
+                gen[nfds] = w->gen;
+                owner[nfds++] = i;
+            }
+        }
+        if (nfds == 0 || pool_idle(p)) break;
+        int ms = -1;
+        if (timeout >= 0) {
+            double left = deadline - now_seconds();
+            ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
+        }
+        int rc = poll(fds, (nfds_t)nfds, nev > 0 ? 0 : ms);
+        if (rc < 0 && errno != EINTR) luaL_error(L, "pool: poll: %s", strerror(errno));
+        if (rc <= 0) break;
+        for (int k = 0; k < nfds; k++) {
+            if (!fds[k].revents) continue;
+            worker *w = &p->workers[owner[k]];
+            /* A slot whose worker ended in this round has a new worker (or none), whose
+               fds may reuse the numbers polled: those events are not its. */
+            if (w->state == W_EMPTY || w->gen != gen[k]) continue;
+            if (fds[k].fd == w->task_fd) {
+                if (fds[k].revents & POLLOUT) worker_flush(w);
+                continue;
+            }
+            int ended = fds[k].fd == w->pidfd;
+            if (!ended && worker_read(L, p, w, ev, &nev) == 0) ended = 1;
+            if (ended) worker_ended(L, p, owner[k], ev, &nev);
+        }
+        if (nev > 0 || p->broken) break;
+    }
+    lua_pop(L, 3);
+    pool_dispatch(p);
+    return nev;
+}
+
+static void pool_release(pool *p);
+
+/* ---------- Lua bindings ---------- */
+
+/* pool_new{ workers, init, init_args, max_tasks, task_retries } -> core pool, with every
+   worker's init done; raises with the init error (traceback included) when one fails. */
+static int pool_new(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "workers");
+    lua_Integer n = luaL_checkinteger(L, -1);
+    lua_getfield(L, 1, "max_tasks");
+    lua_Integer max_tasks = luaL_optinteger(L, -1, 0);
+    lua_getfield(L, 1, "task_retries");
+    lua_Integer retries = luaL_optinteger(L, -1, 1);
+    lua_settop(L, 1);
+    if (n < 1 || n > 4096) return luaL_error(L, "workers must be between 1 and 4096 (got %d)", (int)n);
+    if (max_tasks < 0) return luaL_error(L, "max_tasks must be positive (got %d)", (int)max_tasks);
+    if (retries < 0 || retries > 1000) return luaL_error(L, "task_retries must be between 0 and 1000");
+
+    pool *p = lua_newuserdatauv(L, sizeof *p, 1);   /* 2 */
+    memset(p, 0, sizeof *p);
+    luaL_setmetatable(L, POOL_TYPE);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, 2, 1);
+    lua_replace(L, 1);           /* the pool is at 1, as worker_main expects */
+    lua_settop(L, 1);
+    p->owner = getpid();
+    p->max_tasks = max_tasks;
+    p->task_retries = (int)retries;
+    p->nworkers = (int)n;
+    p->slots = mmap(NULL, sizeof *p->slots * (size_t)n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p->slots == MAP_FAILED) {
+        p->slots = NULL;
+        return luaL_error(L, "cannot map pool slots: %s", strerror(errno));
+    }
+    p->workers = calloc((size_t)n, sizeof *p->workers);
+    if (!p->workers) return luaL_error(L, "not enough memory");
+    for (int i = 0; i < n; i++) {
+        worker *w = &p->workers[i];
+        w->pidfd = w->task_fd = w->result_fd = -1;
+    }
+    ignore_sigpipe();
+    for (int i = 0; i < n; i++)
+        if (worker_spawn(L, p, i) != 0) return luaL_error(L, "cannot start worker: %s", strerror(errno));
+    /* Wait until every worker is ready, or one failed its init. */
+    lua_newtable(L);
+    for (;;) {
+        int ready = 0;
+        for (int i = 0; i < n; i++) ready += p->workers[i].state == W_READY;
+        if (ready == n || p->broken) break;
+        pool_wait(L, p, 1.0, 2);
+    }
+    if (p->broken) {
+        lua_pushstring(L, p->broken_message ? p->broken_message : "worker init failed");
+        pool_release(p);
+        return lua_error(L);
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* P:submit(fn_blob, star, items, i, j, root [, offset]) -> task id.
+   Encodes items[i..j] as one task. root names the items in errors: root[offset + k - i],
+   or root itself when offset is nil. */
+static int pool_submit(lua_State *L) {
+    pool *p = check_pool(L);
+    size_t blen;
+    const char *blob = luaL_checklstring(L, 2, &blen);
+    int star = lua_toboolean(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_Integer i = luaL_checkinteger(L, 5), j = luaL_checkinteger(L, 6);
+    const char *root = luaL_optstring(L, 7, "items");
+    int has_offset = !lua_isnoneornil(L, 8);
+    lua_Integer offset = luaL_optinteger(L, 8, 0);
+    if (p->shut) return luaL_error(L, "pool is closed");
+    if (j < i || j - i >= 0x7fffffff) return luaL_error(L, "bad item range %d..%d", (int)i, (int)j);
+
+    buf b = BUF_INIT;
+    char hdr[1 + 8 + 4 + 1 + 4];
+    hdr[0] = 'T';
+    uint64_t id = ++p->next_task;
+    put_u64(hdr + 1, id);
+    put_u32(hdr + 9, 0);
+    hdr[13] = (char)star;
+    put_u32(hdr + 14, (uint32_t)(j - i + 1));
+    size_t at;
+    frame_begin(&b, &at);
+    buf_append(&b, hdr, sizeof hdr);
+    char err[300], name[200];
+    for (lua_Integer k = i; k <= j; k++) {
+        lua_geti(L, 4, k);
+        if (star && !lua_istable(L, -1)) {
+            buf_free(&b);
+            return luaL_error(L, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
+                              luaL_typename(L, -1));
+        }
+        size_t len_at = b.len;
+        char zero[4] = {0};
+        if (buf_append(&b, zero, 4) != 0) {
+            buf_free(&b);
+            return luaL_error(L, "not enough memory");
+        }
+        if (wire_encode(L, -1, &b, WIRE_CODE, root, err, sizeof err) != 0) {
+            /* Only now is the item's name worth formatting: encode again for the message. */
+            if (has_offset) snprintf(name, sizeof name, "%s[%lld]", root, (long long)(offset + k - i));
+            else snprintf(name, sizeof name, "%s", root);
+            wire_encode(L, -1, &b, WIRE_CODE, name, err, sizeof err);
+            buf_free(&b);
+            return luaL_error(L, "%s", err);
+        }
+        put_u32(b.data + len_at, (uint32_t)(b.len - len_at - 4));
+        lua_pop(L, 1);
+    }
+    if (frame_end(&b, at) != 0) {
+        buf_free(&b);
+        return luaL_error(L, "task too large to send (%zu bytes)", b.len);
+    }
+    func_entry *f = func_intern(p, blob, blen);
+    task *t = calloc(1, sizeof *t);
+    if (!f || !t) {
+        free(t);
+        buf_free(&b);
+        return luaL_error(L, "not enough memory");
+    }
+    f->refs++;
+    put_u32(b.data + at + FRAME_HEADER + 9, f->id);
+    t->id = id;
+    t->fn = f;
+    t->frame = b.data;
+    t->len = b.len;
+    list_push(&p->pending, t);
+    /* Start the workers on it now: the caller may have more to encode meanwhile. */
+    pool_dispatch(p);
+    lua_pushinteger(L, (lua_Integer)id);
+    return 1;
+}
+
+/* P:wait(timeout, ev) -> number of values put in ev: (id, kind, value) per finished task,
+   kind "ok" (value: list of results), "error" or "lost" (value: error table). Dispatches. */
+static int pool_wait_events(lua_State *L) {
+    pool *p = check_pool(L);
+    double timeout = luaL_optnumber(L, 2, -1);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    int nev = pool_wait(L, p, timeout, 3);
+    if (p->broken) {
+        lua_pushstring(L, p->broken_message ? p->broken_message : "a worker failed to start");
+        lua_setfield(L, 3, "broken");
+    }
+    lua_pushinteger(L, nev);
+    return 1;
+}
+
+/* P:counts() -> pending (not yet given to a worker), in flight, live workers. */
+static int pool_counts(lua_State *L) {
+    pool *p = check_pool(L);
+    size_t inflight = 0;
+    int live = 0;
+    for (int i = 0; i < p->nworkers; i++) {
+        inflight += p->workers[i].inflight.n;
+        live += p->workers[i].state != W_EMPTY;
+    }
+    lua_pushinteger(L, (lua_Integer)p->pending.n);
+    lua_pushinteger(L, (lua_Integer)inflight);
+    lua_pushinteger(L, live);
+    return 3;
+}
+
+/* P:pids() -> list of worker pids (0 for an empty slot). */
+static int pool_pids(lua_State *L) {
+    pool *p = check_pool(L);
+    lua_createtable(L, p->nworkers, 0);
+    for (int i = 0; i < p->nworkers; i++) {
+        lua_pushinteger(L, p->workers[i].state == W_EMPTY ? 0 : p->workers[i].pid);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* P:stats() -> { respawns, task_seconds, depth }. */
+static int pool_stats(lua_State *L) {
+    pool *p = check_pool(L);
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)p->respawns);
+    lua_setfield(L, -2, "respawns");
+    lua_pushnumber(L, p->task_seconds);
+    lua_setfield(L, -2, "task_seconds");
+    lua_pushinteger(L, (lua_Integer)pool_depth(p));
+    lua_setfield(L, -2, "depth");
+    return 1;
+}
+
+static void free_tasks(pool *p, task_list *l) {
+    task *t;
+    while ((t = list_pop(l)) != NULL) task_free(p, t);
+}
+
+/* Ends every worker: politely (close their pipes, wait up to grace seconds), then SIGKILL. */
+static void pool_stop(pool *p, int polite, double grace) {
+    p->shut = 1;
+    for (int i = 0; i < p->nworkers; i++) {
+        worker *w = &p->workers[i];
+        if (w->state == W_EMPTY) continue;
+        close_fd(&w->task_fd);
+        if (!polite) kill(w->pid, SIGKILL);
+    }
+    double deadline = now_seconds() + grace;
+    for (int i = 0; i < p->nworkers; i++) {
+        worker *w = &p->workers[i];
+        if (w->state == W_EMPTY) continue;
+        int status;
+        double left = deadline - now_seconds();
+        if (reap_child(w->pid, w->pidfd, left > 0 ? left : 0, &status) != 1) {
+            kill(w->pid, SIGKILL);
+            reap_child(w->pid, w->pidfd, -1, &status);
+        }
+        close_fd(&w->result_fd);
+        if (w->pidfd >= 0) close(w->pidfd);
+        w->pidfd = -1;
+        w->state = W_EMPTY;
+        free_tasks(p, &w->inflight);
+    }
+    free_tasks(p, &p->pending);
+}
+
+/* Releases everything; safe to call twice and in any process (a child only unmaps). */
+static void pool_release(pool *p) {
+    if (p->workers == NULL) return;
+    if (p->owner == getpid()) {
+        pool_stop(p, 0, 0);
+        for (int i = 0; i < p->nworkers; i++) {
+            frame_reader_free(&p->workers[i].in);
+            buf_free(&p->workers[i].out);
+        }
+        for (size_t b = 0; b < p->nbuckets; b++) {
+            func_entry *f = p->buckets[b];
+            while (f) {
+                func_entry *next = f->next;
+                func_free(f);
+                f = next;
+            }
+        }
+        free(p->buckets);
+        free(p->broken_message);
+        free(p->workers);
+    }
+    if (p->slots) munmap(p->slots, sizeof *p->slots * (size_t)p->nworkers);
+    p->slots = NULL;
+    p->buckets = NULL;
+    p->workers = NULL;
+}
+
+/* P:shutdown([grace = 5]): workers finish what they hold and exit; those that do not
+   within grace seconds are killed. Tasks not finished are dropped. */
+static int pool_shutdown(lua_State *L) {
+    pool *p = check_pool(L);
+    double grace = luaL_optnumber(L, 2, 5);
+    pool_stop(p, 1, grace);
+    return 0;
+}
+
+/* P:terminate(), __gc, __close: kill the workers now and free everything. */
+static int pool_terminate(lua_State *L) {
+    pool *p = luaL_checkudata(L, 1, POOL_TYPE);
+    pool_release(p);
+    return 0;
+}
+
+void forage_open_pool(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"submit", pool_submit}, {"wait", pool_wait_events}, {"counts", pool_counts},
+        {"pids", pool_pids}, {"stats", pool_stats}, {"shutdown", pool_shutdown},
+        {"terminate", pool_terminate}, {NULL, NULL},
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", pool_terminate}, {"__close", pool_terminate}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, POOL_TYPE);
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, pool_new);
+    lua_setfield(L, -2, "pool_core");
+}
