@@ -223,6 +223,17 @@ describe("wire", function()
       assert.are.equal(0, n)
     end)
 
+    it("share cells and tables among many closures", function()
+      local count, log = 0, {}
+      local fns = {}
+      for i = 1, 50 do fns[i] = function() count = count + i; log[#log + 1] = i; return count end end
+      local back = roundtrip(fns, CODE)
+      back[1]()
+      back[50]()
+      assert.are.equal(54, back[3]())
+      assert.are.equal(0, count)
+    end)
+
     it("send a recursive local function and a function twice", function()
       local function fact(k) if k <= 1 then return 1 end return k * fact(k - 1) end
       local back = roundtrip({ fact, fact }, CODE)

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/pidfd.h>
@@ -37,6 +38,19 @@ void fork_unregister_fd(int fd) {
             return;
         }
     }
+}
+
+static pid_t cached_pid;
+
+static void forget_pid(void) { cached_pid = 0; }
+
+pid_t current_pid(void) {
+    if (cached_pid == 0) {
+        static int registered;
+        if (!registered) registered = pthread_atfork(NULL, NULL, forget_pid) == 0;
+        cached_pid = getpid();
+    }
+    return cached_pid;
 }
 
 pid_t fork_child(int *pidfd) {

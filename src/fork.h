@@ -17,6 +17,9 @@ pid_t fork_child(int *pidfd);
 int fork_register_fd(int fd);
 void fork_unregister_fd(int fd);
 
+/* This process's id, without a system call (kept current across forks). */
+pid_t current_pid(void);
+
 /* Leaves a child: flushes only what the child wrote, then _exit (no atexit handlers,
    no Lua finalisers: nothing the parent owns is torn down here). */
 _Noreturn void child_exit(int code);

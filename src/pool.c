@@ -1,21 +1,11 @@
-/* forage.PoolCore: the mechanism of the fork pool. Workers, their pipes, dispatch of
-   encoded tasks, collection of results, and recovery when a worker dies. Policy (what a
-   result means, callbacks, ordering, AsyncResult) lives in lua/forage/pool.lua.
+/* forage.PoolCore: the parent side of the fork pool. Workers, their pipes, dispatch of
+   encoded tasks, collection of results, and recovery when a worker dies. The workers' loop
+   is in worker.c, the messages between them in pool.h. Policy (what a result means,
+   callbacks, ordering, AsyncResult) lives in lua/forage/pool.lua.
 
    Each worker has its own pair of pipes, so the parent always knows which tasks a worker
    holds: when it dies, exactly those are re-queued, and the one it was running (read from
-   a shared slot) counts an attempt. Nothing hangs on a dead worker (CPython gh-66587).
-
-   Messages parent -> worker (each one frame):
-     'F' u32 id, wire(fn)          define function id
-     'U' u32 id                    forget function id
-     'T' u64 task, u32 fn, u8 star, u32 count, count x (u32 len, wire(item))
-   Messages worker -> parent:
-     'R'                           ready: init ran
-     'I' wire(error)               init failed; the worker exits
-     'D' u64 task, u64 ns, u32 index, u32 count, count x (u32 len, wire(result))
-     'E' the same, then wire(error): items before index ran, the one at index failed
-*/
+   its shared slot) counts an attempt. Nothing hangs on a dead worker (CPython gh-66587). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -24,21 +14,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core.h"
 #include "fork.h"
 #include "frame.h"
 #include "lauxlib.h"
+#include "pool.h"
 #include "wire.h"
 
 #define POOL_TYPE "forage.PoolCore"
 #define FUNCS_KEPT 64              /* unused functions kept in workers before forgetting */
 #define OUT_HIGH_WATER (1u << 20)  /* bytes queued to one worker before it counts as full */
-#define FLUSH_EVERY_NS 2000000     /* a worker holds finished results at most this long */
 #define MAX_DEPTH 256              /* tasks in flight per worker, at most */
 #define TARGET_QUEUE_SECONDS 0.002 /* work queued ahead in each worker */
 
@@ -81,12 +69,6 @@ typedef struct worker {
     task_list inflight;
     uint64_t dispatched;       /* tasks given to this incarnation */
 } worker;
-
-/* Written by a worker, read by the parent after the worker's death. */
-typedef struct shared_slot {
-    _Atomic uint64_t running_task;
-    _Atomic uint32_t running_index;
-} shared_slot;
 
 typedef struct pool {
     pid_t owner;
@@ -132,12 +114,6 @@ static task *list_pop(task_list *l) {
     l->n--;
     t->next = NULL;
     return t;
-}
-
-static uint64_t monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static void set_nonblock(int fd) {
@@ -238,250 +214,6 @@ static void task_free(pool *p, task *t) {
     free(t);
 }
 
-/* ---------- the worker side (runs in the child) ---------- */
-
-/* The message handler of a task: { value = error, traceback = "..." }. */
-static int task_error_handler(lua_State *L) {
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "value");
-    const char *msg = lua_tostring(L, 1);
-    luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-    lua_setfield(L, -2, "traceback");
-    return 1;
-}
-
-/* Encodes the error table at idx; when its value cannot travel, sends its string form. */
-static void encode_error(lua_State *L, int idx, buf *b) {
-    char err[256];
-    if (wire_encode(L, idx, b, WIRE_DATA, "error", err, sizeof err) == 0) return;
-    lua_getfield(L, idx, "value");
-    const char *s = luaL_tolstring(L, -1, NULL);
-    lua_pushstring(L, s);
-    lua_setfield(L, idx, "value");
-    lua_pop(L, 2);
-    if (wire_encode(L, idx, b, WIRE_DATA, "error", err, sizeof err) != 0) buf_putc(b, 0);
-}
-
-/* Builds an error table { value = msg, traceback = "" } on the stack top. */
-static void push_error(lua_State *L, const char *msg) {
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, msg);
-    lua_setfield(L, -2, "value");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "traceback");
-}
-
-static _Noreturn void worker_fail(const char *what) {
-    fprintf(stderr, "forage: pool worker %ld: %s: %s\n", (long)getpid(), what, strerror(errno));
-    child_exit(70);
-}
-
-static void worker_write(int fd, buf *out) {
-    if (out->len && fd_write_all(fd, out->data, out->len) != 0) {
-        if (errno == EPIPE) child_exit(0);   /* the parent is gone */
-        worker_fail("write");
-    }
-    buf_reset(out);
-    if (out->cap > (4u << 20)) buf_free(out);
-}
-
-/* Runs one 'T' frame: each item through the function, results into out. */
-static void worker_run_task(lua_State *L, int funcs, shared_slot *slot, const char *p, size_t n, buf *out) {
-    if (n < 17) worker_fail("short task frame");
-    uint64_t id = get_u64(p);
-    uint32_t fn = get_u32(p + 8);
-    int star = p[12] != 0;
-    uint32_t count = get_u32(p + 13);
-    const char *q = p + 17, *end = p + n;
-    uint64_t t0 = monotonic_ns();
-    atomic_store_explicit(&slot->running_task, id, memory_order_relaxed);
-
-    size_t at;
-    if (frame_begin(out, &at) != 0) worker_fail("memory");
-    size_t head = out->len;
-    char hdr[1 + 8 + 8 + 4 + 4] = {0};   /* tag, id, ns, (index), count */
-    buf_append(out, hdr, sizeof hdr);
-    uint32_t done = 0;
-    int failed = 0;
-    int base = lua_gettop(L);
-    char err[256];
-
-    for (uint32_t k = 0; k < count && !failed; k++) {
-        atomic_store_explicit(&slot->running_index, k, memory_order_relaxed);
-        if ((size_t)(end - q) < 4) worker_fail("short task frame");
-        size_t len = get_u32(q);
-        q += 4;
-        if ((size_t)(end - q) < len) worker_fail("short task frame");
-        lua_pushcfunction(L, task_error_handler);
-        lua_rawgeti(L, funcs, fn);
-        if (!lua_isfunction(L, -1)) worker_fail("task names an unknown function");
-        int nargs = 1;
-        if (wire_decode(L, q, len, WIRE_CODE, err, sizeof err) != 0) {
-            lua_settop(L, base);
-            push_error(L, err);
-            failed = 1;
-            break;
-        }
-        q += len;
-        if (star) {
-            if (!lua_istable(L, -1)) worker_fail("star task item is not a table");
-            int t = lua_gettop(L);
-            lua_getfield(L, t, "n");
-            lua_Integer na = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, t);
-            lua_pop(L, 1);
-            if (na < 0 || na > 250) {
-                lua_settop(L, base);
-                push_error(L, "too many arguments for one task (at most 250)");
-                failed = 1;
-                break;
-            }
-            luaL_checkstack(L, (int)na, "task arguments");
-            for (lua_Integer i = 1; i <= na; i++) lua_rawgeti(L, t, i);
-            lua_remove(L, t);
-            nargs = (int)na;
-        }
-        if (lua_pcall(L, nargs, 1, base + 1) != LUA_OK) {
-            lua_remove(L, base + 1);
-            failed = 1;
-            break;
-        }
-        size_t item_at = out->len;
-        char len_hdr[4] = {0};
-        buf_append(out, len_hdr, 4);
-        if (wire_encode(L, -1, out, WIRE_CODE, "result", err, sizeof err) != 0) {
-            out->len = item_at;
-            lua_settop(L, base);
-            push_error(L, err);
-            failed = 1;
-            break;
-        }
-        put_u32(out->data + item_at, (uint32_t)(out->len - item_at - 4));
-        lua_settop(L, base);
-        done++;
-    }
-    uint64_t ns = monotonic_ns() - t0;
-    char *h = out->data + head;
-    h[0] = failed ? 'E' : 'D';
-    put_u64(h + 1, id);
-    put_u64(h + 9, ns);
-    put_u32(h + 17, done);      /* failing index = results before it */
-    put_u32(h + 21, done);
-    if (failed) {
-        /* The error goes after the results: 'E' id ns index count results... error */
-        encode_error(L, lua_gettop(L), out);
-        lua_settop(L, base);
-    }
-    if (frame_end(out, at) != 0) {
-        /* Results too large for one frame: report that instead of them. */
-        out->len = at;
-        frame_begin(out, &at);
-        char eh[1 + 8 + 8 + 4 + 4] = {0};
-        eh[0] = 'E';
-        put_u64(eh + 1, id);
-        put_u64(eh + 9, ns);
-        buf_append(out, eh, sizeof eh);
-        push_error(L, "results too large for one message (over 2 GiB)");
-        encode_error(L, lua_gettop(L), out);
-        lua_settop(L, base);
-        frame_end(out, at);
-    }
-    atomic_store_explicit(&slot->running_task, 0, memory_order_relaxed);
-}
-
-/* The whole life of a worker process; never returns. The pool userdata is at index 1
-   and its uservalue holds init and init_args. */
-static _Noreturn void worker_main(lua_State *L, pool *p, int slot_index, pid_t parent, int task_fd, int result_fd) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) child_exit(0);
-    shared_slot *slot = &p->slots[slot_index];
-    buf out = BUF_INIT;
-    lua_settop(L, 1);
-    lua_newtable(L);            /* 2: functions by id */
-    int funcs = 2;
-
-    /* init(init_args...) */
-    lua_getiuservalue(L, 1, 1);
-    lua_getfield(L, -1, "init");
-    if (!lua_isnil(L, -1)) {
-        lua_pushcfunction(L, task_error_handler);
-        lua_insert(L, -2);
-        lua_getfield(L, -3, "init_args");
-        int nargs = 0;
-        if (lua_istable(L, -1)) {
-            int t = lua_gettop(L);
-            lua_getfield(L, t, "n");
-            lua_Integer na = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, t);
-            lua_pop(L, 1);
-            luaL_checkstack(L, (int)na, "init arguments");
-            for (lua_Integer i = 1; i <= na; i++) lua_rawgeti(L, t, i);
-            lua_remove(L, t);
-            nargs = (int)na;
-        } else {
-            lua_pop(L, 1);
-        }
-        if (lua_pcall(L, nargs, 0, -nargs - 2) != LUA_OK) {
-            size_t at;
-            frame_begin(&out, &at);
-            buf_putc(&out, 'I');
-            encode_error(L, lua_gettop(L), &out);
-            frame_end(&out, at);
-            worker_write(result_fd, &out);
-            child_exit(3);
-        }
-    }
-    lua_settop(L, funcs);
-    size_t at;
-    frame_begin(&out, &at);
-    buf_putc(&out, 'R');
-    frame_end(&out, at);
-    worker_write(result_fd, &out);
-
-    frame_reader in = {BUF_INIT, 0};
-    uint64_t last_flush = monotonic_ns();
-    char err[256];
-    for (;;) {
-        long got = frame_fill(&in, task_fd);
-        if (got == 0) break;    /* the parent closed: the pool is closing */
-        if (got < 0) worker_fail("read");
-        const char *f;
-        size_t n;
-        int rc;
-        while ((rc = frame_next(&in, &f, &n)) == 1) {
-            if (n < 1) worker_fail("empty frame");
-            char tag = f[0];
-            f++;
-            n--;
-            if (tag == 'T') {
-                worker_run_task(L, funcs, slot, f, n, &out);
-                uint64_t now = monotonic_ns();
-                if (out.len > (256u << 10) || now - last_flush > FLUSH_EVERY_NS) {
-                    worker_write(result_fd, &out);
-                    last_flush = now;
-                }
-            } else if (tag == 'F') {
-                if (n < 4) worker_fail("short function frame");
-                if (wire_decode(L, f + 4, n - 4, WIRE_CODE, err, sizeof err) != 0) {
-                    fprintf(stderr, "forage: pool worker %ld: cannot load a function: %s\n", (long)getpid(), err);
-                    child_exit(70);
-                }
-                lua_rawseti(L, funcs, get_u32(f));
-            } else if (tag == 'U') {
-                if (n < 4) worker_fail("short frame");
-                lua_pushnil(L);
-                lua_rawseti(L, funcs, get_u32(f));
-            } else {
-                worker_fail("unknown frame");
-            }
-        }
-        if (rc < 0) worker_fail("corrupt frame");
-        worker_write(result_fd, &out);
-        last_flush = monotonic_ns();
-    }
-    worker_write(result_fd, &out);
-    child_exit(0);
-}
-
 /* ---------- the parent side ---------- */
 
 static void close_fd(int *fd) {
@@ -517,7 +249,8 @@ static int worker_spawn(lua_State *L, pool *p, int i) {
     if (pid == 0) {
         close(tfd[1]);
         close(rfd[0]);
-        worker_main(L, p, i, parent, tfd[0], rfd[1]);
+        lua_getiuservalue(L, 1, 1);
+        worker_main(L, lua_gettop(L), &p->slots[i], parent, tfd[0], rfd[1]);
     }
     close(tfd[0]);
     close(rfd[1]);
@@ -572,6 +305,13 @@ static int worker_can_take(const pool *p, const worker *w, size_t depth) {
     return 1;
 }
 
+/* True when a ready worker has nothing to do. */
+static int pool_has_idle(const pool *p) {
+    for (int i = 0; i < p->nworkers; i++)
+        if (p->workers[i].state == W_READY && p->workers[i].inflight.n == 0) return 1;
+    return 0;
+}
+
 /* Gives pending tasks to workers with room, round robin, then writes. */
 static void pool_dispatch(pool *p) {
     size_t depth = pool_depth(p);
@@ -618,20 +358,13 @@ static void push_event(lua_State *L, int ev, int *nev, uint64_t id, const char *
     lua_rawseti(L, ev, ++*nev);   /* the value pushed by the caller */
 }
 
-/* Decodes count results from q into a new list on the stack. Returns the position after them. */
-static const char *push_results(lua_State *L, const char *q, const char *end, uint32_t count) {
-    lua_createtable(L, (int)count, 0);
-    char err[256];
-    for (uint32_t k = 0; k < count; k++) {
-        if (end - q < 4) luaL_error(L, "pool: corrupt result frame");
-        size_t len = get_u32(q);
-        q += 4;
-        if ((size_t)(end - q) < len) luaL_error(L, "pool: corrupt result frame");
-        if (wire_decode(L, q, len, WIRE_CODE, err, sizeof err) != 0) luaL_error(L, "pool: bad result: %s", err);
-        lua_rawseti(L, -2, (lua_Integer)k + 1);
-        q += len;
-    }
-    return q;
+/* Pushes an error table { value = msg, traceback = "" }. */
+static void push_error(lua_State *L, const char *msg) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "value");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "traceback");
 }
 
 /* Takes the task with this id out of a worker's in-flight list (it is normally the first). */
@@ -672,24 +405,25 @@ static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t
         p->broken = 1;
         return;
     }
-    if ((tag != 'D' && tag != 'E') || n < 1 + 8 + 8 + 4 + 4) luaL_error(L, "pool: bad frame from worker");
+    if ((tag != 'D' && tag != 'E') || n < 1 + RESULT_HEADER) luaL_error(L, "pool: bad message from worker");
     uint64_t id = get_u64(q);
     uint64_t ns = get_u64(q + 8);
     uint32_t index = get_u32(q + 16);
-    uint32_t count = get_u32(q + 20);
-    q += 24;
+    size_t list_len = get_u32(q + 24);
+    q += RESULT_HEADER;
+    if ((size_t)(end - q) < list_len) luaL_error(L, "pool: corrupt message from worker");
     task *t = take_inflight(w, id);
     if (!t) luaL_error(L, "pool: result for unknown task %d", (int)id);
     double secs = (double)ns * 1e-9;
     p->task_seconds = p->task_seconds <= 0 ? secs : p->task_seconds * 0.9 + secs * 0.1;
     task_free(p, t);
+    if (wire_decode(L, q, list_len, WIRE_CODE, err, sizeof err) != 0) luaL_error(L, "pool: bad results: %s", err);
     if (tag == 'D') {
-        push_results(L, q, end, count);
         push_event(L, ev, nev, id, "ok");
         return;
     }
     /* 'E': { value, traceback, index = 0-based item, results = {...}, pid } */
-    q = push_results(L, q, end, count);
+    q += list_len;
     if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) push_error(L, err);
     lua_insert(L, -2);
     lua_setfield(L, -2, "results");
@@ -773,7 +507,7 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
 static pool *check_pool(lua_State *L) {
     pool *p = luaL_checkudata(L, 1, POOL_TYPE);
     if (p->workers == NULL) luaL_error(L, "attempt to use a closed pool");
-    if (p->owner != getpid()) luaL_error(L, "a pool can only be used by the process that created it");
+    if (p->owner != current_pid()) luaL_error(L, "a pool can only be used by the process that created it");
     return p;
 }
 
@@ -922,42 +656,44 @@ static int pool_submit(lua_State *L) {
     if (p->shut) return luaL_error(L, "pool is closed");
     if (j < i || j - i >= 0x7fffffff) return luaL_error(L, "bad item range %d..%d", (int)i, (int)j);
 
+    /* The items travel as one list: one encode here, one decode in the worker. */
+    lua_Integer count = j - i + 1;
+    lua_createtable(L, (int)count, 0);
+    int list = lua_gettop(L);
+    for (lua_Integer k = i; k <= j; k++) {
+        if (lua_geti(L, 4, k) != LUA_TTABLE && star)
+            return luaL_error(L, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
+                              luaL_typename(L, -1));
+        lua_rawseti(L, list, k - i + 1);
+    }
     buf b = BUF_INIT;
-    char hdr[1 + 8 + 4 + 1 + 4];
+    char hdr[1 + TASK_HEADER];
     hdr[0] = 'T';
     uint64_t id = ++p->next_task;
     put_u64(hdr + 1, id);
     put_u32(hdr + 9, 0);
     hdr[13] = (char)star;
-    put_u32(hdr + 14, (uint32_t)(j - i + 1));
+    put_u32(hdr + 14, (uint32_t)count);
     size_t at;
-    frame_begin(&b, &at);
-    buf_append(&b, hdr, sizeof hdr);
     char err[300], name[200];
-    for (lua_Integer k = i; k <= j; k++) {
-        lua_geti(L, 4, k);
-        if (star && !lua_istable(L, -1)) {
-            buf_free(&b);
-            return luaL_error(L, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
-                              luaL_typename(L, -1));
-        }
-        size_t len_at = b.len;
-        char zero[4] = {0};
-        if (buf_append(&b, zero, 4) != 0) {
-            buf_free(&b);
-            return luaL_error(L, "not enough memory");
-        }
-        if (wire_encode(L, -1, &b, WIRE_CODE, root, err, sizeof err) != 0) {
-            /* Only now is the item's name worth formatting: encode again for the message. */
-            if (has_offset) snprintf(name, sizeof name, "%s[%lld]", root, (long long)(offset + k - i));
-            else snprintf(name, sizeof name, "%s", root);
-            wire_encode(L, -1, &b, WIRE_CODE, name, err, sizeof err);
-            buf_free(&b);
-            return luaL_error(L, "%s", err);
-        }
-        put_u32(b.data + len_at, (uint32_t)(b.len - len_at - 4));
-        lua_pop(L, 1);
+    if (frame_begin(&b, &at) != 0 || buf_append(&b, hdr, sizeof hdr) != 0) {
+        buf_free(&b);
+        return luaL_error(L, "not enough memory");
     }
+    if (wire_encode(L, list, &b, WIRE_CODE, root, err, sizeof err) != 0) {
+        /* Only now are the items' names worth formatting: find the one that cannot travel. */
+        buf_free(&b);
+        for (lua_Integer k = 1; k <= count; k++) {
+            if (has_offset) snprintf(name, sizeof name, "%s[%lld]", root, (long long)(offset + k - 1));
+            else snprintf(name, sizeof name, "%s", root);
+            lua_rawgeti(L, list, k);
+            if (wire_encode(L, -1, &b, WIRE_CODE, name, err, sizeof err) != 0) break;
+            lua_pop(L, 1);
+        }
+        buf_free(&b);
+        return luaL_error(L, "%s", err);
+    }
+    lua_settop(L, list - 1);
     if (frame_end(&b, at) != 0) {
         buf_free(&b);
         return luaL_error(L, "task too large to send (%zu bytes)", b.len);
@@ -976,8 +712,9 @@ static int pool_submit(lua_State *L) {
     t->frame = b.data;
     t->len = b.len;
     list_push(&p->pending, t);
-    /* Start the workers on it now: the caller may have more to encode meanwhile. */
-    pool_dispatch(p);
+    /* Start idle workers on it now, while the caller encodes more; otherwise let tasks
+       gather so that one write carries many. */
+    if (p->pending.n >= 64 || pool_has_idle(p)) pool_dispatch(p);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
 }

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core.h"
@@ -194,6 +195,21 @@ static int new_table(lua_State *L) {
     return 1;
 }
 
+/* sleep(seconds): sleeps, resuming after signals, for the whole time. */
+static int sleep_seconds(lua_State *L) {
+    double d = luaL_checknumber(L, 1);
+    luaL_argcheck(L, d >= 0 && d < 1e9, 1, "seconds out of range");
+    struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+    return 0;
+}
+
+/* getppid() -> the parent's process id. */
+static int process_getppid(lua_State *L) {
+    lua_pushinteger(L, getppid());
+    return 1;
+}
+
 /* getpid() -> this process's id. */
 static int process_getpid(lua_State *L) {
     lua_pushinteger(L, getpid());
@@ -222,6 +238,10 @@ void forage_open_proc(lua_State *L) {
     lua_setfield(L, -2, "now");
     lua_pushcfunction(L, new_table);
     lua_setfield(L, -2, "new_table");
+    lua_pushcfunction(L, sleep_seconds);
+    lua_setfield(L, -2, "sleep");
+    lua_pushcfunction(L, process_getppid);
+    lua_setfield(L, -2, "getppid");
     lua_pushcfunction(L, process_getpid);
     lua_setfield(L, -2, "getpid");
 }

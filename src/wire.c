@@ -45,7 +45,7 @@ enum {
 enum { FLAG_REFS = 1, FLAG_CODE = 2, FLAGS_KNOWN = FLAG_REFS | FLAG_CODE };
 
 #define VARINT_MAX 10
-#define SEEN_INLINE 8
+#define SEEN_INLINE 32
 
 /* Shown key strings and upvalue names are cut to this many bytes in error paths. */
 #define PATH_NAME_MAX 40
@@ -267,6 +267,15 @@ static void seen_put(encoder *e, const void *p, lua_Integer v) {
 
 /* ------------------------------------------------- values sent by name (code mode) */
 
+/* Returns nothing; makes room for the index work below (up to a dozen slots), raising in
+   the practically impossible case that the Lua stack cannot grow. */
+static void names_stack(encoder *e) {
+    if (!lua_checkstack(e->L, 24)) {
+        e->b->len = e->start;
+        luaL_error(e->L, "wire: Lua stack overflow");
+    }
+}
+
 /* Returns the stack slot holding package.loaded (an empty table if there is none). */
 static int loaded_slot(encoder *e) {
     lua_State *L = e->L;
@@ -396,6 +405,7 @@ static int names_check(encoder *e) {
     lua_State *L = e->L;
     if (e->names_checked) return ENCODE_OK;
     e->names_checked = 1;
+    names_stack(e);
     names_fetch(e);
     if (e->names_rebuilt) return ENCODE_OK;
     int loaded = loaded_slot(e);
@@ -444,6 +454,7 @@ static int name_entry_valid(encoder *e, int v) {
    that must have a name (required: a C function, a userdata) has none. */
 static int name_lookup(encoder *e, int v, int required) {
     lua_State *L = e->L;
+    names_stack(e);
     names_fetch(e);
     if (required) {
         int rc = names_check(e);

@@ -30,6 +30,8 @@ forage.decode = core.decode
 
 forage.cpu_count = core.cpu_count
 forage.getpid = core.getpid
+forage.getppid = core.getppid
+forage.sleep = core.sleep
 forage.now = core.now
 
 return forage

@@ -1,0 +1,39 @@
+/* What the parent side of a pool (pool.c) and its workers (worker.c) share: the slot a
+   worker writes for the parent to read after its death, and the messages between them.
+
+   Messages parent -> worker, one frame each, a tag byte first:
+     'F' u32 id, wire(fn)                        define function id
+     'U' u32 id                                  forget function id
+     'T' u64 task, u32 fn, u8 star, u32 count, wire({ item1 .. itemN })
+   Messages worker -> parent:
+     'R'                                         ready: init ran
+     'I' wire(error)                             init failed; the worker exits
+     'D' u64 task, u64 ns, u32 index, u32 count, u32 len, wire({ result1 .. })
+     'E' the same, then wire(error): the items before index ran, the one at index failed.
+   An error is { value = <the error value>, traceback = "..." }. Items, results and
+   functions travel in WIRE_CODE mode (the pool's own process tree); errors in WIRE_DATA. */
+#ifndef FORAGE_POOL_H
+#define FORAGE_POOL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "lua.h"
+
+#define TASK_HEADER (8 + 4 + 1 + 4)           /* after the tag */
+#define RESULT_HEADER (8 + 8 + 4 + 4 + 4)     /* after the tag */
+
+/* Written by a worker, read by the parent once the worker died: which task (and which item
+   of it) was running, so that only that one counts an attempt. */
+typedef struct shared_slot {
+    _Atomic uint64_t running_task;   /* 0 between tasks */
+    _Atomic uint32_t running_index;
+} shared_slot;
+
+/* The life of a worker process: runs init from the config table at stack index config
+   ({ init = fn, init_args = list }), says ready, then runs tasks until its task pipe
+   ends. Never returns. */
+_Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t parent, int task_fd, int result_fd);
+
+#endif

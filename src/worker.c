@@ -1,0 +1,288 @@
+/* The worker side of the pool: the loop a forked worker runs (see pool.h). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fork.h"
+#include "frame.h"
+#include "lauxlib.h"
+#include "pool.h"
+#include "wire.h"
+
+#define FLUSH_EVERY_NS 2000000      /* finished results wait at most this long to be sent */
+#define FLUSH_BYTES (256u << 10)
+#define MAX_TASK_ARGS 250
+
+static uint64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static _Noreturn void worker_fail(const char *what) {
+    fprintf(stderr, "forage: pool worker %ld: %s: %s\n", (long)getpid(), what, strerror(errno));
+    child_exit(70);
+}
+
+/* The message handler of a task: { value = error, traceback = "..." }. */
+static int task_error_handler(lua_State *L) {
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "value");
+    const char *msg = lua_tostring(L, 1);
+    luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
+    lua_setfield(L, -2, "traceback");
+    return 1;
+}
+
+/* Pushes an error table { value = msg, traceback = "" }. */
+static void push_error(lua_State *L, const char *msg) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "value");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "traceback");
+}
+
+/* Appends the error table at idx; when its value cannot travel, its string form does. */
+static void encode_error(lua_State *L, int idx, buf *b) {
+    char err[256];
+    if (wire_encode(L, idx, b, WIRE_DATA, "error", err, sizeof err) == 0) return;
+    lua_getfield(L, idx, "value");
+    lua_pushstring(L, luaL_tolstring(L, -1, NULL));
+    lua_setfield(L, idx, "value");
+    lua_pop(L, 2);
+    if (wire_encode(L, idx, b, WIRE_DATA, "error", err, sizeof err) != 0) worker_fail("cannot encode an error");
+}
+
+/* Writes out everything buffered; leaves quietly when the parent is gone. */
+static void worker_write(int fd, buf *out) {
+    if (out->len && fd_write_all(fd, out->data, out->len) != 0) {
+        if (errno == EPIPE) child_exit(0);
+        worker_fail("write");
+    }
+    buf_reset(out);
+    if (out->cap > (4u << 20)) buf_free(out);
+}
+
+/* Pushes the arguments of a star item (the table at idx, replaced); returns their number,
+   or -1 when there are too many. */
+static int unpack_args(lua_State *L, int idx) {
+    lua_getfield(L, idx, "n");
+    lua_Integer n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, idx);
+    lua_pop(L, 1);
+    if (n < 0 || n > MAX_TASK_ARGS) return -1;
+    luaL_checkstack(L, (int)n, "task arguments");
+    for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, idx, i);
+    lua_remove(L, idx);
+    return (int)n;
+}
+
+/* When the results list cannot travel, finds the first result that cannot, drops it and
+   those after it, and pushes the error. Returns the number of results kept. */
+static uint32_t drop_bad_result(lua_State *L, int results, uint32_t done) {
+    buf scratch = BUF_INIT;
+    char err[256];
+    uint32_t k = 0;
+    for (; k < done; k++) {
+        lua_rawgeti(L, results, (lua_Integer)k + 1);
+        buf_reset(&scratch);
+        int bad = wire_encode(L, -1, &scratch, WIRE_CODE, "result", err, sizeof err) != 0;
+        lua_pop(L, 1);
+        if (bad) break;
+    }
+    buf_free(&scratch);
+    for (uint32_t j = k; j < done; j++) {
+        lua_pushnil(L);
+        lua_rawseti(L, results, (lua_Integer)j + 1);
+    }
+    push_error(L, k < done ? err : "results cannot be sent");
+    return k;
+}
+
+/* What run_items has done, read by run_task whether or not it raised. */
+typedef struct item_run {
+    shared_slot *slot;
+    uint32_t count;
+    uint32_t done;
+    int star;
+} item_run;
+
+/* run_items(fn, items, results): results[k] = fn(items[k]) for k = done + 1 .. count.
+   Called once under lua_pcall for the whole task: one setjmp per task, not per item. */
+static int run_items(lua_State *L) {
+    item_run *run = lua_touserdata(L, lua_upvalueindex(1));
+    for (; run->done < run->count; run->done++) {
+        atomic_store_explicit(&run->slot->running_index, run->done, memory_order_relaxed);
+        lua_pushvalue(L, 1);
+        lua_rawgeti(L, 2, (lua_Integer)run->done + 1);
+        int nargs = 1;
+        if (run->star && (!lua_istable(L, -1) || (nargs = unpack_args(L, lua_gettop(L))) < 0))
+            return luaL_error(L, "bad argument list (a table of at most %d arguments expected)", MAX_TASK_ARGS);
+        lua_call(L, nargs, 1);
+        lua_rawseti(L, 3, (lua_Integer)run->done + 1);
+    }
+    return 0;
+}
+
+/* Runs one 'T' message and appends its 'D' or 'E' message to out. */
+static void run_task(lua_State *L, int funcs, shared_slot *slot, const char *p, size_t n, buf *out) {
+    if (n < TASK_HEADER) worker_fail("short task message");
+    uint64_t id = get_u64(p);
+    uint32_t fn = get_u32(p + 8);
+    item_run run = {slot, get_u32(p + 13), 0, p[12] != 0};
+    uint64_t t0 = monotonic_ns();
+    atomic_store_explicit(&slot->running_task, id, memory_order_relaxed);
+
+    int base = lua_gettop(L);
+    char err[256];
+    lua_createtable(L, (int)run.count, 0);      /* base + 1: results */
+    int results = base + 1;
+    lua_pushcfunction(L, task_error_handler);   /* base + 2 */
+    lua_pushlightuserdata(L, &run);
+    lua_pushcclosure(L, run_items, 1);
+    lua_rawgeti(L, funcs, fn);
+    if (!lua_isfunction(L, -1)) worker_fail("a task names an unknown function");
+    int failed = 0;
+    if (wire_decode(L, p + TASK_HEADER, n - TASK_HEADER, WIRE_CODE, err, sizeof err) != 0) {
+        lua_settop(L, results);
+        push_error(L, err);
+        failed = 1;
+    } else {
+        lua_pushvalue(L, results);
+        failed = lua_pcall(L, 3, 0, base + 2) != LUA_OK;
+        if (failed) lua_remove(L, base + 2);   /* the handler; the error stays on top */
+        else lua_settop(L, results);
+    }
+    uint32_t done = run.done;
+    uint64_t ns = monotonic_ns() - t0;
+
+    size_t at, header;
+    if (frame_begin(out, &at) != 0) worker_fail("memory");
+    header = out->len;
+    char zero[1 + RESULT_HEADER] = {0};
+    buf_append(out, zero, sizeof zero);
+    size_t list_at = out->len;
+    if (wire_encode(L, results, out, WIRE_CODE, "result", err, sizeof err) != 0) {
+        if (failed) lua_pop(L, 1);   /* this error is older: the bad result comes first */
+        done = drop_bad_result(L, results, done);
+        failed = 1;
+        if (wire_encode(L, results, out, WIRE_CODE, "result", err, sizeof err) != 0) worker_fail("results");
+    }
+    size_t list_len = out->len - list_at;
+    if (failed) encode_error(L, lua_gettop(L), out);
+    char *h = out->data + header;
+    h[0] = failed ? 'E' : 'D';
+    put_u64(h + 1, id);
+    put_u64(h + 9, ns);
+    put_u32(h + 17, done);
+    put_u32(h + 21, done);
+    put_u32(h + 25, (uint32_t)list_len);
+    if (frame_end(out, at) != 0) {
+        /* Over 2 GiB of results: say so instead of sending them. */
+        out->len = at;
+        frame_begin(out, &at);
+        lua_settop(L, base);
+        lua_newtable(L);
+        zero[0] = 'E';
+        put_u64(zero + 1, id);
+        put_u64(zero + 9, ns);
+        buf_append(out, zero, sizeof zero);
+        list_at = out->len;
+        wire_encode(L, -1, out, WIRE_CODE, "result", err, sizeof err);
+        put_u32(out->data + at + FRAME_HEADER + 25, (uint32_t)(out->len - list_at));
+        push_error(L, "results too large for one message (over 2 GiB)");
+        encode_error(L, -1, out);
+        frame_end(out, at);
+    }
+    lua_settop(L, base);
+    atomic_store_explicit(&slot->running_task, 0, memory_order_relaxed);
+}
+
+/* Runs init(init_args...) from the config table; on failure sends 'I' and exits. */
+static void run_init(lua_State *L, int config, int result_fd, buf *out) {
+    int base = lua_gettop(L);
+    lua_pushcfunction(L, task_error_handler);
+    lua_getfield(L, config, "init");
+    if (lua_isnil(L, -1)) {
+        lua_settop(L, base);
+        return;
+    }
+    int nargs = 0;
+    lua_getfield(L, config, "init_args");
+    if (lua_istable(L, -1)) nargs = unpack_args(L, lua_gettop(L));
+    else lua_pop(L, 1);
+    if (nargs < 0 || lua_pcall(L, nargs < 0 ? 0 : nargs, 0, base + 1) != LUA_OK) {
+        if (nargs < 0) push_error(L, "init: too many init_args");
+        size_t at;
+        frame_begin(out, &at);
+        buf_putc(out, 'I');
+        encode_error(L, lua_gettop(L), out);
+        frame_end(out, at);
+        worker_write(result_fd, out);
+        child_exit(3);
+    }
+    lua_settop(L, base);
+}
+
+_Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t parent, int task_fd, int result_fd) {
+    /* Leave with the parent, however it ends (the pipes tell too, but not mid-task). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) child_exit(0);
+    buf out = BUF_INIT;
+    run_init(L, config, result_fd, &out);
+    lua_newtable(L);
+    int funcs = lua_gettop(L);
+    size_t at;
+    frame_begin(&out, &at);
+    buf_putc(&out, 'R');
+    frame_end(&out, at);
+    worker_write(result_fd, &out);
+
+    frame_reader in = {BUF_INIT, 0};
+    uint64_t last_flush = monotonic_ns();
+    char err[256];
+    for (;;) {
+        long got = frame_fill(&in, task_fd);
+        if (got == 0) break;    /* the parent closed our pipe: the pool is closing */
+        if (got < 0) worker_fail("read");
+        const char *f;
+        size_t n;
+        int rc;
+        while ((rc = frame_next(&in, &f, &n)) == 1) {
+            if (n < 1) worker_fail("empty message");
+            char tag = f[0];
+            f++;
+            n--;
+            if (tag == 'T') {
+                run_task(L, funcs, slot, f, n, &out);
+                uint64_t now = monotonic_ns();
+                if (out.len > FLUSH_BYTES || now - last_flush > FLUSH_EVERY_NS) {
+                    worker_write(result_fd, &out);
+                    last_flush = now;
+                }
+            } else if (tag == 'F' && n >= 4) {
+                if (wire_decode(L, f + 4, n - 4, WIRE_CODE, err, sizeof err) != 0) {
+                    fprintf(stderr, "forage: pool worker %ld: cannot load a function: %s\n", (long)getpid(), err);
+                    child_exit(70);
+                }
+                lua_rawseti(L, funcs, get_u32(f));
+            } else if (tag == 'U' && n >= 4) {
+                lua_pushnil(L);
+                lua_rawseti(L, funcs, get_u32(f));
+            } else {
+                worker_fail("unknown message");
+            }
+        }
+        if (rc < 0) worker_fail("corrupt message");
+        /* Nothing more to run right now: send what is finished before blocking. */
+        worker_write(result_fd, &out);
+        last_flush = monotonic_ns();
+    }
+    worker_write(result_fd, &out);
+    child_exit(0);
+}
