@@ -348,6 +348,18 @@ describe("wire", function()
       assert.are.same({ 1 }, roundtrip { 1 })
     end)
 
+    it("survive encodes from finalizers run in the middle of an encode", function()
+      local mt = { __gc = function() assert(decode(encode { 1, { "inner" } })[2][1] == "inner") end }
+      local big = {}
+      for i = 1, 2000 do big[i] = { i, tostring(i) } end
+      for _ = 1, 20 do
+        for _ = 1, 200 do setmetatable({}, mt) end
+        local back = decode(encode(big))
+        assert.are.equal("1234", back[1234][2])
+      end
+      collectgarbage()
+    end)
+
     it("check their arguments", function()
       assert.has_error(function() encode() end)
       assert.has_error(function() encode(1, 2) end)

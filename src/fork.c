@@ -14,11 +14,13 @@
 #include "lauxlib.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* The registry is per process: a child that forks again only knows its own pools. */
 static int *parent_fds;
 static size_t parent_fds_len, parent_fds_cap;
 
+/* Kept sorted, so that a child closes runs of them with one close_range each. */
 int fork_register_fd(int fd) {
     if (parent_fds_len == parent_fds_cap) {
         size_t cap = parent_fds_cap ? parent_fds_cap * 2 : 64;
@@ -27,17 +29,36 @@ int fork_register_fd(int fd) {
         parent_fds = p;
         parent_fds_cap = cap;
     }
-    parent_fds[parent_fds_len++] = fd;
+    size_t i = parent_fds_len++;
+    while (i > 0 && parent_fds[i - 1] > fd) {
+        parent_fds[i] = parent_fds[i - 1];
+        i--;
+    }
+    parent_fds[i] = fd;
     return 0;
 }
 
 void fork_unregister_fd(int fd) {
     for (size_t i = 0; i < parent_fds_len; i++) {
         if (parent_fds[i] == fd) {
-            parent_fds[i] = parent_fds[--parent_fds_len];
+            memmove(parent_fds + i, parent_fds + i + 1, (parent_fds_len - i - 1) * sizeof *parent_fds);
+            parent_fds_len--;
             return;
         }
     }
+}
+
+/* Closes the registered fds in a new child. */
+static void close_parent_fds(void) {
+    size_t i = 0;
+    while (i < parent_fds_len) {
+        size_t j = i;
+        while (j + 1 < parent_fds_len && parent_fds[j + 1] == parent_fds[j] + 1) j++;
+        if (close_range((unsigned)parent_fds[i], (unsigned)parent_fds[j], 0) != 0)
+            for (size_t k = i; k <= j; k++) close(parent_fds[k]);
+        i = j + 1;
+    }
+    parent_fds_len = 0;
 }
 
 static pid_t cached_pid;
@@ -58,10 +79,7 @@ pid_t fork_child(int *pidfd) {
     pid_t pid = fork();
     *pidfd = -1;
     if (pid > 0) *pidfd = pidfd_open(pid, 0);
-    if (pid == 0) {
-        for (size_t i = 0; i < parent_fds_len; i++) close(parent_fds[i]);
-        parent_fds_len = 0;
-    }
+    if (pid == 0) close_parent_fds();
     return pid;
 }
 

@@ -1,5 +1,6 @@
 /* The worker side of the pool: the loop a forked worker runs (see pool.h). */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -249,6 +250,10 @@ _Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t pa
     for (;;) {
         long got = frame_fill(&in, task_fd);
         if (got == 0) break;    /* the parent closed our pipe: the pool is closing */
+        if (got < 0 && errno == EAGAIN) {
+            if (fd_wait(task_fd, POLLIN, -1) < 0) worker_fail("poll");
+            continue;
+        }
         if (got < 0) worker_fail("read");
         const char *f;
         size_t n;
