@@ -347,8 +347,10 @@ describe("wire", function()
       refusal { io.stdout }
       assert.are.same({ 1 }, roundtrip { 1 })
     end)
+  end)
 
-    it("survive encodes from finalizers run in the middle of an encode", function()
+  describe("the Lua API", function()
+    it("survives encodes from finalizers run in the middle of an encode", function()
       local mt = { __gc = function() assert(decode(encode { 1, { "inner" } })[2][1] == "inner") end }
       local big = {}
       for i = 1, 2000 do big[i] = { i, tostring(i) } end
@@ -360,7 +362,12 @@ describe("wire", function()
       collectgarbage()
     end)
 
-    it("check their arguments", function()
+    it("tells a decoded nil from a failure by the second value", function()
+      assert.are.equal(1, select("#", decode(encode(nil))))
+      assert.are.equal(2, select("#", decode("")))
+    end)
+
+    it("checks its arguments", function()
       assert.has_error(function() encode() end)
       assert.has_error(function() encode(1, 2) end)
       assert.has_error(function() encode(1, { root = 3 }) end)

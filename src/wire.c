@@ -956,7 +956,8 @@ static size_t left(const decoder *d) {
 /* Returns 0 when a container opening at `at` announcing more values fits the input and the
    depth cap (so allocation stays proportional to the input), else -1. */
 static int open_decoded(decoder *d, const unsigned char *at, uint64_t more) {
-    if (more > left(d) || d->promised > left(d) - more) return bad(d, at, "more values announced than bytes left");
+    if (more > left(d) || d->promised > left(d) - more)
+        return bad(d, at, "more values announced than bytes left");
     if (d->depth >= WIRE_MAX_DEPTH) {
         char what[64];
         snprintf(what, sizeof what, "nested deeper than %d levels", WIRE_MAX_DEPTH);
@@ -984,7 +985,8 @@ static int decode_table(decoder *d, const unsigned char *at) {
     lua_State *L = d->L;
     uint64_t narr, nhash;
     if (get_varint(d, &narr) != 0 || get_varint(d, &nhash) != 0) return -1;
-    if (narr > left(d) || nhash > (left(d) - narr) / 2) return bad(d, at, "more values announced than bytes left");
+    if (narr > left(d) || nhash > (left(d) - narr) / 2)
+        return bad(d, at, "more values announced than bytes left");
     if (open_decoded(d, at, narr + 2 * nhash) != 0) return -1;
     lua_createtable(L, narr > INT_MAX ? INT_MAX : (int)narr, nhash > INT_MAX ? INT_MAX : (int)nhash);
     register_object(d);
@@ -1086,22 +1088,23 @@ static int decode_name(decoder *d, const unsigned char *at, int with_field) {
     size_t module_len, field_len = 0;
     if (get_bytes(d, &module, &module_len) != 0) return -1;
     if (with_field && get_bytes(d, &field, &field_len) != 0) return -1;
+    int mlen = module_len > 60 ? 60 : (int)module_len, flen = field_len > 60 ? 60 : (int)field_len;
     char what[160];
-    if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) != LUA_TTABLE) return bad(d, at, "no package.loaded");
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) != LUA_TTABLE)
+        return bad(d, at, "no package.loaded");
     lua_pushlstring(L, module, module_len);
     if (lua_rawget(L, -2) == LUA_TNIL) {
-        snprintf(what, sizeof what, "module \"%.*s\" is not loaded", (int)(module_len > 60 ? 60 : module_len), module);
+        snprintf(what, sizeof what, "module \"%.*s\" is not loaded", mlen, module);
         return bad(d, at, what);
     }
     if (with_field) {
         if (lua_type(L, -1) != LUA_TTABLE) {
-            snprintf(what, sizeof what, "module \"%.*s\" is not a table", (int)(module_len > 60 ? 60 : module_len), module);
+            snprintf(what, sizeof what, "module \"%.*s\" is not a table", mlen, module);
             return bad(d, at, what);
         }
         lua_pushlstring(L, field, field_len);
         if (lua_rawget(L, -2) == LUA_TNIL) {
-            snprintf(what, sizeof what, "%.*s.%.*s not found", (int)(module_len > 60 ? 60 : module_len), module,
-                     (int)(field_len > 60 ? 60 : field_len), field);
+            snprintf(what, sizeof what, "%.*s.%.*s not found", mlen, module, flen, field);
             return bad(d, at, what);
         }
         lua_remove(L, -2);
