@@ -412,11 +412,15 @@ static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t
     double secs = (double)ns * 1e-9;
     p->task_seconds = p->task_seconds <= 0 ? secs : p->task_seconds * 0.9 + secs * 0.1;
     task_free(p, t);
-    if (wire_decode(L, q, list_len, WIRE_CODE, err, sizeof err) != 0) luaL_error(L, "pool: bad results: %s", err);
     if (tag == 'D') {
+        /* The results stay encoded: Lua decodes them where they belong (decode_into). */
+        lua_pushlstring(L, q, list_len);
         push_event(L, ev, nev, id, "ok");
         return;
     }
+    lua_newtable(L);
+    if (wire_decode_into(L, q, list_len, WIRE_CODE, -1, 1, err, sizeof err) != 0)
+        luaL_error(L, "pool: bad results: %s", err);
     /* 'E': { value, traceback, index = 0-based item, results = {...}, pid } */
     q += list_len;
     if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) push_error(L, err);
@@ -457,7 +461,6 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
     w->state = W_EMPTY;
 
     uint64_t running = atomic_load(&p->slots[i].running_task);
-    uint32_t running_index = atomic_load(&p->slots[i].running_index);
     /* Re-queue in order at the front, so the oldest tasks go first again. */
     task *t;
     task_list requeue = {NULL, NULL, 0};
@@ -471,7 +474,7 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
                 lua_setfield(L, -2, "value");
                 lua_pushliteral(L, "");
                 lua_setfield(L, -2, "traceback");
-                lua_pushinteger(L, running_index);
+                lua_pushinteger(L, 0);   /* the task as a whole: which item died is not tracked */
                 lua_setfield(L, -2, "index");
                 lua_pushinteger(L, w->pid);
                 lua_setfield(L, -2, "pid");
@@ -652,13 +655,11 @@ static int pool_submit(lua_State *L) {
 
     /* The items travel as one list: one encode here, one decode in the worker. */
     lua_Integer count = j - i + 1;
-    lua_createtable(L, (int)count, 0);
-    int list = lua_gettop(L);
-    for (lua_Integer k = i; k <= j; k++) {
-        if (lua_geti(L, 4, k) != LUA_TTABLE && star)
+    for (lua_Integer k = i; star && k <= j; k++) {
+        if (lua_geti(L, 4, k) != LUA_TTABLE)
             return luaL_error(L, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
                               luaL_typename(L, -1));
-        lua_rawseti(L, list, k - i + 1);
+        lua_pop(L, 1);
     }
     buf b = BUF_INIT;
     char hdr[1 + TASK_HEADER];
@@ -674,20 +675,19 @@ static int pool_submit(lua_State *L) {
         buf_free(&b);
         return luaL_error(L, "not enough memory");
     }
-    if (wire_encode(L, list, &b, WIRE_CODE, root, err, sizeof err) != 0) {
+    if (wire_encode_list(L, 4, i, j, &b, WIRE_CODE, root, err, sizeof err) != 0) {
         /* Only now are the items' names worth formatting: find the one that cannot travel. */
         buf_free(&b);
         for (lua_Integer k = 1; k <= count; k++) {
             if (has_offset) snprintf(name, sizeof name, "%s[%lld]", root, (long long)(offset + k - 1));
             else snprintf(name, sizeof name, "%s", root);
-            lua_rawgeti(L, list, k);
+            lua_geti(L, 4, i + k - 1);
             if (wire_encode(L, -1, &b, WIRE_CODE, name, err, sizeof err) != 0) break;
             lua_pop(L, 1);
         }
         buf_free(&b);
         return luaL_error(L, "%s", err);
     }
-    lua_settop(L, list - 1);
     if (frame_end(&b, at) != 0) {
         buf_free(&b);
         return luaL_error(L, "task too large to send (%zu bytes)", b.len);

@@ -24,11 +24,10 @@
 #define TASK_HEADER (8 + 4 + 1 + 4)           /* after the tag */
 #define RESULT_HEADER (8 + 8 + 4 + 4 + 4)     /* after the tag */
 
-/* Written by a worker, read by the parent once the worker died: which task (and which item
-   of it) was running, so that only that one counts an attempt. */
+/* Written by a worker, read by the parent once the worker died: which task was running,
+   so that only that one counts an attempt. */
 typedef struct shared_slot {
     _Atomic uint64_t running_task;   /* 0 between tasks */
-    _Atomic uint32_t running_index;
 } shared_slot;
 
 /* The life of a worker process: runs init from the config table at stack index config

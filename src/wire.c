@@ -853,9 +853,43 @@ static void encoder_reset(encoder *e) {
     commit(e, p + 2);
 }
 
-int wire_encode(lua_State *L, int idx, buf *b, int flags, const char *root, char *err, size_t errsz) {
+/* Returns ENCODE_OK or the first failure: one pass over the value at idx or, when list is
+   not 0, over the items list[i..j] written as one list (a table of j - i + 1 array values). */
+static int encode_pass(encoder *e, int idx, int list, lua_Integer i, lua_Integer j) {
+    if (list == 0) return encode_value(e, idx);
+    unsigned char *p = reserve(e, 2 + VARINT_MAX);
+    *p++ = TAG_TABLE;
+    p = put_varint(p, (uint64_t)(j - i + 1));
+    *p++ = 0;
+    commit(e, p);
+    e->objects++;   /* the list is object 1 for the decoder, though it has no Lua identity */
+    e->depth++;
+    lua_State *L = e->L;
+    int raw = !lua_getmetatable(L, list);
+    if (!raw) lua_pop(L, 1);
+    int top = lua_gettop(L);
+    for (lua_Integer k = i; k <= j; k++) {
+        int type = raw ? lua_rawgeti(L, list, k) : lua_geti(L, list, k);
+        /* Numbers are most items of a big map: write them without the general dispatch. */
+        if (type == LUA_TNUMBER) {
+            int isint;
+            lua_Integer n = lua_tointegerx(L, top + 1, &isint);
+            if (isint && lua_isinteger(L, top + 1)) put_integer(e, n);
+            else put_float(e, lua_tonumber(L, top + 1));
+        } else {
+            int rc = encode_value(e, top + 1);
+            if (rc != ENCODE_OK) return rc;   /* the stack stays for the error's path */
+        }
+        lua_settop(L, top);
+    }
+    e->depth--;
+    return ENCODE_OK;
+}
+
+/* Returns 0 or -1: wire_encode and wire_encode_list. */
+static int encode_message(lua_State *L, int idx, int list, lua_Integer i, lua_Integer j, buf *b, int flags,
+                          const char *root, char *err, size_t errsz) {
     encoder e;
-    idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
     if (!lua_checkstack(L, 16)) {
         if (err != NULL && errsz > 0) snprintf(err, errsz, "%s: Lua stack overflow", root ? root : "value");
@@ -878,12 +912,12 @@ int wire_encode(lua_State *L, int idx, buf *b, int flags, const char *root, char
         e.loaded_slot = top + 4;
     }
     encoder_reset(&e);
-    int rc = encode_value(&e, idx);
+    int rc = encode_pass(&e, idx, list, i, j);
     if (rc == ENCODE_RESTART) {
         /* The index is fresh now and will not be rebuilt again in this call. */
         lua_settop(L, e.code ? top + 4 : top + 1);
         encoder_reset(&e);
-        rc = encode_value(&e, idx);
+        rc = encode_pass(&e, idx, list, i, j);
     }
     if (rc != ENCODE_OK) {
         if (err != NULL && errsz > 0) format_refusal(&e, root ? root : "value", err, errsz);
@@ -894,6 +928,15 @@ int wire_encode(lua_State *L, int idx, buf *b, int flags, const char *root, char
     b->data[e.start + 1] = (char)e.flags;
     lua_settop(L, top);
     return 0;
+}
+
+int wire_encode(lua_State *L, int idx, buf *b, int flags, const char *root, char *err, size_t errsz) {
+    return encode_message(L, lua_absindex(L, idx), 0, 0, 0, b, flags, root, err, errsz);
+}
+
+int wire_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j, buf *b, int flags, const char *root,
+                     char *err, size_t errsz) {
+    return encode_message(L, 0, lua_absindex(L, t), i, j, b, flags, root, err, errsz);
 }
 
 /* ---------------------------------------------------------------- decoder */
@@ -1233,6 +1276,61 @@ int wire_decode(lua_State *L, const char *p, size_t len, int flags, char *err, s
     return 0;
 }
 
+int wire_decode_into(lua_State *L, const char *p, size_t len, int flags, int t, lua_Integer offset, char *err,
+                     size_t errsz) {
+    t = lua_absindex(L, t);
+    const unsigned char *u = (const unsigned char *)p;
+    /* The fast path: a list without references goes straight into t. */
+    if (len >= 4 && u[0] == WIRE_VERSION && (u[1] & ~(unsigned)FLAG_CODE) == 0 && u[2] == TAG_TABLE &&
+        ((u[1] & FLAG_CODE) == 0 || (flags & WIRE_CODE))) {
+        decoder d;
+        d.L = L;
+        d.start = u;
+        d.p = u + 3;
+        d.end = u + len;
+        d.code = (flags & WIRE_CODE) != 0;
+        d.depth = 0;
+        d.refs_slot = 0;
+        d.objects = 1;
+        d.promised = 0;
+        d.err = err;
+        d.errsz = errsz;
+        const unsigned char *at = d.p;
+        uint64_t narr, nhash;
+        int top = lua_gettop(L);
+        if (get_varint(&d, &narr) != 0 || get_varint(&d, &nhash) != 0) return -1;
+        if (nhash == 0) {
+            if (open_decoded(&d, at, narr) != 0) return -1;
+            for (uint64_t k = 0; k < narr; k++) {
+                if (decode_value(&d) != 0) {
+                    lua_settop(L, top);
+                    return -1;
+                }
+                lua_rawseti(L, t, offset + (lua_Integer)k);
+            }
+            if (d.p != d.end) return bad(&d, d.p, "trailing bytes");
+            return 0;
+        }
+    }
+    /* Anything else: decode the whole value, then copy its integer keys. */
+    if (wire_decode(L, p, len, flags, err, errsz) != 0) return -1;
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        if (err != NULL && errsz > 0) snprintf(err, errsz, "wire: a list was expected");
+        return -1;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, t, offset + lua_tointeger(L, -3) - 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- Lua API */
 
 #define WIRE_BUFFER "forage.wire.buffer"
@@ -1321,6 +1419,24 @@ static int l_decode(lua_State *L) {
     return 1;
 }
 
+/* decode_into(s, t, offset [, opts]) stores the items of the list message s in t from
+   t[offset] on and returns t; nil and a message when s is not a valid list message. */
+static int l_decode_into(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer offset = luaL_checkinteger(L, 3);
+    int flags = check_options(L, 4, NULL);
+    char err[256];
+    if (wire_decode_into(L, s, len, flags, 2, offset, err, sizeof err) != 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_settop(L, 2);
+    return 1;
+}
+
 void forage_open_wire(lua_State *L) {
     if (luaL_newmetatable(L, WIRE_BUFFER)) {
         lua_pushcfunction(L, buffer_gc);
@@ -1332,4 +1448,6 @@ void forage_open_wire(lua_State *L) {
     lua_setfield(L, -2, "encode");
     lua_pushcfunction(L, l_decode);
     lua_setfield(L, -2, "decode");
+    lua_pushcfunction(L, l_decode_into);
+    lua_setfield(L, -2, "decode_into");
 }

@@ -20,10 +20,21 @@
    Raises only on memory errors. */
 int wire_encode(lua_State *L, int idx, buf *b, int flags, const char *root, char *err, size_t errsz);
 
+/* The same for the items t[i..j] (read with lua_geti) written as one list, as if they were
+   a table { t[i], ..., t[j] } of j - i + 1 array values: no table is built. */
+int wire_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j, buf *b, int flags, const char *root,
+                     char *err, size_t errsz);
+
 /* Decodes one message from p[0..len) and pushes its value.
    Returns 0, or -1 with a message in err and nothing pushed.
    In WIRE_DATA mode any bytes are safe to decode: nothing is executed or loaded. */
 int wire_decode(lua_State *L, const char *p, size_t len, int flags, char *err, size_t errsz);
+
+/* Decodes a message holding a list and stores its items in the table at index t:
+   item k goes to t[offset + k - 1]. Returns 0, or -1 with a message in err. Lists without
+   shared references go straight into t, without an intermediate table. */
+int wire_decode_into(lua_State *L, const char *p, size_t len, int flags, int t, lua_Integer offset, char *err,
+                     size_t errsz);
 
 /* Adds encode/decode to the table on top of the stack. */
 void forage_open_wire(lua_State *L);

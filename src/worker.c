@@ -70,7 +70,7 @@ static void worker_write(int fd, buf *out) {
     if (out->cap > (4u << 20)) buf_free(out);
 }
 
-/* Pushes the arguments of a star item (the table at idx, replaced); returns their number,
+/* Pushes the arguments of init_args (the table at idx, replaced); returns their number,
    or -1 when there are too many. */
 static int unpack_args(lua_State *L, int idx) {
     lua_getfield(L, idx, "n");
@@ -105,61 +105,68 @@ static uint32_t drop_bad_result(lua_State *L, int results, uint32_t done) {
     return k;
 }
 
-/* What run_items has done, read by run_task whether or not it raised. */
-typedef struct item_run {
-    shared_slot *slot;
-    uint32_t count;
-    uint32_t done;
-    int star;
-} item_run;
-
-/* run_items(fn, items, results): results[k] = fn(items[k]) for k = done + 1 .. count.
-   Called once under lua_pcall for the whole task: one setjmp per task, not per item. */
-static int run_items(lua_State *L) {
-    item_run *run = lua_touserdata(L, lua_upvalueindex(1));
-    for (; run->done < run->count; run->done++) {
-        atomic_store_explicit(&run->slot->running_index, run->done, memory_order_relaxed);
-        lua_pushvalue(L, 1);
-        lua_rawgeti(L, 2, (lua_Integer)run->done + 1);
-        int nargs = 1;
-        if (run->star && (!lua_istable(L, -1) || (nargs = unpack_args(L, lua_gettop(L))) < 0))
-            return luaL_error(L, "bad argument list (a table of at most %d arguments expected)", MAX_TASK_ARGS);
-        lua_call(L, nargs, 1);
-        lua_rawseti(L, 3, (lua_Integer)run->done + 1);
-    }
-    return 0;
-}
+/* The loop over a task's items, in Lua: a call from the VM costs half of one through
+   lua_call, and one pcall covers the whole task. `progress` tells how far it got when an
+   item raised. */
+static const char RUN_ITEMS[] =
+    "local unpack, type, error = table.unpack, type, error\n"
+    "local done = 0\n"
+    "local function run(f, items, results, n, star)\n"
+    "  done = 0\n"
+    "  if star then\n"
+    "    for i = 1, n do\n"
+    "      local a = items[i]\n"
+    "      if type(a) ~= 'table' then error('bad argument list: a table expected, got ' .. type(a), 0) end\n"
+    "      results[i] = f(unpack(a, 1, a.n or #a))\n"
+    "      done = i\n"
+    "    end\n"
+    "  else\n"
+    "    for i = 1, n do results[i] = f(items[i]); done = i end\n"
+    "  end\n"
+    "end\n"
+    "local function progress() return done end\n"
+    "return run, progress\n";
 
 /* Runs one 'T' message and appends its 'D' or 'E' message to out. */
-static void run_task(lua_State *L, int funcs, shared_slot *slot, const char *p, size_t n, buf *out) {
+static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, const char *p, size_t n, buf *out) {
     if (n < TASK_HEADER) worker_fail("short task message");
     uint64_t id = get_u64(p);
     uint32_t fn = get_u32(p + 8);
-    item_run run = {slot, get_u32(p + 13), 0, p[12] != 0};
+    int star = p[12] != 0;
+    uint32_t count = get_u32(p + 13);
     uint64_t t0 = monotonic_ns();
     atomic_store_explicit(&slot->running_task, id, memory_order_relaxed);
 
     int base = lua_gettop(L);
     char err[256];
-    lua_createtable(L, (int)run.count, 0);      /* base + 1: results */
+    lua_createtable(L, (int)count, 0);          /* base + 1: results */
     int results = base + 1;
     lua_pushcfunction(L, task_error_handler);   /* base + 2 */
-    lua_pushlightuserdata(L, &run);
-    lua_pushcclosure(L, run_items, 1);
+    lua_pushvalue(L, runner);
     lua_rawgeti(L, funcs, fn);
     if (!lua_isfunction(L, -1)) worker_fail("a task names an unknown function");
     int failed = 0;
+    uint32_t done = count;
     if (wire_decode(L, p + TASK_HEADER, n - TASK_HEADER, WIRE_CODE, err, sizeof err) != 0) {
         lua_settop(L, results);
         push_error(L, err);
         failed = 1;
+        done = 0;
     } else {
         lua_pushvalue(L, results);
-        failed = lua_pcall(L, 3, 0, base + 2) != LUA_OK;
-        if (failed) lua_remove(L, base + 2);   /* the handler; the error stays on top */
-        else lua_settop(L, results);
+        lua_pushinteger(L, count);
+        lua_pushboolean(L, star);
+        failed = lua_pcall(L, 5, 0, base + 2) != LUA_OK;
+        if (failed) {
+            lua_remove(L, base + 2);   /* the handler; the error stays on top */
+            lua_pushvalue(L, runner + 1);
+            lua_call(L, 0, 1);
+            done = (uint32_t)lua_tointeger(L, -1);
+            lua_pop(L, 1);
+        } else {
+            lua_settop(L, results);
+        }
     }
-    uint32_t done = run.done;
     uint64_t ns = monotonic_ns() - t0;
 
     size_t at, header;
@@ -168,11 +175,12 @@ static void run_task(lua_State *L, int funcs, shared_slot *slot, const char *p, 
     char zero[1 + RESULT_HEADER] = {0};
     buf_append(out, zero, sizeof zero);
     size_t list_at = out->len;
-    if (wire_encode(L, results, out, WIRE_CODE, "result", err, sizeof err) != 0) {
+    if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", err, sizeof err) != 0) {
         if (failed) lua_pop(L, 1);   /* this error is older: the bad result comes first */
         done = drop_bad_result(L, results, done);
         failed = 1;
-        if (wire_encode(L, results, out, WIRE_CODE, "result", err, sizeof err) != 0) worker_fail("results");
+        if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", err, sizeof err) != 0)
+            worker_fail("results");
     }
     size_t list_len = out->len - list_at;
     if (failed) encode_error(L, lua_gettop(L), out);
@@ -238,6 +246,9 @@ _Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t pa
     run_init(L, config, result_fd, &out);
     lua_newtable(L);
     int funcs = lua_gettop(L);
+    if (luaL_loadbuffer(L, RUN_ITEMS, sizeof RUN_ITEMS - 1, "=forage.worker") != LUA_OK) worker_fail("loader");
+    lua_call(L, 0, 2);
+    int runner = funcs + 1;   /* run, then progress */
     size_t at;
     frame_begin(&out, &at);
     buf_putc(&out, 'R');
@@ -264,7 +275,7 @@ _Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t pa
             f++;
             n--;
             if (tag == 'T') {
-                run_task(L, funcs, slot, f, n, &out);
+                run_task(L, funcs, runner, slot, f, n, &out);
                 uint64_t now = monotonic_ns();
                 if (out.len > FLUSH_BYTES || now - last_flush > FLUSH_EVERY_NS) {
                     worker_write(result_fd, &out);

@@ -11,6 +11,14 @@ local core = require "forage.core"
 
 local M = {}
 
+local decode_into = core.decode_into
+local CODE = { code = true }   -- results come from our own workers: functions may travel
+
+-- The results of a task, still encoded, as a list.
+local function results_list(encoded)
+  return assert(decode_into(encoded, {}, 1, CODE))
+end
+
 local Pool = {}
 Pool.__index = Pool
 
@@ -210,7 +218,7 @@ end
 -- One apply: a single task whose single item is the argument list.
 function AsyncResult:deliver(id, _, kind, value)
   if kind == "ok" then
-    self:_finish(true, value[1])
+    self:_finish(true, results_list(value)[1])
   else
     self:_finish(false, task_error(value, id, nil))
   end
@@ -318,7 +326,7 @@ MapState.__index = MapState
 function MapState:deliver(id, start, kind, value)
   if self.result.done then return end
   if kind == "ok" then
-    table.move(value, 1, self.counts[id], start, self.values)
+    assert(decode_into(value, self.values, start, CODE))
     self.left = self.left - 1
     if self.left == 0 then self.result:_finish(true, self.values) end
   else
@@ -385,6 +393,7 @@ IterState.__index = IterState
 
 function IterState:deliver(id, start, kind, value)
   if kind == "ok" then
+    value = results_list(value)
     for k = 1, self.counts[id] do self:_put(start + k - 1, true, value[k]) end
   else
     local results = value.results or {}
