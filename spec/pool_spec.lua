@@ -185,6 +185,22 @@ describe("forage.pool", function()
       assert.same({ 10, 20, 30, 40, 50 }, details)
     end)
 
+    it("a callback that raises loses no other result", function()
+      local got = {}
+      for i = 1, 20 do
+        pool:apply_async(function(x) return x end, { i }, { on_done = function(v)
+          if v == 5 then error("callback failed on 5") end
+          got[#got + 1] = v
+        end })
+      end
+      local ok, err = pcall(pool.drain, pool, 10)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("callback failed on 5", 1, true))
+      assert.is_true(pool:drain(10))
+      assert.equal(0, pool:pending())
+      assert.equal(19, #got)
+    end)
+
     it("drain with a timeout returns nil, 'timeout' while work remains", function()
       pool:apply_async(function() helpers.spin(0.3) end, {})
       local ok, err = pool:drain(0.01)

@@ -45,7 +45,7 @@ typedef struct task {
     uint64_t id;
     func_entry *fn;
     int attempts;              /* deaths of a worker while it ran this task */
-    char *frame;               /* the whole 'T' frame, kept until the result arrives */
+    char *frame;               /* the whole 'T' frame (in the same allocation), kept until the result */
     size_t len;
 } task;
 
@@ -88,6 +88,9 @@ typedef struct pool {
     int rotor;                 /* where dispatch starts, for fairness */
     uint64_t respawns;
     char *broken_message;
+    buf scratch;               /* where submit encodes a task */
+    const char *last_blob;     /* the function of the last submit (kept alive in uservalue 2) */
+    func_entry *last_fn;
 } pool;
 
 /* ---------- small helpers ---------- */
@@ -195,6 +198,7 @@ static void func_release(pool *p, func_entry *f) {
     while (*at != f) at = &(*at)->next;
     *at = f->next;
     p->nfuncs--;
+    if (p->last_fn == f) p->last_fn = NULL;
     char id[4];
     put_u32(id, f->id);
     for (int i = 0; i < p->nworkers; i++) {
@@ -206,7 +210,6 @@ static void func_release(pool *p, func_entry *f) {
 
 static void task_free(pool *p, task *t) {
     if (t->fn) func_release(p, t->fn);
-    free(t->frame);
     free(t);
 }
 
@@ -595,7 +598,7 @@ static int pool_new(lua_State *L) {
     if (max_tasks < 0) return luaL_error(L, "max_tasks must be positive (got %d)", (int)max_tasks);
     if (retries < 0 || retries > 1000) return luaL_error(L, "task_retries must be between 0 and 1000");
 
-    pool *p = lua_newuserdatauv(L, sizeof *p, 1);   /* 2 */
+    pool *p = lua_newuserdatauv(L, sizeof *p, 2);   /* 2 */
     memset(p, 0, sizeof *p);
     luaL_setmetatable(L, POOL_TYPE);
     lua_pushvalue(L, 1);
@@ -661,7 +664,8 @@ static int pool_submit(lua_State *L) {
                               luaL_typename(L, -1));
         lua_pop(L, 1);
     }
-    buf b = BUF_INIT;
+    buf *b = &p->scratch;   /* owned by the pool: an error raised mid-encode leaks nothing */
+    buf_reset(b);
     char hdr[1 + TASK_HEADER];
     hdr[0] = 'T';
     uint64_t id = ++p->next_task;
@@ -671,40 +675,40 @@ static int pool_submit(lua_State *L) {
     put_u32(hdr + 14, (uint32_t)count);
     size_t at;
     char err[300], name[200];
-    if (frame_begin(&b, &at) != 0 || buf_append(&b, hdr, sizeof hdr) != 0) {
-        buf_free(&b);
-        return luaL_error(L, "not enough memory");
-    }
-    if (wire_encode_list(L, 4, i, j, &b, WIRE_CODE, root, err, sizeof err) != 0) {
+    if (frame_begin(b, &at) != 0 || buf_append(b, hdr, sizeof hdr) != 0) return luaL_error(L, "not enough memory");
+    if (wire_encode_list(L, 4, i, j, b, WIRE_CODE, root, err, sizeof err) != 0) {
         /* Only now are the items' names worth formatting: find the one that cannot travel. */
-        buf_free(&b);
         for (lua_Integer k = 1; k <= count; k++) {
             if (has_offset) snprintf(name, sizeof name, "%s[%lld]", root, (long long)(offset + k - 1));
             else snprintf(name, sizeof name, "%s", root);
             lua_geti(L, 4, i + k - 1);
-            if (wire_encode(L, -1, &b, WIRE_CODE, name, err, sizeof err) != 0) break;
+            if (wire_encode(L, -1, b, WIRE_CODE, name, err, sizeof err) != 0) break;
             lua_pop(L, 1);
         }
-        buf_free(&b);
         return luaL_error(L, "%s", err);
     }
-    if (frame_end(&b, at) != 0) {
-        buf_free(&b);
-        return luaL_error(L, "task too large to send (%zu bytes)", b.len);
+    if (frame_end(b, at) != 0) return luaL_error(L, "task too large to send (%zu bytes)", b->len);
+    /* The same function as last time (the same string object): no need to hash it. */
+    func_entry *f = p->last_fn;
+    if (f == NULL || p->last_blob != blob) {
+        f = func_intern(p, blob, blen);
+        if (!f) return luaL_error(L, "not enough memory");
+        p->last_fn = f;
+        p->last_blob = blob;
+        lua_pushvalue(L, 2);
+        lua_setiuservalue(L, 1, 2);
     }
-    func_entry *f = func_intern(p, blob, blen);
-    task *t = calloc(1, sizeof *t);
-    if (!f || !t) {
-        free(t);
-        buf_free(&b);
-        return luaL_error(L, "not enough memory");
-    }
+    task *t = malloc(sizeof *t + b->len);
+    if (!t) return luaL_error(L, "not enough memory");
     f->refs++;
-    put_u32(b.data + at + FRAME_HEADER + 9, f->id);
+    put_u32(b->data + at + FRAME_HEADER + 9, f->id);
+    memset(t, 0, sizeof *t);
     t->id = id;
     t->fn = f;
-    t->frame = b.data;
-    t->len = b.len;
+    t->frame = (char *)(t + 1);
+    t->len = b->len;
+    memcpy(t->frame, b->data, b->len);
+    if (b->cap > (1u << 20)) buf_free(b);
     list_push(&p->pending, t);
     /* Start idle workers on it now, while the caller encodes more; otherwise let tasks
        gather so that one write carries many. */
@@ -819,6 +823,7 @@ static void pool_release(pool *p) {
         }
         free(p->buckets);
         free(p->broken_message);
+        buf_free(&p->scratch);
         free(p->workers);
     }
     if (p->slots) munmap(p->slots, sizeof *p->slots * (size_t)p->nworkers);

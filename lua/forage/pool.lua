@@ -98,11 +98,11 @@ function M.new(opts)
   local self = setmetatable({
     workers = workers,
     state = "open",      -- "open", "closed" (no new tasks), "terminated"
-    handlers = {},       -- task id -> handler (an AsyncResult or an imap state)
-    starts = {},         -- task id -> index of its first item
-    counts = {},         -- task id -> number of items
+    handlers = {},       -- task id -> handler (an AsyncResult, a map or an imap state)
     npending = 0,        -- items submitted and not yet delivered (callbacks included)
-    events = {},
+    events = {},         -- (id, kind, value) triples from the core, delivered from ev_pos on
+    ev_pos = 1,
+    ev_n = 0,
   }, Pool)
   local init_args = opts.init_args
   if init_args and init_args.n == nil then init_args = table.pack(table.unpack(init_args)) end
@@ -124,46 +124,53 @@ function Pool:_check_open()
 end
 
 -- Submits items[i..j] as one task for handler; start is the index of items[i] for the
--- caller (the item number in a map).
+-- caller (the item number in a map). The handler's deliver(id, kind, value) takes the
+-- result and lowers npending by the task's items once its callbacks have run.
 function Pool:_submit(handler, blob, star, items, i, j, root, start)
   local id = self.core:submit(blob, star, items, i, j, root, start)
   self.handlers[id] = handler
-  self.starts[id] = start or 1
-  self.counts[id] = j - i + 1
   self.npending = self.npending + (j - i + 1)
   return id
 end
 
 -- Delivers what the workers finished, waiting at most timeout seconds (nil: forever) for
--- the first result. Returns the number of tasks delivered.
+-- the first result. Returns the number of tasks delivered. When a callback raises, the
+-- error leaves through this call and the undelivered results wait for the next one.
 function Pool:_pump(timeout)
   if self.state == "terminated" then return 0 end
   local ev = self.events
-  local n = self.core:wait(timeout or -1, ev)
-  for k = 1, n, 3 do
+  if self.ev_pos > self.ev_n then
+    self.ev_pos, self.ev_n = 1, self.core:wait(timeout or -1, ev)
+    if ev.broken then
+      local message = "pool broken: a replacement worker's init failed: " .. ev.broken
+      ev.broken = nil
+      self:_fail_all(message)
+      self:terminate()
+      error(message, 0)
+    end
+  end
+  local handlers, delivered = self.handlers, 0
+  while self.ev_pos <= self.ev_n do
+    local k = self.ev_pos
+    self.ev_pos = k + 3
     local id, kind, value = ev[k], ev[k + 1], ev[k + 2]
     ev[k], ev[k + 1], ev[k + 2] = nil, nil, nil
-    local handler, start, count = self.handlers[id], self.starts[id], self.counts[id]
-    self.handlers[id], self.starts[id], self.counts[id] = nil, nil, nil
-    local ok, err = pcall(handler.deliver, handler, id, start, kind, value)
-    self.npending = self.npending - count
-    if not ok then error(err, 0) end
+    local handler = handlers[id]
+    handlers[id] = nil
+    handler:deliver(id, kind, value)
+    delivered = delivered + 1
   end
-  if ev.broken then
-    local message = "pool broken: a replacement worker's init failed: " .. ev.broken
-    ev.broken = nil
-    self:_fail_all(message)
-    self:terminate()
-    error(message, 0)
-  end
-  return n // 3
+  return delivered
 end
 
 -- Fails every task not yet delivered with message (terminate, broken pool).
 function Pool:_fail_all(message)
   local handlers = self.handlers
-  self.handlers, self.starts, self.counts = {}, {}, {}
+  self.handlers = {}
   self.npending = 0
+  local ev = self.events
+  for k = self.ev_pos, self.ev_n do ev[k] = nil end
+  self.ev_pos, self.ev_n = 1, 0
   local err = pool_error(message)
   local seen = {}
   for id, handler in pairs(handlers) do
@@ -204,28 +211,37 @@ local function new_result(pool, on_done, on_error, what)
   return setmetatable({ pool = pool, done = false, on_done = on_done, on_error = on_error }, AsyncResult)
 end
 
-function AsyncResult:_finish(ok, value)
+-- Records the outcome and runs its callback; the nitems items stop being pending once
+-- the callback has returned (or raised).
+function AsyncResult:_finish(ok, value, nitems)
   self.done, self.ok = true, ok
+  local callback
   if ok then
-    self.value = value
-    if self.on_done then self.on_done(value) end
+    self.value, callback = value, self.on_done
   else
-    self.err = value
-    if self.on_error then self.on_error(value) end
+    self.err, callback = value, self.on_error
+  end
+  local pool = self.pool
+  if callback then
+    local fine, err = pcall(callback, value)
+    pool.npending = pool.npending - nitems
+    if not fine then error(err, 0) end
+  else
+    pool.npending = pool.npending - nitems
   end
 end
 
 -- One apply: a single task whose single item is the argument list.
-function AsyncResult:deliver(id, _, kind, value)
+function AsyncResult:deliver(id, kind, value)
   if kind == "ok" then
-    self:_finish(true, results_list(value)[1])
+    self:_finish(true, results_list(value)[1], 1)
   else
-    self:_finish(false, task_error(value, id, nil))
+    self:_finish(false, task_error(value, id, nil), 1)
   end
 end
 
 function AsyncResult:abort(_, err)
-  if not self.done then self:_finish(false, err) end
+  if not self.done then self:_finish(false, err, 0) end
 end
 
 -- r:ready() -> true when the result (or error) is in.
@@ -323,21 +339,28 @@ end
 local MapState = {}
 MapState.__index = MapState
 
-function MapState:deliver(id, start, kind, value)
-  if self.result.done then return end
-  if kind == "ok" then
+function MapState:deliver(id, kind, value)
+  local start, count = self.starts[id], self.counts[id]
+  self.starts[id], self.counts[id] = nil, nil
+  local result, pool = self.result, self.result.pool
+  if result.done then           -- an earlier chunk failed: this one is only counted
+    pool.npending = pool.npending - count
+  elseif kind == "ok" then
     assert(decode_into(value, self.values, start, CODE))
     self.left = self.left - 1
-    if self.left == 0 then self.result:_finish(true, self.values) end
+    if self.left == 0 then
+      result:_finish(true, self.values, count)
+    else
+      pool.npending = pool.npending - count
+    end
   else
     -- Python fails the whole map on the first error; later chunks are ignored.
-    self.result:_finish(false, task_error(value, id, start + (value.index or 0)))
+    result:_finish(false, task_error(value, id, start + (value.index or 0)), count)
   end
-  self.counts[id] = nil
 end
 
 function MapState:abort(_, err)
-  if not self.result.done then self.result:_finish(false, err) end
+  if not self.result.done then self.result:_finish(false, err, 0) end
 end
 
 function Pool:_map_async(f, iterable, chunk, opts, star, what)
@@ -348,18 +371,18 @@ function Pool:_map_async(f, iterable, chunk, opts, star, what)
   local blob = encode_function(f, what)
   local items, n = to_list(iterable, what)
   chunk = chunk or self:_default_chunk(n)
-  local state = setmetatable({ result = result, values = core.new_table(n), left = -(-n // chunk), counts = {} },
-    MapState)
+  local state = setmetatable({ result = result, values = core.new_table(n), left = -(-n // chunk),
+                                starts = {}, counts = {} }, MapState)
   result.count = n
   if n == 0 then
-    result:_finish(true, state.values)
+    result:_finish(true, state.values, 0)
     return result
   end
   for i = 1, n, chunk do
     local j = i + chunk - 1
     if j > n then j = n end
     local id = self:_submit(state, blob, star, items, i, j, "items", i)
-    state.counts[id] = j - i + 1
+    state.starts[id], state.counts[id] = i, j - i + 1
   end
   return result
 end
@@ -391,23 +414,31 @@ end
 local IterState = {}
 IterState.__index = IterState
 
-function IterState:deliver(id, start, kind, value)
+function IterState:deliver(id, kind, value)
+  local start, count = self.starts[id], self.counts[id]
+  self.starts[id], self.counts[id] = nil, nil
+  local ready_ok = self.ready_ok
   if kind == "ok" then
-    value = results_list(value)
-    for k = 1, self.counts[id] do self:_put(start + k - 1, true, value[k]) end
+    -- Straight into place: no table per task.
+    assert(decode_into(value, self.ready_val, start, CODE))
+    for i = start, start + count - 1 do ready_ok[i] = true end
+    if not self.ordered then
+      local fifo = self.fifo
+      for i = start, start + count - 1 do fifo[#fifo + 1] = i end
+    end
   else
     local results = value.results or {}
-    for k = 1, (value.index or 0) do self:_put(start + k - 1, true, results[k]) end
-    local item = start + (value.index or 0)
-    self:_put(item, false, task_error(value, id, item))
+    local failed = value.index or 0
+    for k = 1, failed do self:_put(start + k - 1, true, results[k]) end
+    self:_put(start + failed, false, task_error(value, id, start + failed))
     -- the items after the failed one in this chunk did not run
-    for k = (value.index or 0) + 2, self.counts[id] do
+    for k = failed + 2, count do
       self:_put(start + k - 1, false, task_error({ value = "not run: an earlier item of its chunk failed",
                                                   pid = value.pid }, id, start + k - 1))
     end
   end
-  self.counts[id] = nil
   self.inflight = self.inflight - 1
+  self.pool.npending = self.pool.npending - count
 end
 
 function IterState:abort(_, err)
@@ -438,10 +469,12 @@ function Pool:_imap(f, iterable, chunk, star, ordered, what)
     error(string.format("%s: expected a table or an iterator function, got %s", what, type(iterable)), 2)
   end
   local state = setmetatable({
-    ordered = ordered, ready_ok = {}, ready_val = {}, fifo = {}, fifo_pos = 1,
-    next_out = 1, inflight = 0, counts = {},
+    pool = self, ordered = ordered, ready_ok = {}, ready_val = {}, fifo = {}, fifo_pos = 1,
+    next_out = 1, inflight = 0, starts = {}, counts = {},
   }, IterState)
-  local window = math.max(64, self.workers * 16)
+  -- Tasks in flight: enough for every worker to hold a deep queue of small tasks (one
+  -- wake-up then carries many results), bounded in items so big chunks stay lazy.
+  local window = math.max(2 * self.workers, math.min(self.workers * 256, -(-65536 // chunk)))
   local next_in, exhausted = 1, false
   local buffer = {}
 
@@ -453,7 +486,7 @@ function Pool:_imap(f, iterable, chunk, star, ordered, what)
         if next_in > n_list then exhausted = true break end
         local j = math.min(next_in + chunk - 1, n_list)
         id = self:_submit(state, blob, star, list, next_in, j, "items", next_in)
-        state.counts[id] = j - next_in + 1
+        state.starts[id], state.counts[id] = next_in, j - next_in + 1
         next_in = j + 1
       else
         local k = 0
@@ -465,7 +498,7 @@ function Pool:_imap(f, iterable, chunk, star, ordered, what)
         end
         if k == 0 then break end
         id = self:_submit(state, blob, star, buffer, 1, k, "items", next_in)
-        state.counts[id] = k
+        state.starts[id], state.counts[id] = next_in, k
         next_in = next_in + k
         for x = 1, k do buffer[x] = nil end
       end
