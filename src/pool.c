@@ -87,6 +87,8 @@ typedef struct pool {
     double task_seconds;       /* moving average of one task's run time */
     int rotor;                 /* where dispatch starts, for fairness */
     uint64_t respawns;
+    int has_init;              /* workers run an init that may fail: wait for them to be ready */
+    int start_deaths;          /* workers in a row that died before saying ready */
     char *broken_message;
     buf scratch;               /* where submit encodes a task */
     const char *last_blob;     /* the function of the last submit (kept alive in uservalue 2) */
@@ -296,17 +298,20 @@ static void worker_flush(worker *w) {
 }
 
 static int worker_can_take(const pool *p, const worker *w, size_t depth) {
-    if (w->state != W_READY) return 0;
+    /* A starting worker takes tasks too: they wait in its pipe until its init is done. */
+    if (w->state != W_READY && w->state != W_STARTING) return 0;
     if (w->inflight.n >= depth) return 0;
     if (w->out.len - w->out_pos > OUT_HIGH_WATER) return 0;
     if (p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks) return 0;
     return 1;
 }
 
-/* True when a ready worker has nothing to do. */
+/* True when a ready or starting worker has nothing to do. */
 static int pool_has_idle(const pool *p) {
-    for (int i = 0; i < p->nworkers; i++)
-        if (p->workers[i].state == W_READY && p->workers[i].inflight.n == 0) return 1;
+    for (int i = 0; i < p->nworkers; i++) {
+        const worker *w = &p->workers[i];
+        if ((w->state == W_READY || w->state == W_STARTING) && w->inflight.n == 0) return 1;
+    }
     return 0;
 }
 
@@ -390,6 +395,7 @@ static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t
     char err[256];
     if (tag == 'R') {
         if (w->state == W_STARTING) w->state = W_READY;
+        p->start_deaths = 0;
         return;
     }
     if (tag == 'I') {
@@ -494,7 +500,14 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
         p->pending.head = requeue.head;
         p->pending.n += requeue.n;
     }
-    if (was_starting || p->broken) {
+    if (p->broken) return;   /* an init failed: no worker is started again */
+    if (was_starting && ++p->start_deaths >= 3) {
+        /* Workers that die before they are ready would be replaced forever (gh-87472). */
+        char msg[96];
+        if (code < 0) snprintf(msg, sizeof msg, "workers die while starting (signal %d)", -code);
+        else snprintf(msg, sizeof msg, "workers die while starting (exit %d)", code);
+        free(p->broken_message);
+        p->broken_message = strdup(msg);
         p->broken = 1;
         return;
     }
@@ -601,6 +614,10 @@ static int pool_new(lua_State *L) {
     pool *p = lua_newuserdatauv(L, sizeof *p, 2);   /* 2 */
     memset(p, 0, sizeof *p);
     luaL_setmetatable(L, POOL_TYPE);
+    worker_prepare(L, 1);
+    lua_getfield(L, 1, "init");
+    p->has_init = !lua_isnil(L, -1);
+    lua_pop(L, 1);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, 2, 1);
     lua_replace(L, 1);           /* the pool is at 1, as worker_main expects */
@@ -623,12 +640,13 @@ static int pool_new(lua_State *L) {
     ignore_sigpipe();
     for (int i = 0; i < n; i++)
         if (worker_spawn(L, p, i) != 0) return luaL_error(L, "cannot start worker: %s", strerror(errno));
-    /* Wait until every worker is ready, or one failed its init. */
+    /* With an init, wait until every worker is ready or one failed (its error is the
+       pool's); without one, nothing can fail there and the workers start meanwhile. */
     lua_newtable(L);
-    for (;;) {
+    while (p->has_init && !p->broken) {
         int ready = 0;
         for (int i = 0; i < n; i++) ready += p->workers[i].state == W_READY;
-        if (ready == n || p->broken) break;
+        if (ready == n) break;
         pool_wait(L, p, 1.0, 2);
     }
     if (p->broken) {

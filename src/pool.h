@@ -30,6 +30,10 @@ typedef struct shared_slot {
     _Atomic uint64_t running_task;   /* 0 between tasks */
 } shared_slot;
 
+/* Adds to the config table at stack index config what every worker will need (the
+   compiled loop over a task's items). Called in the parent, before the forks. */
+void worker_prepare(lua_State *L, int config);
+
 /* The life of a worker process: runs init from the config table at stack index config
    ({ init = fn, init_args = list }), says ready, then runs tasks until its task pipe
    ends. Never returns. */

@@ -238,6 +238,14 @@ static void run_init(lua_State *L, int config, int result_fd, buf *out) {
     lua_settop(L, base);
 }
 
+void worker_prepare(lua_State *L, int config) {
+    /* Compiled here, once, rather than in every worker after the fork. */
+    if (luaL_loadbuffer(L, RUN_ITEMS, sizeof RUN_ITEMS - 1, "=forage.worker") != LUA_OK) lua_error(L);
+    lua_call(L, 0, 2);
+    lua_setfield(L, config, "progress");
+    lua_setfield(L, config, "run_items");
+}
+
 _Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t parent, int task_fd, int result_fd) {
     /* Leave with the parent, however it ends (the pipes tell too, but not mid-task). */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -246,8 +254,8 @@ _Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t pa
     run_init(L, config, result_fd, &out);
     lua_newtable(L);
     int funcs = lua_gettop(L);
-    if (luaL_loadbuffer(L, RUN_ITEMS, sizeof RUN_ITEMS - 1, "=forage.worker") != LUA_OK) worker_fail("loader");
-    lua_call(L, 0, 2);
+    lua_getfield(L, config, "run_items");
+    lua_getfield(L, config, "progress");
     int runner = funcs + 1;   /* run, then progress */
     size_t at;
     frame_begin(&out, &at);
