@@ -1,6 +1,7 @@
 # forage: `make demo` and `make test` are the two commands a user types.
 # Everything they need is installed by `make deps` (Debian's apt-get, sudo when not root).
 
+SHELL      := /bin/bash
 LUA        ?= lua5.4
 BUSTED     ?= busted
 LUA_INC    ?= /usr/include/lua5.4
@@ -55,8 +56,17 @@ fuzz-deps: deps
 
 # The tests: lint, the spec suite, the rock installed offline, and the suite again
 # under AddressSanitizer and UndefinedBehaviorSanitizer.
+# Runs busted and ends with the plain "N passed, N failed" line CI reads.
+define run_specs
+	@mkdir -p build
+	$(1) -o utfTerminal 2>&1 | tee build/specs.log; rc=$${PIPESTATUS[0]}; \
+	  sed 's/\x1b\[[0-9;]*m//g' build/specs.log | \
+	  awk '/successes \/ .* failures \/ .* errors/ { print "$(2): " $$1 " passed, " $$4 + $$7 " failed" }'; \
+	  exit $$rc
+endef
+
 test: deps all lint
-	$(BUSTED) -o utfTerminal
+	$(call run_specs,$(BUSTED),specs)
 	$(MAKE) --no-print-directory rock-check
 	$(MAKE) --no-print-directory check
 
@@ -78,11 +88,12 @@ $(ASAN_SO): $(SRC) $(HDR) Makefile
 	$(CC) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -O1 -g -fno-omit-frame-pointer \
 	  -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared -o $@ $(SRC) $(LDLIBS)
 
+SANITIZER_ENV = LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  LUA_CPATH='$(CURDIR)/build/asan/?.so;;'
+
 check: deps $(ASAN_SO)
-	LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	LUA_CPATH='$(CURDIR)/build/asan/?.so;;' FORAGE_SANITIZED=1 \
-	  $(BUSTED) -o utfTerminal --cpath='$(CURDIR)/build/asan/?.so'
+	$(call run_specs,$(SANITIZER_ENV) $(BUSTED) --cpath='$(CURDIR)/build/asan/?.so',sanitized specs)
 
 demo: deps all
 	$(LUA) examples/demo.lua

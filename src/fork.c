@@ -42,7 +42,12 @@ void fork_unregister_fd(int fd) {
     for (size_t i = 0; i < parent_fds_len; i++) {
         if (parent_fds[i] == fd) {
             memmove(parent_fds + i, parent_fds + i + 1, (parent_fds_len - i - 1) * sizeof *parent_fds);
-            parent_fds_len--;
+            if (--parent_fds_len == 0) {
+                /* Nothing registered: give the memory back (the module may be unloaded). */
+                free(parent_fds);
+                parent_fds = NULL;
+                parent_fds_cap = 0;
+            }
             return;
         }
     }
