@@ -66,7 +66,7 @@ function trials.map(forage)
 end
 
 function trials.start_stop(forage)
-  -- forage.pool returns once every worker has run its init and said it is ready.
+  -- Without an init, forage.pool returns once the workers are forked, as Python's Pool() does.
   local t0 = forage.now()
   local pool = forage.pool(START_WORKERS)
   local t1 = forage.now()
@@ -127,7 +127,7 @@ local function section(h)
     "map", "rate", "high", h.rate, 3)
   add(string.format("pool of %d: start + close + join", START_WORKERS),
     "start_stop", "seconds", "low", h.ms, 10, {
-      "forage.pool() returns once every worker is ready; Python's Pool() once they are forked",
+      "both return once the workers are forked; close + join waits for every worker to exit",
       function(res)
         return string.format("start + stop: forage %s, python %s", split(res.forage_best), split(res.peer_best))
       end,

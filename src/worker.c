@@ -265,6 +265,7 @@ _Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t pa
 
     frame_reader in = {BUF_INIT, 0};
     uint64_t last_flush = monotonic_ns();
+    int generational = 0;
     char err[256];
     for (;;) {
         long got = frame_fill(&in, task_fd);
@@ -283,6 +284,14 @@ _Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t pa
             f++;
             n--;
             if (tag == 'T') {
+                if (!generational) {
+                    /* A worker inherits the parent's heap; in generational mode its minor
+                       collections leave those old objects alone instead of walking them
+                       all again on every cycle. Switched at the first task, not at start,
+                       so idle workers and pool start pay nothing. */
+                    lua_gc(L, LUA_GCGEN, 0, 0);
+                    generational = 1;
+                }
                 run_task(L, funcs, runner, slot, f, n, &out);
                 uint64_t now = monotonic_ns();
                 if (out.len > FLUSH_BYTES || now - last_flush > FLUSH_EVERY_NS) {
