@@ -75,6 +75,7 @@ lint: deps
 
 # Installs the rock offline into a private tree and loads it from another directory.
 rock-check: deps
+	@for f in $(SRC); do grep -q "\"$$f\"" rockspec/forage-scm-1.rockspec || { echo "$$f is missing from the rockspec"; exit 1; }; done
 	rm -rf build/rocktree
 	luarocks --lua-version 5.4 make --tree=build/rocktree --deps-mode=none rockspec/forage-scm-1.rockspec >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
 	cd /tmp && LUA_PATH='$(CURDIR)/build/rocktree/share/lua/5.4/?.lua;$(CURDIR)/build/rocktree/share/lua/5.4/?/init.lua;;' \

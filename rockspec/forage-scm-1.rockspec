@@ -22,7 +22,7 @@ build = {
       ["forage.core"] = {
          sources = {
             "src/buf.c", "src/core.c", "src/fork.c", "src/frame.c", "src/pipe.c",
-            "src/pool.c", "src/proc.c", "src/wire.c", "src/worker.c",
+            "src/pool.c", "src/proc.c", "src/sys.c", "src/wire.c", "src/worker.c",
          },
          defines = { "_GNU_SOURCE" },
       },

@@ -13,6 +13,7 @@ int luaopen_forage_core(lua_State *L) {
     lua_newtable(L);
     forage_open_wire(L);
     forage_open_proc(L);
+    forage_open_sys(L);
     forage_open_pipe(L);
     forage_open_pool(L);
     lua_pushinteger(L, WIRE_VERSION);

@@ -361,14 +361,6 @@ static void push_event(lua_State *L, int ev, int *nev, uint64_t id, const char *
     lua_rawseti(L, ev, ++*nev);   /* the value pushed by the caller */
 }
 
-/* Pushes an error table { value = msg, traceback = "" }. */
-static void push_error(lua_State *L, const char *msg) {
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, msg);
-    lua_setfield(L, -2, "value");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "traceback");
-}
 
 /* Takes the task with this id out of a worker's in-flight list (it is normally the first). */
 static task *take_inflight(worker *w, uint64_t id) {
@@ -432,7 +424,7 @@ static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t
         luaL_error(L, "pool: bad results: %s", err);
     /* 'E': { value, traceback, index = 0-based item, results = {...}, pid } */
     q += list_len;
-    if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) push_error(L, err);
+    if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) push_task_error(L, err);
     lua_insert(L, -2);
     lua_setfield(L, -2, "results");
     lua_pushinteger(L, index);

@@ -30,6 +30,9 @@ typedef struct shared_slot {
     _Atomic uint64_t running_task;   /* 0 between tasks */
 } shared_slot;
 
+/* Pushes an error table { value = msg, traceback = "" }: the shape of a task's error. */
+void push_task_error(lua_State *L, const char *msg);
+
 /* Adds to the config table at stack index config what every worker will need (the
    compiled loop over a task's items). Called in the parent, before the forks. */
 void worker_prepare(lua_State *L, int config);

@@ -3,12 +3,10 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core.h"
 #include "fork.h"
-#include "frame.h"
 #include "lauxlib.h"
 
 #define PROCESS_TYPE "forage.Process"
@@ -173,49 +171,6 @@ static int process_gc(lua_State *L) {
     return 0;
 }
 
-/* cpu_count() -> the number of online processors. */
-static int cpu_count(lua_State *L) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    lua_pushinteger(L, n > 0 ? n : 1);
-    return 1;
-}
-
-/* now() -> seconds on the monotonic clock. */
-static int monotonic_now(lua_State *L) {
-    lua_pushnumber(L, now_seconds());
-    return 1;
-}
-
-/* new_table(narray, nhash) -> an empty table with room for that many entries. */
-static int new_table(lua_State *L) {
-    lua_Integer na = luaL_checkinteger(L, 1), nh = luaL_optinteger(L, 2, 0);
-    luaL_argcheck(L, na >= 0 && na <= 1 << 26, 1, "out of range");
-    luaL_argcheck(L, nh >= 0 && nh <= 1 << 26, 2, "out of range");
-    lua_createtable(L, (int)na, (int)nh);
-    return 1;
-}
-
-/* sleep(seconds): sleeps, resuming after signals, for the whole time. */
-static int sleep_seconds(lua_State *L) {
-    double d = luaL_checknumber(L, 1);
-    luaL_argcheck(L, d >= 0 && d < 1e9, 1, "seconds out of range");
-    struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-    return 0;
-}
-
-/* getppid() -> the parent's process id. */
-static int process_getppid(lua_State *L) {
-    lua_pushinteger(L, getppid());
-    return 1;
-}
-
-/* getpid() -> this process's id. */
-static int process_getpid(lua_State *L) {
-    lua_pushinteger(L, getpid());
-    return 1;
-}
-
 void forage_open_proc(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"start", process_start}, {"join", process_join}, {"alive", process_alive},
@@ -232,16 +187,4 @@ void forage_open_proc(lua_State *L) {
     lua_pop(L, 1);
     lua_pushcfunction(L, process_new);
     lua_setfield(L, -2, "process");
-    lua_pushcfunction(L, cpu_count);
-    lua_setfield(L, -2, "cpu_count");
-    lua_pushcfunction(L, monotonic_now);
-    lua_setfield(L, -2, "now");
-    lua_pushcfunction(L, new_table);
-    lua_setfield(L, -2, "new_table");
-    lua_pushcfunction(L, sleep_seconds);
-    lua_setfield(L, -2, "sleep");
-    lua_pushcfunction(L, process_getppid);
-    lua_setfield(L, -2, "getppid");
-    lua_pushcfunction(L, process_getpid);
-    lua_setfield(L, -2, "getpid");
 }

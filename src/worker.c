@@ -40,8 +40,7 @@ static int task_error_handler(lua_State *L) {
     return 1;
 }
 
-/* Pushes an error table { value = msg, traceback = "" }. */
-static void push_error(lua_State *L, const char *msg) {
+void push_task_error(lua_State *L, const char *msg) {
     lua_createtable(L, 0, 2);
     lua_pushstring(L, msg);
     lua_setfield(L, -2, "value");
@@ -101,7 +100,7 @@ static uint32_t drop_bad_result(lua_State *L, int results, uint32_t done) {
         lua_pushnil(L);
         lua_rawseti(L, results, (lua_Integer)j + 1);
     }
-    push_error(L, k < done ? err : "results cannot be sent");
+    push_task_error(L, k < done ? err : "results cannot be sent");
     return k;
 }
 
@@ -149,7 +148,7 @@ static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, con
     uint32_t done = count;
     if (wire_decode(L, p + TASK_HEADER, n - TASK_HEADER, WIRE_CODE, err, sizeof err) != 0) {
         lua_settop(L, results);
-        push_error(L, err);
+        push_task_error(L, err);
         failed = 1;
         done = 0;
     } else {
@@ -204,7 +203,7 @@ static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, con
         list_at = out->len;
         wire_encode(L, -1, out, WIRE_CODE, "result", err, sizeof err);
         put_u32(out->data + at + FRAME_HEADER + 25, (uint32_t)(out->len - list_at));
-        push_error(L, "results too large for one message (over 2 GiB)");
+        push_task_error(L, "results too large for one message (over 2 GiB)");
         encode_error(L, -1, out);
         frame_end(out, at);
     }
@@ -226,7 +225,7 @@ static void run_init(lua_State *L, int config, int result_fd, buf *out) {
     if (lua_istable(L, -1)) nargs = unpack_args(L, lua_gettop(L));
     else lua_pop(L, 1);
     if (nargs < 0 || lua_pcall(L, nargs < 0 ? 0 : nargs, 0, base + 1) != LUA_OK) {
-        if (nargs < 0) push_error(L, "init: too many init_args");
+        if (nargs < 0) push_task_error(L, "init: too many init_args");
         size_t at;
         frame_begin(out, &at);
         buf_putc(out, 'I');
