@@ -71,7 +71,7 @@ test: deps all lint
 	$(MAKE) --no-print-directory check
 
 lint: deps
-	luacheck --quiet lua spec bench examples bin
+	luacheck --quiet lua spec bench examples fuzz
 
 # Installs the rock offline into a private tree and loads it from another directory.
 rock-check: deps
