@@ -55,7 +55,7 @@ describe("forage.pipe", function()
 
   it("refuses a userdata, naming where it sits", function()
     local a = forage.pipe()
-    assert.has_error(function() a:send({ conn = io.tmpfile() }) end, "value.conn: cannot send userdata")
+    assert.has_error(function() a:send({ conn = io.tmpfile() }) end, "value.conn: cannot send userdata (FILE*)")
   end)
 
   it("raises on a closed connection", function()

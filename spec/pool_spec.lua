@@ -146,7 +146,7 @@ describe("forage.pool", function()
     it("refuses a userdata argument, naming where it sits", function()
       local f = io.tmpfile()
       assert.has_error(function() pool:apply(function() end, { 1, { conn = f } }) end,
-        "args[2].conn: cannot send userdata")
+        "args[2].conn: cannot send userdata (FILE*)")
       f:close()
     end)
 
@@ -161,7 +161,8 @@ describe("forage.pool", function()
     it("fails clearly when an upvalue cannot travel", function()
       local handle = io.tmpfile()
       local function uses_handle() return handle end
-      assert.has_error(function() pool:apply(uses_handle, {}) end, "function<upvalue handle>: cannot send userdata")
+      assert.has_error(function() pool:apply(uses_handle, {}) end,
+        "function<upvalue handle>: cannot send userdata (FILE*)")
       handle:close()
     end)
   end)

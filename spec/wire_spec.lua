@@ -307,11 +307,11 @@ describe("wire", function()
   describe("refusals", function()
     it("name the path to a userdata", function()
       local conn = io.tmpfile()
-      assert.are.equal("args[2].conn: cannot send userdata",
+      assert.are.equal("args[2].conn: cannot send userdata (FILE*)",
                        refusal({ 1, { conn = conn } }, { root = "args" }))
-      assert.are.equal("args[2].conn: cannot send userdata",
+      assert.are.equal("args[2].conn: cannot send userdata (FILE*)",
                        refusal({ 1, { conn = conn } }, { root = "args", code = true }))
-      assert.are.equal("value.out: cannot send userdata", refusal { out = io.stdout })
+      assert.are.equal("value.out: cannot send userdata (FILE*)", refusal { out = io.stdout })
       conn:close()
     end)
 
@@ -328,7 +328,8 @@ describe("wire", function()
     it("name an upvalue", function()
       local conn = io.tmpfile()
       local function f() return conn end
-      assert.are.equal("args[1]<upvalue conn>: cannot send userdata", refusal({ f }, { root = "args", code = true }))
+      assert.are.equal("args[1]<upvalue conn>: cannot send userdata (FILE*)",
+                       refusal({ f }, { root = "args", code = true }))
       conn:close()
     end)
 

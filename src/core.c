@@ -16,6 +16,12 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_sys(L);
     forage_open_pipe(L);
     forage_open_pool(L);
+    forage_open_queue(L);
+    forage_open_sync(L);
+    forage_open_value(L);
+    forage_open_set(L);
+    forage_open_dict(L);
+    forage_open_lease(L);
     lua_pushinteger(L, WIRE_VERSION);
     lua_setfield(L, -2, "wire_version");
     return 1;

@@ -11,5 +11,11 @@ void forage_open_proc(lua_State *L);
 void forage_open_sys(lua_State *L);
 void forage_open_pipe(lua_State *L);
 void forage_open_pool(lua_State *L);
+void forage_open_queue(lua_State *L);   /* queue.c: forage.queue */
+void forage_open_sync(lua_State *L);    /* sync.c: lock, rlock, semaphores, event, condition, barrier */
+void forage_open_value(lua_State *L);   /* value.c: forage.value, forage.array */
+void forage_open_set(lua_State *L);     /* set.c: forage.set */
+void forage_open_dict(lua_State *L);    /* dict.c: forage.dict */
+void forage_open_lease(lua_State *L);   /* lease.c: the sticky resource table */
 
 #endif

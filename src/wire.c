@@ -126,7 +126,7 @@ typedef struct encoder {
     int names_rebuilt;       /* the reverse index was rebuilt during this call */
     int names_checked;       /* the index was checked against package.loaded during this call */
     int trusted_miss;        /* a table was judged "not a module" by an index not checked yet */
-    char reason[64];
+    char reason[128];
     int path_len;
     step path[WIRE_MAX_DEPTH + 1];
 } encoder;
@@ -689,6 +689,17 @@ static int encode_value(encoder *e, int idx) {
         if (e->code) {
             int rc = encode_by_name(e, idx, 1);
             if (rc != 0) return rc < 0 ? rc : ENCODE_OK;
+        }
+        if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING) {
+            /* forage's shared objects are shared by inheritance, not by copy: say so. */
+            const char *name = lua_tostring(L, -1);
+            char reason[128];
+            if (strncmp(name, "forage.", 7) == 0)
+                snprintf(reason, sizeof reason, "cannot send %s (shared objects are inherited: create it before the pool or process)", name);
+            else
+                snprintf(reason, sizeof reason, "cannot send userdata (%s)", name);
+            lua_pop(L, 1);
+            return refuse(e, reason);
         }
         return refuse(e, "cannot send userdata");
     case LUA_TLIGHTUSERDATA:

@@ -1,0 +1,97 @@
+#include "shm.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "lauxlib.h"
+
+void *shm_map(size_t size) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void shm_unmap(void *p, size_t size) {
+    if (p != NULL) munmap(p, size);
+}
+
+int shm_lock_init(shm_lock *l) {
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+    if (rc != 0) return rc;
+    if ((rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)) == 0 &&
+        (rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)) == 0)
+        rc = pthread_mutex_init(&l->mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    return rc;
+}
+
+double shm_deadline(double timeout) {
+    return timeout < 0 ? -1 : now_seconds() + timeout;
+}
+
+static struct timespec to_timespec(double t) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+int shm_lock_acquire(shm_lock *l, double deadline, int *recovered) {
+    int rc;
+    if (deadline < 0) {
+        rc = pthread_mutex_lock(&l->mutex);
+    } else {
+        struct timespec ts = to_timespec(deadline);
+        rc = pthread_mutex_clocklock(&l->mutex, CLOCK_MONOTONIC, &ts);
+    }
+    if (recovered != NULL) *recovered = 0;
+    if (rc == EOWNERDEAD) {
+        /* The holder died inside its critical section: the lock is ours, made usable again. */
+        pthread_mutex_consistent(&l->mutex);
+        if (recovered != NULL) *recovered = 1;
+        rc = 0;
+    }
+    return rc;
+}
+
+void shm_lock_release(shm_lock *l) {
+    pthread_mutex_unlock(&l->mutex);
+}
+
+int shm_cond_wait(shm_cond *c, shm_lock *l, double deadline, int *recovered) {
+    uint32_t seen = atomic_load(&c->seq);
+    shm_lock_release(l);
+    int timed_out = 0;
+    struct timespec ts = to_timespec(deadline < 0 ? 0 : deadline);
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time; the word is in a shared
+       mapping, so the futex is not FUTEX_PRIVATE. */
+    long r = syscall(SYS_futex, &c->seq, FUTEX_WAIT_BITSET, seen, deadline < 0 ? NULL : &ts, NULL,
+                     FUTEX_BITSET_MATCH_ANY);
+    if (r != 0 && errno == ETIMEDOUT) timed_out = 1;
+    int rc = shm_lock_acquire(l, -1, recovered);
+    (void)rc;   /* a lock without a deadline only fails on a broken mapping */
+    return timed_out ? ETIMEDOUT : 0;
+}
+
+void shm_cond_notify(shm_cond *c, int n) {
+    atomic_fetch_add(&c->seq, 1);
+    syscall(SYS_futex, &c->seq, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+double shm_opt_timeout(lua_State *L, int i) {
+    if (lua_isnoneornil(L, i)) return -1;
+    double t = luaL_checknumber(L, i);
+    luaL_argcheck(L, t >= 0, i, "timeout must be a non-negative number of seconds");
+    return t;
+}
