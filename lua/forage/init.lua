@@ -28,6 +28,15 @@ forage.TaskError = pool.TaskError
 forage.encode = core.encode
 forage.decode = core.decode
 
+-- Shared objects (issue 3): created before a pool or process, inherited by it.
+forage.queue = core.queue
+forage.lock, forage.rlock = core.lock, core.rlock
+forage.semaphore, forage.bounded_semaphore = core.semaphore, core.bounded_semaphore
+forage.event, forage.condition, forage.barrier = core.event, core.condition, core.barrier
+forage.value, forage.array = core.value, core.array
+forage.set = core.set
+forage.dict = core.dict
+
 forage.cpu_count = core.cpu_count
 forage.getpid = core.getpid
 forage.getppid = core.getppid
