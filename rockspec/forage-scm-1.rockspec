@@ -21,12 +21,14 @@ build = {
    modules = {
       ["forage.core"] = {
          sources = {
-            "src/buf.c", "src/core.c", "src/fork.c", "src/frame.c", "src/pipe.c",
-            "src/pool.c", "src/proc.c", "src/sys.c", "src/wire.c", "src/worker.c",
+            "src/buf.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c", "src/lease.c",
+            "src/pipe.c", "src/pool.c", "src/proc.c", "src/queue.c", "src/set.c", "src/shm.c",
+            "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c", "src/worker.c",
          },
          defines = { "_GNU_SOURCE" },
       },
       ["forage"] = "lua/forage/init.lua",
       ["forage.pool"] = "lua/forage/pool.lua",
+      ["forage.worker"] = "lua/forage/worker.lua",
    },
 }

@@ -16,6 +16,7 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_sys(L);
     forage_open_pipe(L);
     forage_open_pool(L);
+    forage_open_worker(L);
     forage_open_queue(L);
     forage_open_sync(L);
     forage_open_value(L);

@@ -11,6 +11,7 @@ void forage_open_proc(lua_State *L);
 void forage_open_sys(lua_State *L);
 void forage_open_pipe(lua_State *L);
 void forage_open_pool(lua_State *L);
+void forage_open_worker(lua_State *L); /* worker.c: what a task knows of its worker */
 void forage_open_queue(lua_State *L);   /* queue.c: forage.queue */
 void forage_open_sync(lua_State *L);    /* sync.c: lock, rlock, semaphores, event, condition, barrier */
 void forage_open_value(lua_State *L);   /* value.c: forage.value, forage.array */

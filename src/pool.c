@@ -21,6 +21,7 @@
 #include "fork.h"
 #include "frame.h"
 #include "lauxlib.h"
+#include "lease.h"
 #include "pool.h"
 #include "wire.h"
 
@@ -90,6 +91,7 @@ typedef struct pool {
     int has_init;              /* workers run an init that may fail: wait for them to be ready */
     int start_deaths;          /* workers in a row that died before saying ready */
     char *broken_message;
+    lease_table *leases;       /* sticky resources, or NULL (the table lives in the config) */
     buf scratch;               /* where submit encodes a task */
     const char *last_blob;     /* the function of the last submit (kept alive in uservalue 2) */
     func_entry *last_fn;
@@ -251,7 +253,7 @@ static int worker_spawn(lua_State *L, pool *p, int i) {
         close(tfd[1]);
         close(rfd[0]);
         lua_getiuservalue(L, 1, 1);
-        worker_main(L, lua_gettop(L), &p->slots[i], parent, tfd[0], rfd[1]);
+        worker_main(L, lua_gettop(L), i, &p->slots[i], parent, tfd[0], rfd[1]);
     }
     close(tfd[0]);
     close(rfd[1]);
@@ -297,12 +299,15 @@ static void worker_flush(worker *w) {
     buf_reset(&w->out);
 }
 
-static int worker_can_take(const pool *p, const worker *w, size_t depth) {
+static int worker_can_take(const pool *p, int i, size_t depth) {
+    const worker *w = &p->workers[i];
     /* A starting worker takes tasks too: they wait in its pipe until its init is done. */
     if (w->state != W_READY && w->state != W_STARTING) return 0;
     if (w->inflight.n >= depth) return 0;
     if (w->out.len - w->out_pos > OUT_HIGH_WATER) return 0;
     if (p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks) return 0;
+    /* With resources, a worker runs a task only while it holds one (the blog's open case). */
+    if (p->leases && lease_held(p->leases, i) < 0 && lease_acquire(p->leases, i) < 0) return 0;
     return 1;
 }
 
@@ -317,14 +322,16 @@ static int pool_has_idle(const pool *p) {
 
 /* Gives pending tasks to workers with room, round robin, then writes. */
 static void pool_dispatch(pool *p) {
-    size_t depth = pool_depth(p);
+    /* With resources, one task at a time: a worker that loses its resource mid-task must
+       not have more queued behind it. */
+    size_t depth = p->leases ? 1 : pool_depth(p);
     int progress = 1;
     while (p->pending.n > 0 && progress) {
         progress = 0;
         for (int k = 0; k < p->nworkers && p->pending.n > 0; k++) {
             int i = (p->rotor + k) % p->nworkers;
             worker *w = &p->workers[i];
-            if (!worker_can_take(p, w, depth)) continue;
+            if (!worker_can_take(p, i, depth)) continue;
             task *t = list_pop(&p->pending);
             func_entry *f = t->fn;
             if (f->known[i] != w->gen) {
@@ -458,6 +465,7 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
     close_fd(&w->task_fd);
     close_fd(&w->result_fd);
     close_fd(&w->pidfd);
+    if (p->leases) lease_release(p->leases, i);   /* the resource did nothing wrong */
     int was_starting = w->state == W_STARTING;
     w->state = W_EMPTY;
 
@@ -516,6 +524,22 @@ static pool *check_pool(lua_State *L) {
     return p;
 }
 
+/* Fails every task not yet given to a worker with message (a "lost" event each). */
+static void fail_pending(lua_State *L, pool *p, int ev, int *nev, const char *message) {
+    task *t;
+    while ((t = list_pop(&p->pending)) != NULL) {
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, message);
+        lua_setfield(L, -2, "value");
+        lua_pushliteral(L, "");
+        lua_setfield(L, -2, "traceback");
+        lua_pushinteger(L, 0);
+        lua_setfield(L, -2, "index");
+        push_event(L, ev, nev, t->id, "lost");
+        task_free(p, t);
+    }
+}
+
 /* True when nothing can produce an event: no task anywhere, no worker changing state. */
 static int pool_idle(const pool *p) {
     if (p->pending.n > 0) return 0;
@@ -560,8 +584,23 @@ static int pool_wait(lua_State *L, pool *p, double timeout, int ev) {
             double left = deadline - now_seconds();
             ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
         }
+        int capped = 0;
+        if (p->leases && p->pending.n > 0) {
+            /* Tasks wait for a resource: fail them when none can ever come back, and
+               otherwise wake up when the next one leaves its cooldown. */
+            if (lease_none_left(p->leases)) {
+                fail_pending(L, p, ev, &nev, "no resource left");
+                continue;
+            }
+            double next = lease_next_revival(p->leases);
+            if (next >= 0 && (ms < 0 || next * 1000.0 < ms)) {
+                ms = (int)(next * 1000.0) + 1;
+                capped = 1;
+            }
+        }
         int rc = poll(fds, (nfds_t)nfds, nev > 0 ? 0 : ms);
         if (rc < 0 && errno != EINTR) luaL_error(L, "pool: poll: %s", strerror(errno));
+        if (rc == 0 && capped && nev == 0) continue;
         if (rc <= 0) break;
         for (int k = 0; k < nfds; k++) {
             if (!fds[k].revents) continue;
@@ -607,6 +646,12 @@ static int pool_new(lua_State *L) {
     memset(p, 0, sizeof *p);
     luaL_setmetatable(L, POOL_TYPE);
     worker_prepare(L, 1);
+    if (lua_getfield(L, 1, "leases") != LUA_TNIL) {
+        p->leases = lease_check(L, -1);
+        if (lease_slots(p->leases) != n) return luaL_error(L, "lease table has %d slots for %d workers",
+                                                          (int)lease_slots(p->leases), (int)n);
+    }
+    lua_pop(L, 1);
     lua_getfield(L, 1, "init");
     p->has_init = !lua_isnil(L, -1);
     lua_pop(L, 1);

@@ -40,6 +40,7 @@ void worker_prepare(lua_State *L, int config);
 /* The life of a worker process: runs init from the config table at stack index config
    ({ init = fn, init_args = list }), says ready, then runs tasks until its task pipe
    ends. Never returns. */
-_Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t parent, int task_fd, int result_fd);
+_Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot *slot, pid_t parent, int task_fd,
+                           int result_fd);
 
 #endif

@@ -11,6 +11,7 @@
 #include "fork.h"
 #include "frame.h"
 #include "lauxlib.h"
+#include "core.h"
 #include "pool.h"
 #include "wire.h"
 
@@ -237,6 +238,32 @@ static void run_init(lua_State *L, int config, int result_fd, buf *out) {
     lua_settop(L, base);
 }
 
+/* Which pool slot this process works for (1-based), 0 outside a pool worker. */
+static int current_slot;
+
+#define WORKER_CONFIG "forage.worker.config"
+
+/* worker_slot() -> this worker's slot in its pool (1-based), or nil outside a worker. */
+static int worker_slot(lua_State *L) {
+    if (current_slot == 0) lua_pushnil(L);
+    else lua_pushinteger(L, current_slot);
+    return 1;
+}
+
+/* worker_config() -> the pool's configuration table inside a worker, or nil. */
+static int worker_config(lua_State *L) {
+    if (current_slot == 0) lua_pushnil(L);
+    else lua_getfield(L, LUA_REGISTRYINDEX, WORKER_CONFIG);
+    return 1;
+}
+
+void forage_open_worker(lua_State *L) {
+    lua_pushcfunction(L, worker_slot);
+    lua_setfield(L, -2, "worker_slot");
+    lua_pushcfunction(L, worker_config);
+    lua_setfield(L, -2, "worker_config");
+}
+
 void worker_prepare(lua_State *L, int config) {
     /* Compiled here, once, rather than in every worker after the fork. */
     if (luaL_loadbuffer(L, RUN_ITEMS, sizeof RUN_ITEMS - 1, "=forage.worker") != LUA_OK) lua_error(L);
@@ -245,7 +272,11 @@ void worker_prepare(lua_State *L, int config) {
     lua_setfield(L, config, "run_items");
 }
 
-_Noreturn void worker_main(lua_State *L, int config, shared_slot *slot, pid_t parent, int task_fd, int result_fd) {
+_Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot *slot, pid_t parent, int task_fd,
+                           int result_fd) {
+    current_slot = slot_index + 1;
+    lua_pushvalue(L, config);
+    lua_setfield(L, LUA_REGISTRYINDEX, WORKER_CONFIG);
     /* Leave with the parent, however it ends (the pipes tell too, but not mid-task). */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) child_exit(0);

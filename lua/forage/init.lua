@@ -23,6 +23,7 @@ forage.pipe = core.pipe
 -- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries }.
 forage.pool = pool.new
 forage.TaskError = pool.TaskError
+forage.worker = require "forage.worker"
 
 -- forage.encode(v [, { code = true }]) / forage.decode(s [, { code = true }]): the wire format.
 forage.encode = core.encode

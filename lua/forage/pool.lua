@@ -71,7 +71,8 @@ end
 -- Creating a pool
 
 local function check_options(opts)
-  local known = { workers = true, init = true, init_args = true, max_tasks = true, task_retries = true }
+  local known = { workers = true, init = true, init_args = true, max_tasks = true, task_retries = true,
+                  resources = true, resource = true }
   for k in pairs(opts) do
     if not known[k] then error(string.format("forage.pool: unknown option '%s'", tostring(k)), 3) end
   end
@@ -80,6 +81,19 @@ local function check_options(opts)
   end
   if opts.init_args ~= nil and type(opts.init_args) ~= "table" then
     error("forage.pool: init_args must be a table, got " .. type(opts.init_args), 3)
+  end
+  if opts.resources ~= nil then
+    if type(opts.resources) ~= "table" or #opts.resources == 0 then
+      error("forage.pool: resources must be a non-empty list", 3)
+    end
+  end
+  if opts.resource ~= nil then
+    if type(opts.resource) ~= "table" then error("forage.pool: resource must be a table of options", 3) end
+    local known_r = { max_failures = true, cooldown = true, max_cooldown = true, retire_after = true }
+    for k in pairs(opts.resource) do
+      if not known_r[k] then error(string.format("forage.pool: unknown resource option '%s'", tostring(k)), 3) end
+    end
+    if opts.resources == nil then error("forage.pool: resource options given without resources", 3) end
   end
   for _, k in ipairs { "workers", "max_tasks", "task_retries" } do
     local v = opts[k]
@@ -106,12 +120,23 @@ function M.new(opts)
   }, Pool)
   local init_args = opts.init_args
   if init_args and init_args.n == nil then init_args = table.pack(table.unpack(init_args)) end
+  local leases, resources
+  if opts.resources then
+    -- The lease table is shared memory made before the forks: workers and parent share it.
+    resources = table.move(opts.resources, 1, #opts.resources, 1, {})
+    local r = opts.resource or {}
+    leases = core.leases { count = #resources, slots = workers, max_failures = r.max_failures,
+                           cooldown = r.cooldown, max_cooldown = r.max_cooldown, retire_after = r.retire_after }
+  end
+  self.leases, self.resource_list = leases, resources
   self.core = core.pool_core {
     workers = workers,
     init = opts.init,
     init_args = init_args,
     max_tasks = opts.max_tasks,
     task_retries = opts.task_retries,
+    leases = leases,
+    resources = resources,
   }
   return self
 end
@@ -589,6 +614,19 @@ end
 
 Pool.__gc = function(self)
   if self.state ~= "terminated" and self.core then self.core:terminate() end
+end
+
+-- pool:resources() -> one table per resource, in the order given: { value, state
+-- ("free", "leased", "cooling", "retired"), worker (the pid holding it), leases,
+-- successes, failures, cooldowns, cooldown (seconds left), reason (the last failure) }.
+function Pool:resources()
+  if not self.leases then return {} end
+  local snapshot, pids = self.leases:snapshot(), self.core:pids()
+  for i, r in ipairs(snapshot) do
+    r.value = self.resource_list[i]
+    if r.holder then r.worker = pids[r.holder] end
+  end
+  return snapshot
 end
 
 -- pool:pids() -> the worker process ids (for monitoring, or a test that kills one).

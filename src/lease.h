@@ -1,0 +1,28 @@
+/* The sticky resource table (lease.c), as the pool's dispatcher uses it. Slots are
+   0-based here (worker slots of the pool); resource indexes too; -1 means none. */
+#ifndef FORAGE_LEASE_H
+#define FORAGE_LEASE_H
+
+#include <stdint.h>
+
+#include "lua.h"
+
+typedef struct lease_table lease_table;
+
+/* The lease table of the forage.Leases userdata at stack index i (raises otherwise). */
+lease_table *lease_check(lua_State *L, int i);
+
+int32_t lease_slots(lease_table *t);
+/* The resource slot holds, or -1 (no lock: a slot's own entry is written by the parent
+   while the worker is idle, or by the worker itself). */
+int32_t lease_held(lease_table *t, int32_t slot);
+/* Gives slot a free resource if it has none; returns what it holds, or -1. */
+int32_t lease_acquire(lease_table *t, int32_t slot);
+/* The slot's resource is free again, unharmed (its worker died or left). */
+void lease_release(lease_table *t, int32_t slot);
+/* True when every resource is retired: none can ever be leased again. */
+int lease_none_left(lease_table *t);
+/* Seconds until the next cooling resource is free again, or -1 when none is cooling. */
+double lease_next_revival(lease_table *t);
+
+#endif
