@@ -91,45 +91,64 @@ do
   pool:terminate()  -- the sleeping task need not finish: terminate, as the blog's `with` does
 end
 
-section("the blog's crawl: list pages chained into detail pages")
+section("the blog's crawl: 20 workers, 8 sticky proxies, list -> detail pages")
 do
   -- What the practice site answers: page n lists ten movies, each movie has a director.
-  local function fetch_list(page, attempt)
+  -- The "proxies" are names here; proxy-3 is flaky: its failures cool it down, and the
+  -- worker holding it is given another, while workers without a proxy get no task.
+  local proxies = {}
+  for i = 1, 8 do proxies[i] = string.format("http://proxy-%d:8080", i) end
+
+  local function via_proxy()
+    local proxy = forage.worker.resource()
+    assert(proxy, "a task never runs without a proxy")
+    if proxy:find("proxy-3", 1, true) then
+      forage.worker.report(false, "connect timeout")
+      error("connect timeout via " .. proxy)
+    end
+    forage.worker.report(true)
+    return proxy
+  end
+  local function fetch_list(page)
     forage.sleep(0.01)
-    if page == 3 and attempt == 1 then error("proxy timeout on page " .. page) end
+    via_proxy()
     local urls = {}
     for i = 1, 10 do urls[i] = string.format("/detail/%d", (page - 1) * 10 + i) end
     return urls
   end
   local function fetch_detail(url)
     forage.sleep(0.005)
+    via_proxy()
     local id = tonumber(url:match("%d+"))
     return url .. "," .. "Director " .. string.char(65 + id % 26)
   end
 
-  local pool <close> = forage.pool { workers = 20 }
+  local pool <close> = forage.pool { workers = 20, resources = proxies,
+                                     resource = { max_failures = 2, cooldown = 30 } }
   local directors, retries = {}, 0
   local t0 = forage.now()
-  local function get_index(page, attempt)
-    pool:apply_async(fetch_list, { page, attempt }, {
-      on_done = function(urls)
-        for _, url in ipairs(urls) do
-          pool:apply_async(fetch_detail, { url }, {
-            on_done = function(line) directors[#directors + 1] = line end,
-          })
-        end
-      end,
+  local function submit(f, arg, on_done, attempt)
+    pool:apply_async(f, { arg }, {
+      on_done = on_done,
       on_error = function(e)
         retries = retries + 1
-        print("retrying after: " .. e.message)
-        if attempt < 3 then get_index(page, attempt + 1) else print("giving up on page", page) end
+        if attempt < 3 then submit(f, arg, on_done, attempt + 1) else print("giving up on", arg, e.message) end
       end,
     })
   end
-  for page = 1, 5 do get_index(page, 1) end
-  assert(pool:drain(60))   -- exact completion: no polling of private state
+  local function save(line) directors[#directors + 1] = line end
+  for page = 1, 5 do
+    submit(fetch_list, page, function(urls)
+      for _, url in ipairs(urls) do submit(fetch_detail, url, save, 1) end
+    end, 1)
+  end
+  assert(pool:drain(60))   -- exact completion, callbacks included: no polling of private state
   table.sort(directors, function(a, b) return tonumber(a:match("%d+")) < tonumber(b:match("%d+")) end)
   for i = 1, 3 do print("director:", directors[i]) end
-  print(string.format("collected %d detail pages from 5 list pages (%d retried) in %.2f s",
-    #directors, retries, forage.now() - t0))
+  print(string.format("collected %d detail pages from 5 list pages in %.2f s (%d retries)",
+    #directors, forage.now() - t0, retries))
+  for _, r in ipairs(pool:resources()) do
+    print(string.format("  %-22s %-8s leases %d  ok %3d  failed %d%s", r.value, r.state, r.leases,
+      r.successes, r.failures, r.reason and ("  (" .. r.reason .. ")") or ""))
+  end
 end
