@@ -65,6 +65,22 @@ int shm_lock_acquire(shm_lock *l, double deadline, int *recovered) {
     return rc;
 }
 
+/* The thread id of the holder of l, 0 when free. The kernel reads the holder from the
+   mutex word (the robust-futex ABI: the low bits of the word are the owner's tid) and
+   clears it when the holder dies, so, unlike a pid kept beside the lock, it can never
+   name a dead holder whose pid has been reused. glibc's pthread_mutex_t keeps that word
+   in __data.__lock. */
+pid_t shm_lock_holder(shm_lock *l) {
+    unsigned word = (unsigned)__atomic_load_n(&l->mutex.__data.__lock, __ATOMIC_ACQUIRE);
+    return (pid_t)(word & FUTEX_TID_MASK);
+}
+
+/* 1 when the last holder of l died holding it and no one has locked it since. */
+int shm_lock_holder_died(shm_lock *l) {
+    unsigned word = (unsigned)__atomic_load_n(&l->mutex.__data.__lock, __ATOMIC_ACQUIRE);
+    return (word & FUTEX_OWNER_DIED) != 0 && (word & FUTEX_TID_MASK) == 0;
+}
+
 void shm_lock_release(shm_lock *l) {
     pthread_mutex_unlock(&l->mutex);
 }

@@ -37,6 +37,11 @@ double shm_deadline(double timeout);
    1 when the previous holder died holding it. */
 int shm_lock_acquire(shm_lock *l, double deadline, int *recovered);
 void shm_lock_release(shm_lock *l);
+/* The thread id holding l (from the robust-futex word, which the kernel clears when the
+   holder dies), 0 when free; and 1 when the last holder died holding it and no one has
+   locked it since. Read without locking: a snapshot. */
+pid_t shm_lock_holder(shm_lock *l);
+int shm_lock_holder_died(shm_lock *l);
 
 /* A condition: a futex word counting notifications. No waiter state lives in shared
    memory, so a waiter that dies leaves the condition as it was. Spurious wake-ups happen:
