@@ -194,10 +194,13 @@ describe("forage.set", function()
     assert.is_true(s:has("fresh10000"))
   end)
 
-  it("refuses to travel by copy, saying it is inherited", function()
-    local a = forage.pipe()
-    assert.has_error(function() a:send({ seen = forage.set(1) }) end,
-      "value.seen: cannot send forage.Set (shared objects are inherited: create it before the pool or process)")
+  it("travels by reference, never by copy", function()
+    local a, b = forage.pipe()
+    local seen = forage.set(1)
+    a:send({ seen = seen })
+    assert.equal(seen, b:recv(1).seen)
+    assert.has_error(function() forage.encode({ seen = seen }) end,
+      "value.seen: cannot send forage.Set in data mode (only inside the process tree)")
   end)
 
   it("has __tostring and an idempotent close", function()

@@ -192,22 +192,22 @@ describe("forage.value", function()
   end)
 
   it("is inherited by pool workers forked after it", function()
-    _G.forage_spec_counter = forage.value("int64", 0)
+    local counter = forage.value("int64", 0)
     local pool <close> = forage.pool(2)
     local list = {}
     for i = 1, 100 do list[i] = i end
-    -- The task reaches the value through a global: a function's upvalues travel by copy,
-    -- and a shared object refuses to be copied.
-    pool:map(function(x) return _G.forage_spec_counter:add(x) end, list)
-    assert.equal(5050, _G.forage_spec_counter.value)
-    _G.forage_spec_counter = nil
+    -- An upvalue that is a shared object travels by reference: the worker's own view.
+    pool:map(function(x) return counter:add(x) end, list)
+    assert.equal(5050, counter.value)
   end)
 
-  it("refuses to travel by copy, saying it is inherited", function()
-    local a = forage.pipe()
+  it("travels by reference, never by copy", function()
+    local a, b = forage.pipe()
     local v = forage.value("i")
-    assert.has_error(function() a:send(v) end,
-      "value: cannot send forage.Value (shared objects are inherited: create it before the pool or process)")
+    a:send(v)
+    assert.equal(v, b:recv(1))
+    assert.has_error(function() forage.encode(v) end,
+      "value: cannot send forage.Value in data mode (only inside the process tree)")
   end)
 
   it("has __tostring and an idempotent close", function()

@@ -378,6 +378,7 @@ static int dict_new(lua_State *L) {
     }
     d->shared = s;
     d->size = size;
+    shm_share(L, -1);
     return 1;
 }
 

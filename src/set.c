@@ -329,6 +329,7 @@ static int set_new(lua_State *L) {
     s->slots = (set_slot *)(sh + 1);
     s->map_size = map_size;
     s->victim_pid = 0;
+    shm_share(L, -1);
     return 1;
 }
 

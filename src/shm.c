@@ -111,3 +111,62 @@ double shm_opt_timeout(lua_State *L, int i) {
     luaL_argcheck(L, t >= 0, i, "timeout must be a non-negative number of seconds");
     return t;
 }
+
+/* Two tables in the registry: userdata -> id (weak keys) for the sender, id -> userdata
+   (weak values) for the receiver. A forked child inherits both with the objects. */
+#define SHARED_IDS "forage.shared.ids"
+#define SHARED_OBJECTS "forage.shared.objects"
+
+/* Pushes the registry table name, creating it with the given weak mode. */
+static void push_weak_table(lua_State *L, const char *name, const char *mode) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, name) == LUA_TTABLE) return;
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, mode);
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, name);
+}
+
+void shm_share(lua_State *L, int idx) {
+    static uint32_t counter;
+    idx = lua_absindex(L, idx);
+    /* Unique across the tree: the creating process's pid and its own count. */
+    lua_Integer id = (lua_Integer)((uint64_t)(uint32_t)getpid() << 32 | ++counter);
+    push_weak_table(L, SHARED_IDS, "k");
+    lua_pushvalue(L, idx);
+    lua_pushinteger(L, id);
+    lua_rawset(L, -3);
+    push_weak_table(L, SHARED_OBJECTS, "v");
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, id);
+    lua_pop(L, 2);
+}
+
+int shm_shared_id(lua_State *L, int idx, lua_Integer *id) {
+    idx = lua_absindex(L, idx);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, SHARED_IDS) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pushvalue(L, idx);
+    int found = lua_rawget(L, -2) == LUA_TNUMBER;
+    if (found) *id = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    return found;
+}
+
+int shm_push_shared(lua_State *L, lua_Integer id) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, SHARED_OBJECTS) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (lua_rawgeti(L, -1, id) == LUA_TUSERDATA) {
+        lua_remove(L, -2);
+        return 1;
+    }
+    lua_pop(L, 2);
+    return 0;
+}

@@ -58,6 +58,16 @@ void shm_cond_notify(shm_cond *c, int n);
 
 /* Lua helpers shared by the shared-object types. */
 
+/* Makes the shared object (a userdata) at idx known by id in this Lua state, so that the
+   wire format can send it by reference inside the process tree: a process forked after
+   this call finds the same object under the same id. Call it once, at creation. */
+void shm_share(lua_State *L, int idx);
+/* 1 and *id when the value at idx is a shared object, else 0. */
+int shm_shared_id(lua_State *L, int idx, lua_Integer *id);
+/* Pushes the shared object with this id and returns 1, or pushes nothing and returns 0
+   (it was created after this process was forked, or elsewhere). */
+int shm_push_shared(lua_State *L, lua_Integer id);
+
 /* The optional timeout argument at index i: -1 (forever) when none or nil; raises on a
    negative or non-number value. */
 double shm_opt_timeout(lua_State *L, int i);

@@ -618,6 +618,7 @@ static void *new_object(lua_State *L, const sync_kind *kind, int user_values) {
     o->state = h;
     int rc = shm_lock_init(&h->lock);
     if (rc != 0) luaL_error(L, "%s: cannot create its mutex: %s", kind->noun, strerror(rc));
+    shm_share(L, -1);
     return h;
 }
 

@@ -267,6 +267,7 @@ static shared_numbers *new_shared(lua_State *L, const char *tname, const elem_ty
     if (s->data == NULL) luaL_error(L, "%s: cannot map %zu bytes of shared memory: %s", who, s->map_size, strerror(errno));
     s->count = count;
     s->type = t;
+    shm_share(L, -1);
     return s;
 }
 

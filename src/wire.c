@@ -17,6 +17,7 @@
 
 #include "lauxlib.h"
 #include "lua.h"
+#include "shm.h"
 
 _Static_assert(sizeof(lua_Number) == 8, "the wire carries floats as IEEE 754 binary64");
 _Static_assert(sizeof(lua_Integer) == 8, "the wire carries 64-bit integers");
@@ -38,6 +39,7 @@ enum {
     TAG_GLOBALS = 0xca,     /* the receiver's global table */
     TAG_MODULE = 0xcb,      /* name: package.loaded[name] */
     TAG_FIELD = 0xcc,       /* module name, field name: package.loaded[module][field] */
+    TAG_SHARED = 0xcd,      /* varint id, type name: a shared object the receiver inherited */
     TAG_NEGINT = 0xe0       /* 0xe0..0xff: the integers -32..-1 */
 };
 
@@ -687,6 +689,21 @@ static int encode_value(encoder *e, int idx) {
         return encode_function(e, idx);
     case LUA_TUSERDATA:
         if (e->code) {
+            lua_Integer id;
+            if (shm_shared_id(L, idx, &id)) {
+                /* A queue, lock, value...: the receiver, forked after its creation, has it. */
+                put_tag_varint(e, TAG_SHARED, (uint64_t)id);
+                if (luaL_getmetafield(L, idx, "__name") != LUA_TSTRING) lua_pushliteral(L, "shared object");
+                size_t len;
+                const char *name = lua_tolstring(L, -1, &len);
+                unsigned char *p = reserve(e, VARINT_MAX + len);
+                p = put_varint(p, len);
+                memcpy(p, name, len);
+                commit(e, p + len);
+                lua_pop(L, 1);
+                e->flags |= FLAG_CODE;
+                return ENCODE_OK;
+            }
             int rc = encode_by_name(e, idx, 1);
             if (rc != 0) return rc < 0 ? rc : ENCODE_OK;
         }
@@ -694,8 +711,10 @@ static int encode_value(encoder *e, int idx) {
             /* forage's shared objects are shared by inheritance, not by copy: say so. */
             const char *name = lua_tostring(L, -1);
             char reason[128];
-            if (strncmp(name, "forage.", 7) == 0)
-                snprintf(reason, sizeof reason, "cannot send %s (shared objects are inherited: create it before the pool or process)", name);
+            if (strncmp(name, "forage.", 7) == 0 && !e->code)
+                snprintf(reason, sizeof reason, "cannot send %s in data mode (only inside the process tree)", name);
+            else if (strncmp(name, "forage.", 7) == 0)
+                snprintf(reason, sizeof reason, "cannot send %s", name);
             else
                 snprintf(reason, sizeof reason, "cannot send userdata (%s)", name);
             lua_pop(L, 1);
@@ -1230,6 +1249,19 @@ static int decode_value(decoder *d) {
         if (d->refs_slot == 0 || n == 0 || n > (uint64_t)d->objects) return bad(d, at, "bad reference");
         lua_rawgeti(L, d->refs_slot, (lua_Integer)n);
         return 0;
+    }
+    case TAG_SHARED: {
+        if (!d->code) return bad(d, at, "shared object in data mode");
+        uint64_t id;
+        const char *name;
+        size_t len;
+        if (get_varint(d, &id) != 0 || get_bytes(d, &name, &len) != 0) return -1;
+        if (shm_push_shared(L, (lua_Integer)id)) return 0;
+        char what[160];
+        snprintf(what, sizeof what, "%.*s was created after this process started (create it before the pool or process)",
+                 (int)(len > 60 ? 60 : len), name);
+        if (d->err != NULL && d->errsz > 0) snprintf(d->err, d->errsz, "wire: %s", what);
+        return -1;
     }
     case TAG_FUNCTION:
     case TAG_GLOBALS:

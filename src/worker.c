@@ -143,11 +143,17 @@ static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, con
     int results = base + 1;
     lua_pushcfunction(L, task_error_handler);   /* base + 2 */
     lua_pushvalue(L, runner);
-    lua_rawgeti(L, funcs, fn);
-    if (!lua_isfunction(L, -1)) worker_fail("a task names an unknown function");
+    int fn_type = lua_rawgeti(L, funcs, fn);
+    if (fn_type != LUA_TFUNCTION && fn_type != LUA_TSTRING) worker_fail("a task names an unknown function");
     int failed = 0;
     uint32_t done = count;
-    if (wire_decode(L, p + TASK_HEADER, n - TASK_HEADER, WIRE_CODE, err, sizeof err) != 0) {
+    if (fn_type == LUA_TSTRING) {
+        snprintf(err, sizeof err, "function: %s", lua_tostring(L, -1));
+        lua_settop(L, results);
+        push_task_error(L, err);
+        failed = 1;
+        done = 0;
+    } else if (wire_decode(L, p + TASK_HEADER, n - TASK_HEADER, WIRE_CODE, err, sizeof err) != 0) {
         lua_settop(L, results);
         push_task_error(L, err);
         failed = 1;
@@ -329,10 +335,9 @@ _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot
                     last_flush = now;
                 }
             } else if (tag == 'F' && n >= 4) {
-                if (wire_decode(L, f + 4, n - 4, WIRE_CODE, err, sizeof err) != 0) {
-                    fprintf(stderr, "forage: pool worker %ld: cannot load a function: %s\n", (long)getpid(), err);
-                    child_exit(70);
-                }
+                /* A function that cannot load here (it holds a shared object created after
+                   this worker started) is kept as its error: its tasks fail with it. */
+                if (wire_decode(L, f + 4, n - 4, WIRE_CODE, err, sizeof err) != 0) lua_pushstring(L, err);
                 lua_rawseti(L, funcs, get_u32(f));
             } else if (tag == 'U' && n >= 4) {
                 lua_pushnil(L);
