@@ -1,29 +1,28 @@
 /* forage.Queue: a multi-producer, multi-consumer queue of wire-encoded values in a byte ring
    in shared memory, mapped before the fork and inherited by the processes forked later.
 
-   Surviving a killed process. The queue's state (tail, used, count, unfinished) lives in
-   two slots; `current` names the committed one. Every operation, under the robust lock:
-     1. reads the committed state;
-     2. copies a record into the free bytes after the used ones (put), or the oldest record
-        out of the ring into a process-local buffer (get): free bytes belong to nobody;
-     3. wakes the waiters it must wake (before committing: a process killed between the two
-        has woken someone for nothing, never left someone asleep for a committed change);
-     4. writes the new state into the other slot and publishes it with one aligned store of
-        `current`.
-   A process killed at any instruction (inside the lock, in the middle of a memcpy) has
-   therefore either committed all of its operation or none of it: a put that did not commit
-   left bytes in free space, which the next put overwrites; a get that did not commit left
-   its record in the ring for the next consumer. On EOWNERDEAD recovery there is nothing to
-   repair; the committed state is checked anyway (state_valid) so that a bug would show as
-   an error rather than as garbage. A value is lost only with a consumer killed after its
-   get committed, as it would be with any queue.
+   Surviving a killed process. The whole state of the ring is two 64-bit words, each written
+   by one aligned store under the robust lock: head_puts (where the next record goes, and how
+   many puts ever committed) and tail_gets (where the oldest record starts, and how many gets
+   ever committed); a third word counts task_done calls. A put copies its record into the
+   free bytes at head and only then publishes it by storing head_puts; a get copies the
+   record at tail into a process-local buffer and only then stores tail_gets. Waiters are
+   woken before that store: a process killed between the two has woken someone for nothing,
+   never left someone asleep after a committed change. A process killed at any instruction
+   (inside the lock, in the middle of a memcpy) has therefore committed all of its operation
+   or none of it: an uncommitted put left bytes in free space, which the next put
+   overwrites; an uncommitted get left its record in the ring for the next consumer. On
+   EOWNERDEAD recovery there is nothing to repair; the state is checked anyway (state_valid)
+   so that a bug would show as an error rather than as garbage. A value is lost only with a
+   consumer killed after its get committed, as with any queue.
 
-   Waiter counts in the shared header let put and get skip the futex wake when nobody waits
-   (no syscall on the fast path). They may overcount (a waiter killed or timed out) but never
-   undercount: a waiter counts itself under the lock before it sleeps, and a notifier wakes
-   everyone and zeroes the count, so a stale count costs one wasted wake, once. Before
-   sleeping, a waiter spins briefly on the commit counter, for the common case of a peer
-   that is about to put or get. */
+   Speed. A put or a get touches one cache line of shared state (the lock and the three
+   words), a line that nobody writes (size, closed) and the ring. Waiter counts sit in the
+   same line so that put and get make the futex wake only when someone may sleep: they may
+   overcount (a waiter killed or timed out) but never undercount, since a waiter counts
+   itself under the lock before it sleeps and a waker wakes everyone and zeroes the count;
+   a stale count costs one wasted wake, once. Before sleeping, a waiter spins briefly on
+   the state words (and shm_lock_acquire on trylock): the peer is usually about to finish. */
 #include <errno.h>
 #include <limits.h>
 #include <stdalign.h>
@@ -47,36 +46,32 @@
 #define QUEUE_SMALL 64                       /* full() when fewer bytes than this are free */
 #define QUEUE_KEEP_BUFFER ((size_t)1 << 20)  /* larger local buffers are released after use */
 #define QUEUE_SPIN 20e-6                     /* seconds a blocked call spins before sleeping */
-#define QUEUE_LOCK_SPINS 200                 /* trylocks before sleeping on a contended lock */
 
-typedef struct queue_state {
-    uint32_t tail;         /* ring offset of the oldest record */
-    uint32_t used;         /* bytes of the records from tail on: the next one goes at tail + used */
-    uint32_t count;        /* records */
-    uint64_t unfinished;   /* puts not yet matched by a task_done */
-} queue_state;
-
-/* Laid out by cache line: a put or a get touches the lock's line, the state's line and the
-   ring, nothing else. */
 typedef struct queue_shared {
+    /* Line 0: what every put and get reads and writes. */
     shm_lock lock;
-    shm_cond not_empty;             /* getters wait on it */
-    shm_cond not_full;              /* putters wait on it */
-    shm_cond all_done;              /* joiners wait on it */
+    _Atomic uint64_t head_puts;     /* ring offset of the next record | committed puts << 32 */
+    _Atomic uint64_t tail_gets;     /* ring offset of the oldest record | committed gets << 32 */
+    _Atomic uint32_t dones;         /* committed task_done calls */
+    uint16_t getters_waiting;       /* the waiter counts: hints, see above (saturating) */
+    uint16_t putters_waiting;
 
-    alignas(64) queue_state state[2];
-    _Atomic uint32_t current;       /* the committed slot of state[]; spinners watch it flip */
+    /* Line 1: read by every operation, written almost never. */
+    alignas(64) uint64_t size;      /* ring bytes */
     uint32_t closed;                /* close() was called: puts refused, gets drain */
-    uint32_t getters_waiting;       /* the waiter counts: hints, see above */
-    uint32_t putters_waiting;
-
-    alignas(64) uint32_t joiners_waiting;
+    uint16_t joiners_waiting;
     uint64_t recoveries;            /* times the lock was recovered from a dead holder */
-    uint64_t size;                  /* ring bytes */
+
+    /* Line 2: futex words, touched only by sleepers and their wakers. */
+    alignas(64) shm_cond not_empty; /* getters sleep on it */
+    shm_cond not_full;              /* putters sleep on it */
+    shm_cond all_done;              /* joiners sleep on it */
 } queue_shared;
 
-_Static_assert(offsetof(queue_shared, putters_waiting) + sizeof(uint32_t) <= 128,
-               "the state of a put or a get fits one cache line");
+#if defined(__x86_64__) && defined(__GLIBC__)
+_Static_assert(offsetof(queue_shared, putters_waiting) + sizeof(uint16_t) <= 64,
+               "the state of a put or a get fits the lock's cache line");
+#endif
 
 /* The ring starts on its own cache line after the header. */
 #define RING_OFFSET ((sizeof(queue_shared) + 63) & ~(size_t)63)
@@ -85,14 +80,34 @@ _Static_assert(offsetof(queue_shared, putters_waiting) + sizeof(uint32_t) <= 128
 typedef struct queue {
     queue_shared *sh;   /* NULL once unmapped (__gc, __close) */
     size_t map_size;
-    size_t size;        /* ring bytes: sh->size, kept off the shared lines */
+    size_t size;        /* ring bytes: sh->size, kept in local memory */
+    uint32_t put_hint;  /* where this process's last put ended: its next record probably goes there */
+    uint32_t get_hint;  /* where its last get ended: the next record to get is probably there */
     buf out;            /* the record being put: header, then the encoded message */
     buf in;             /* the message being got, copied out of the ring */
 } queue;
 
+/* The committed state, unpacked. */
+typedef struct ring_state {
+    uint32_t head, tail;   /* ring offsets */
+    uint32_t puts, gets;   /* committed counts, modulo 2^32 */
+    uint32_t count;        /* records in the ring */
+    uint32_t used;         /* their bytes */
+} ring_state;
+
+/* Returns the queue at index i; raises on another type. Every function of the type has the
+   metatable as its first upvalue: no registry lookup on the fast path. */
+static queue *to_queue(lua_State *L, int i) {
+    queue *q = lua_touserdata(L, i);
+    if (q == NULL || !lua_getmetatable(L, i) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typeerror(L, i, QUEUE_TYPE);
+    lua_pop(L, 1);
+    return q;
+}
+
 /* Returns the open queue at index i; raises on another type or an unmapped queue. */
 static queue *check_queue(lua_State *L, int i) {
-    queue *q = luaL_checkudata(L, i, QUEUE_TYPE);
+    queue *q = to_queue(L, i);
     if (q->sh == NULL) luaL_error(L, "attempt to use a closed queue");
     return q;
 }
@@ -114,16 +129,24 @@ static inline void cpu_relax(void) {
 
 /* ---------------------------------------------------------------- the shared state */
 
-/* Returns a copy of the committed state (the lock held). */
-static queue_state state_read(const queue_shared *sh) {
-    return sh->state[atomic_load_explicit(&sh->current, memory_order_relaxed)];
+static uint64_t pack(uint32_t offset, uint32_t n) {
+    return (uint64_t)n << 32 | offset;
 }
 
-/* Publishes s with one aligned store (the lock held): see the comment at the top. */
-static void state_commit(queue_shared *sh, const queue_state *s) {
-    uint32_t next = atomic_load_explicit(&sh->current, memory_order_relaxed) ^ 1u;
-    sh->state[next] = *s;
-    atomic_store_explicit(&sh->current, next, memory_order_release);
+/* Returns the committed state (the lock held, or a hint without it). */
+static ring_state state_read(const queue_shared *sh, size_t size) {
+    ring_state s;
+    uint64_t hp = atomic_load_explicit(&sh->head_puts, memory_order_acquire);
+    uint64_t tg = atomic_load_explicit(&sh->tail_gets, memory_order_acquire);
+    s.head = (uint32_t)hp;
+    s.puts = (uint32_t)(hp >> 32);
+    s.tail = (uint32_t)tg;
+    s.gets = (uint32_t)(tg >> 32);
+    s.count = s.puts - s.gets;
+    if (s.count == 0) s.used = 0;
+    else if (s.head > s.tail) s.used = s.head - s.tail;
+    else s.used = (uint32_t)(size - s.tail + s.head);   /* head == tail: the ring is full */
+    return s;
 }
 
 /* Returns offset + n within a ring of size bytes. */
@@ -154,25 +177,25 @@ static uint32_t record_length(const queue_shared *sh, size_t size, uint32_t at, 
     return (uint64_t)len + QUEUE_RECORD_HEADER > used ? 0 : len;
 }
 
-/* Returns 1 when the committed state is coherent: its counters in range and its records
-   chained exactly over `used` bytes. Run after a holder died (never needed by design). */
-static int state_valid(const queue_shared *sh) {
-    size_t size = (size_t)sh->size;
-    queue_state s = state_read(sh);
-    if (s.tail >= size || s.used > size) return 0;
-    uint32_t at = s.tail, left = s.used, records = 0;
-    while (left > 0) {
+/* Returns 1 when the committed state is coherent: offsets in the ring, and count records
+   chained from tail to head over exactly the used bytes. Run after a holder died (never
+   needed by design). */
+static int state_valid(const queue_shared *sh, size_t size) {
+    ring_state s = state_read(sh, size);
+    if (s.head >= size || s.tail >= size || s.count > size / (QUEUE_RECORD_HEADER + 1)) return 0;
+    if (s.count == 0) return s.head == s.tail;
+    uint32_t at = s.tail, left = s.used;
+    for (uint32_t i = 0; i < s.count; i++) {
         uint32_t len = record_length(sh, size, at, left);
         if (len == 0) return 0;
         at = ring_advance(size, at, QUEUE_RECORD_HEADER + (size_t)len);
         left -= QUEUE_RECORD_HEADER + len;
-        records++;
     }
-    return records == s.count;
+    return left == 0 && at == s.head;
 }
 
-/* Wakes every waiter of c when the count says there may be one, and zeroes the count. */
-static void wake_all(shm_cond *c, uint32_t *waiting) {
+/* Wakes every sleeper on c when the count says there may be one, then zeroes the count. */
+static void wake_all(shm_cond *c, uint16_t *waiting) {
     if (*waiting == 0) return;
     shm_cond_notify(c, INT32_MAX);
     *waiting = 0;
@@ -180,42 +203,32 @@ static void wake_all(shm_cond *c, uint32_t *waiting) {
 
 /* After a recovered lock: counts the recovery; raises (the lock released) if the state is
    not coherent. */
-static void after_recovery(lua_State *L, queue_shared *sh) {
-    sh->recoveries++;
-    if (!state_valid(sh)) {
-        shm_lock_release(&sh->lock);
+static void after_recovery(lua_State *L, queue *q) {
+    q->sh->recoveries++;
+    if (!state_valid(q->sh, q->size)) {
+        shm_lock_release(&q->sh->lock);
         luaL_error(L, "queue: shared state is inconsistent after a process died holding its lock");
     }
 }
 
-/* Returns 0 with the lock held, or ETIMEDOUT; raises on any other failure. A contended
-   robust mutex costs a futex wait and a futex wake; the lock is held for a memcpy, so a
-   short spin of trylocks usually gets it first. */
-static int queue_lock(lua_State *L, queue_shared *sh, double deadline) {
+/* Returns 0 with the lock held, or ETIMEDOUT; raises on any other failure. The lock is held
+   for a memcpy, and a contended robust mutex costs a futex wait and a futex wake: a few
+   spaced trylocks usually get it first. */
+static int queue_lock(lua_State *L, queue *q, double deadline) {
     int recovered = 0;
-    int rc = EBUSY;
-    for (int i = 0; i < QUEUE_LOCK_SPINS && rc == EBUSY; i++) {
-        rc = pthread_mutex_trylock(&sh->lock.mutex);
-        if (rc == EOWNERDEAD) {   /* as shm_lock_acquire: the lock is ours, made usable */
-            pthread_mutex_consistent(&sh->lock.mutex);
-            recovered = 1;
-            rc = 0;
-        } else if (rc == EBUSY) {
-            cpu_relax();
-        }
-    }
-    if (rc != 0) rc = shm_lock_acquire(&sh->lock, deadline, &recovered);
+    int rc = shm_lock_acquire(&q->sh->lock, deadline, &recovered);
     if (rc == ETIMEDOUT) return rc;
     if (rc != 0) return luaL_error(L, "queue: cannot lock: %s", strerror(rc));
-    if (recovered) after_recovery(L, sh);
+    if (recovered) after_recovery(L, q);
     return 0;
 }
 
 /* Waits for a change, the lock held and the caller's predicate false. The first call of a
-   blocking operation (*spun == 0) spins on the commit counter without the lock; later ones
+   blocking operation (*spun == 0) spins on the state words without the lock; later ones
    sleep on c, counted in *waiting. Returns 0 with the lock held (re-check the predicate),
    or ETIMEDOUT with the lock released. */
-static int queue_wait(lua_State *L, queue_shared *sh, shm_cond *c, uint32_t *waiting, double deadline, int *spun) {
+static int queue_wait(lua_State *L, queue *q, shm_cond *c, uint16_t *waiting, double deadline, int *spun) {
+    queue_shared *sh = q->sh;
     double now = now_seconds();
     if (deadline >= 0 && now >= deadline) {
         shm_lock_release(&sh->lock);
@@ -223,24 +236,24 @@ static int queue_wait(lua_State *L, queue_shared *sh, shm_cond *c, uint32_t *wai
     }
     if (!*spun) {
         *spun = 1;
-        /* current flips at every commit (two commits may pass unseen: the spin then ends
-           by time, and the caller re-checks under the lock anyway). */
-        uint32_t seen = atomic_load_explicit(&sh->current, memory_order_relaxed);
+        uint64_t head = atomic_load_explicit(&sh->head_puts, memory_order_relaxed);
+        uint64_t tail = atomic_load_explicit(&sh->tail_gets, memory_order_relaxed);
         shm_lock_release(&sh->lock);
         double until = now + QUEUE_SPIN;
         if (deadline >= 0 && deadline < until) until = deadline;
-        for (unsigned i = 1; atomic_load_explicit(&sh->current, memory_order_acquire) == seen; i++) {
-            cpu_relax();
-            if ((i & 63) == 0 && now_seconds() >= until) break;
+        for (unsigned i = 1; atomic_load_explicit(&sh->head_puts, memory_order_relaxed) == head &&
+                             atomic_load_explicit(&sh->tail_gets, memory_order_relaxed) == tail; i++) {
+            for (int k = 0; k < 4; k++) cpu_relax();
+            if ((i & 31) == 0 && now_seconds() >= until) break;
         }
-        return queue_lock(L, sh, deadline);
+        return queue_lock(L, q, deadline);
     }
-    (*waiting)++;
+    if (*waiting < UINT16_MAX) (*waiting)++;
     uint32_t seq = atomic_load(&c->seq);
     int recovered;
     int rc = shm_cond_wait(c, &sh->lock, deadline, &recovered);
-    if (recovered) after_recovery(L, sh);
-    /* Timed out with no notification since we counted ourselves: nobody zeroed our count. */
+    if (recovered) after_recovery(L, q);
+    /* Timed out with no wake since we counted ourselves: nobody zeroed our count. */
     if (rc == ETIMEDOUT && atomic_load(&c->seq) == seq && *waiting > 0) (*waiting)--;
     return 0;
 }
@@ -248,13 +261,19 @@ static int queue_wait(lua_State *L, queue_shared *sh, shm_cond *c, uint32_t *wai
 /* ---------------------------------------------------------------- put and get */
 
 /* Encodes the value at index 2 into q->out as a record; raises when it cannot travel or
-   cannot fit the ring. */
+   cannot fit the ring. Plain data is encoded in data mode, which skips the module-name
+   lookups that code mode makes for every table (a sixth of a small put); what data mode
+   refuses (a function, a shared object, a module's C function) is encoded again in code
+   mode, whose error is the one raised. Both decode the same in code mode. The difference:
+   a loaded module made of data only (no function) arrives as a copy, not by name. */
 static void encode_record(lua_State *L, queue *q) {
-    static const char header[QUEUE_RECORD_HEADER] = {0};
     char err[512];
     buf_reset(&q->out);
-    if (buf_append(&q->out, header, sizeof header) != 0) luaL_error(L, "not enough memory");
-    if (wire_encode(L, 2, &q->out, WIRE_CODE, "value", err, sizeof err) != 0) luaL_error(L, "%s", err);
+    if (buf_reserve(&q->out, QUEUE_RECORD_HEADER) != 0) luaL_error(L, "not enough memory");
+    q->out.len = QUEUE_RECORD_HEADER;
+    if (wire_encode(L, 2, &q->out, WIRE_DATA, "value", NULL, 0) != 0 &&
+        wire_encode(L, 2, &q->out, WIRE_CODE, "value", err, sizeof err) != 0)
+        luaL_error(L, "%s", err);
     size_t len = q->out.len - QUEUE_RECORD_HEADER;
     if (q->out.len > q->size) {
         if (q->out.cap > QUEUE_KEEP_BUFFER) buf_free(&q->out);
@@ -274,21 +293,22 @@ static int queue_put_value(lua_State *L, int nowait) {
     size_t need = q->out.len;
     const char *why = NULL;
     int spun = 0;
-    if (queue_lock(L, sh, deadline) != 0) return push_fail(L, "timeout");
+    /* The line the record probably goes to was last read by a consumer: start taking it
+       now, not inside the lock. */
+    __builtin_prefetch(RING(sh) + q->put_hint, 1);
+    if (queue_lock(L, q, deadline) != 0) return push_fail(L, "timeout");
     for (;;) {
         if (sh->closed) {
             why = "closed";
             shm_lock_release(&sh->lock);
             break;
         }
-        queue_state s = state_read(sh);
+        ring_state s = state_read(sh, q->size);
         if (q->size - s.used >= need) {
-            ring_write(sh, q->size, ring_advance(q->size, s.tail, s.used), q->out.data, need);
-            s.used += (uint32_t)need;
-            s.count++;
-            s.unfinished++;
+            ring_write(sh, q->size, s.head, q->out.data, need);
             wake_all(&sh->not_empty, &sh->getters_waiting);
-            state_commit(sh, &s);
+            q->put_hint = ring_advance(q->size, s.head, need);
+            atomic_store_explicit(&sh->head_puts, pack(q->put_hint, s.puts + 1), memory_order_release);
             shm_lock_release(&sh->lock);
             break;
         }
@@ -297,7 +317,7 @@ static int queue_put_value(lua_State *L, int nowait) {
             shm_lock_release(&sh->lock);
             break;
         }
-        if (queue_wait(L, sh, &sh->not_full, &sh->putters_waiting, deadline, &spun) != 0) {
+        if (queue_wait(L, q, &sh->not_full, &sh->putters_waiting, deadline, &spun) != 0) {
             why = "timeout";
             break;
         }
@@ -315,9 +335,10 @@ static int queue_get_value(lua_State *L, int nowait) {
     double deadline = nowait ? -1 : shm_deadline(shm_opt_timeout(L, 2));
     queue_shared *sh = q->sh;
     int spun = 0;
-    if (queue_lock(L, sh, deadline) != 0) return push_fail(L, "timeout");
+    __builtin_prefetch(RING(sh) + q->get_hint, 0);   /* as in put: the producer wrote it */
+    if (queue_lock(L, q, deadline) != 0) return push_fail(L, "timeout");
     for (;;) {
-        queue_state s = state_read(sh);
+        ring_state s = state_read(sh, q->size);
         if (s.count > 0) {
             uint32_t len = record_length(sh, q->size, s.tail, s.used);
             if (len == 0) {
@@ -331,11 +352,9 @@ static int queue_get_value(lua_State *L, int nowait) {
             }
             ring_read(sh, q->size, ring_advance(q->size, s.tail, QUEUE_RECORD_HEADER), q->in.data, len);
             q->in.len = len;
-            s.tail = ring_advance(q->size, s.tail, QUEUE_RECORD_HEADER + (size_t)len);
-            s.used -= QUEUE_RECORD_HEADER + len;
-            s.count--;
             wake_all(&sh->not_full, &sh->putters_waiting);
-            state_commit(sh, &s);
+            q->get_hint = ring_advance(q->size, s.tail, QUEUE_RECORD_HEADER + (size_t)len);
+            atomic_store_explicit(&sh->tail_gets, pack(q->get_hint, s.gets + 1), memory_order_release);
             shm_lock_release(&sh->lock);
             break;
         }
@@ -344,7 +363,7 @@ static int queue_get_value(lua_State *L, int nowait) {
             shm_lock_release(&sh->lock);
             return push_fail(L, why);
         }
-        if (queue_wait(L, sh, &sh->not_empty, &sh->getters_waiting, deadline, &spun) != 0)
+        if (queue_wait(L, q, &sh->not_empty, &sh->getters_waiting, deadline, &spun) != 0)
             return push_fail(L, "timeout");
     }
     char err[256];
@@ -369,33 +388,38 @@ static int queue_get_nowait(lua_State *L) { return queue_get_value(L, 1); }
 /* ---------------------------------------------------------------- the rest */
 
 /* Returns the committed state, read under the lock. */
-static queue_state queue_snapshot(lua_State *L, queue_shared *sh) {
-    queue_lock(L, sh, -1);
-    queue_state s = state_read(sh);
-    shm_lock_release(&sh->lock);
+static ring_state queue_snapshot(lua_State *L, queue *q) {
+    queue_lock(L, q, -1);
+    ring_state s = state_read(q->sh, q->size);
+    shm_lock_release(&q->sh->lock);
     return s;
+}
+
+/* Returns the puts not yet matched by a task_done (the lock held). */
+static uint32_t unfinished(const queue_shared *sh) {
+    uint32_t puts = (uint32_t)(atomic_load_explicit(&sh->head_puts, memory_order_relaxed) >> 32);
+    return puts - atomic_load_explicit(&sh->dones, memory_order_relaxed);
 }
 
 /* #q -> the number of messages in the queue. */
 static int queue_len(lua_State *L) {
     queue *q = check_queue(L, 1);
-    lua_pushinteger(L, (lua_Integer)queue_snapshot(L, q->sh).count);
+    lua_pushinteger(L, (lua_Integer)queue_snapshot(L, q).count);
     return 1;
 }
 
 /* q:empty() -> true when the queue holds no message. */
 static int queue_empty(lua_State *L) {
     queue *q = check_queue(L, 1);
-    lua_pushboolean(L, queue_snapshot(L, q->sh).count == 0);
+    lua_pushboolean(L, queue_snapshot(L, q).count == 0);
     return 1;
 }
 
-/* q:full() -> true when fewer than QUEUE_SMALL (64) bytes are free: a small message would
+/* q:full() -> true when fewer than QUEUE_SMALL (64) bytes are free: a small message might
    not fit (a larger one may not fit earlier). */
 static int queue_full(lua_State *L) {
     queue *q = check_queue(L, 1);
-    queue_state s = queue_snapshot(L, q->sh);
-    lua_pushboolean(L, q->size - s.used < QUEUE_SMALL);
+    lua_pushboolean(L, q->size - queue_snapshot(L, q).used < QUEUE_SMALL);
     return 1;
 }
 
@@ -403,15 +427,15 @@ static int queue_full(lua_State *L) {
 static int queue_task_done(lua_State *L) {
     queue *q = check_queue(L, 1);
     queue_shared *sh = q->sh;
-    queue_lock(L, sh, -1);
-    queue_state s = state_read(sh);
-    if (s.unfinished == 0) {
+    queue_lock(L, q, -1);
+    uint32_t left = unfinished(sh);
+    if (left == 0) {
         shm_lock_release(&sh->lock);
         return luaL_error(L, "task_done() called too many times");
     }
-    s.unfinished--;
-    if (s.unfinished == 0) wake_all(&sh->all_done, &sh->joiners_waiting);
-    state_commit(sh, &s);
+    if (left == 1) wake_all(&sh->all_done, &sh->joiners_waiting);
+    atomic_store_explicit(&sh->dones, atomic_load_explicit(&sh->dones, memory_order_relaxed) + 1,
+                          memory_order_release);
     shm_lock_release(&sh->lock);
     return 0;
 }
@@ -423,9 +447,9 @@ static int queue_join(lua_State *L) {
     double deadline = shm_deadline(shm_opt_timeout(L, 2));
     queue_shared *sh = q->sh;
     int spun = 1;   /* joins are long: sleep at once */
-    if (queue_lock(L, sh, deadline) != 0) return push_fail(L, "timeout");
-    while (state_read(sh).unfinished > 0) {
-        if (queue_wait(L, sh, &sh->all_done, &sh->joiners_waiting, deadline, &spun) != 0)
+    if (queue_lock(L, q, deadline) != 0) return push_fail(L, "timeout");
+    while (unfinished(sh) > 0) {
+        if (queue_wait(L, q, &sh->all_done, &sh->joiners_waiting, deadline, &spun) != 0)
             return push_fail(L, "timeout");
     }
     shm_lock_release(&sh->lock);
@@ -438,15 +462,11 @@ static int queue_join(lua_State *L) {
 static int queue_close(lua_State *L) {
     queue *q = check_queue(L, 1);
     queue_shared *sh = q->sh;
-    queue_lock(L, sh, -1);
-    if (!sh->closed) {
-        sh->closed = 1;
-        shm_cond_notify(&sh->not_empty, INT32_MAX);
-        shm_cond_notify(&sh->not_full, INT32_MAX);
-        sh->getters_waiting = sh->putters_waiting = 0;
-        queue_state s = state_read(sh);
-        state_commit(sh, &s);   /* the same state: only to end the spinners' wait */
-    }
+    queue_lock(L, q, -1);
+    sh->closed = 1;
+    shm_cond_notify(&sh->not_empty, INT32_MAX);
+    shm_cond_notify(&sh->not_full, INT32_MAX);
+    sh->getters_waiting = sh->putters_waiting = 0;
     shm_lock_release(&sh->lock);
     return 0;
 }
@@ -454,7 +474,7 @@ static int queue_close(lua_State *L) {
 /* __gc and __close: unmaps this process's view (the other processes keep theirs) and frees
    the local buffers. Idempotent. */
 static int queue_gc(lua_State *L) {
-    queue *q = luaL_checkudata(L, 1, QUEUE_TYPE);
+    queue *q = to_queue(L, 1);
     if (q->sh != NULL) shm_unmap(q->sh, q->map_size);
     q->sh = NULL;
     buf_free(&q->out);
@@ -465,14 +485,14 @@ static int queue_gc(lua_State *L) {
 /* __tostring -> "forage.Queue (N messages, U of S bytes)", with ", closed" after close() and
    ", recovered K times" once a process died holding its lock. */
 static int queue_tostring(lua_State *L) {
-    queue *q = luaL_checkudata(L, 1, QUEUE_TYPE);
+    queue *q = to_queue(L, 1);
     if (q->sh == NULL) {
         lua_pushliteral(L, "forage.Queue (closed)");
         return 1;
     }
     queue_shared *sh = q->sh;
-    queue_lock(L, sh, -1);
-    queue_state s = state_read(sh);
+    queue_lock(L, q, -1);
+    ring_state s = state_read(sh, q->size);
     uint32_t closed = sh->closed;
     uint64_t recoveries = sh->recoveries;
     shm_lock_release(&sh->lock);
@@ -528,6 +548,7 @@ static int queue_new(lua_State *L) {
     q->size = bytes;
     q->sh = sh;
     q->map_size = map_size;
+    shm_share(L, -1);   /* sent by reference to the processes forked from now on */
     return 1;
 }
 
@@ -542,8 +563,11 @@ void forage_open_queue(lua_State *L) {
         {"__tostring", queue_tostring}, {NULL, NULL},
     };
     luaL_newmetatable(L, QUEUE_TYPE);
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
+    lua_pushvalue(L, -1);
+    luaL_setfuncs(L, meta, 1);
+    luaL_newlibtable(L, methods);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, methods, 1);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     lua_pushcfunction(L, queue_new);

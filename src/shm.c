@@ -12,6 +12,16 @@
 #include "frame.h"
 #include "lauxlib.h"
 
+#define SHM_LOCK_TRIES 100   /* trylocks before sleeping on a contended lock */
+
+static inline void shm_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 void *shm_map(size_t size) {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
@@ -48,10 +58,15 @@ static struct timespec to_timespec(double t) {
 }
 
 int shm_lock_acquire(shm_lock *l, double deadline, int *recovered) {
-    int rc;
-    if (deadline < 0) {
+    /* The holder is usually about to finish: a few trylocks cost less than a futex sleep. */
+    int rc = pthread_mutex_trylock(&l->mutex);
+    for (int i = 1; i < SHM_LOCK_TRIES && rc == EBUSY; i++) {
+        for (int k = 0; k < 8; k++) shm_cpu_relax();
+        rc = pthread_mutex_trylock(&l->mutex);
+    }
+    if (rc == EBUSY && deadline < 0) {
         rc = pthread_mutex_lock(&l->mutex);
-    } else {
+    } else if (rc == EBUSY) {
         struct timespec ts = to_timespec(deadline);
         rc = pthread_mutex_clocklock(&l->mutex, CLOCK_MONOTONIC, &ts);
     }
