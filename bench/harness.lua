@@ -291,4 +291,21 @@ function H.sleep(seconds)
   os.execute(string.format("sleep %.3f", seconds))
 end
 
+-- Script mode of a section: runs the forage trial named by arg[1] in this fresh process
+-- and prints its result as JSON (what H.trial reads). Never returns.
+function H.run_trial(trials, script)
+  local name = arg[1]
+  if not trials[name] then
+    local names = {}
+    for k in pairs(trials) do names[#names + 1] = k end
+    table.sort(names)
+    io.stderr:write("usage: lua5.4 ", script, " ", table.concat(names, "|"), "\n")
+    os.exit(2)
+  end
+  local result = trials[name](require "forage", H)
+  result.bench = name
+  io.write(H.json_encode(result), "\n")
+  os.exit(0)
+end
+
 return H

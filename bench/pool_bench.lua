@@ -145,17 +145,7 @@ end
 if arg and arg[0] and arg[0]:match("pool_bench%.lua$") then
   local dir = arg[0]:match("^(.*)/[^/]*$") or "."
   package.path = dir .. "/?.lua;" .. package.path
-  local h = require "harness"
-  local name = arg[1]
-  if not trials[name] then
-    io.stderr:write("usage: lua5.4 bench/pool_bench.lua imap_unordered|map|start_stop|pss\n")
-    os.exit(2)
-  end
-  local forage = require "forage"
-  local result = trials[name](forage, h)
-  result.bench = name
-  io.write(h.json_encode(result), "\n")
-  os.exit(0)
+  require("harness").run_trial(trials, "bench/pool_bench.lua")
 end
 
 return section

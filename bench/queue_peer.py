@@ -7,11 +7,11 @@ Prints one JSON object on stdout. Each run is a fresh interpreter, as each forag
 a fresh lua5.4. Python's put() hands the message to a feeder thread and returns; as on the
 forage side, the clock runs from the first put until the consumer has the last message.
 """
-import json
 import multiprocessing
-import platform
 import sys
 import time
+
+import peer
 
 # Python's default on Linux up to 3.13, and forage's only way: compare fork with fork.
 CTX = multiprocessing.get_context("fork")
@@ -72,16 +72,5 @@ BENCHES = {
 }
 
 
-def main(argv):
-    if len(argv) != 2 or argv[1] not in BENCHES:
-        sys.stderr.write(f"usage: {argv[0]} {'|'.join(BENCHES)}\n")
-        return 2
-    result = BENCHES[argv[1]]()
-    result["bench"] = argv[1]
-    result["python"] = platform.python_version()
-    sys.stdout.write(json.dumps(result) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(peer.main(BENCHES, sys.argv))

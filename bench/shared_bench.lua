@@ -121,17 +121,7 @@ end
 if arg and arg[0] and arg[0]:match("shared_bench%.lua$") then
   local dir = arg[0]:match("^(.*)/[^/]*$") or "."
   package.path = dir .. "/?.lua;" .. package.path
-  local h = require "harness"
-  local name = arg[1]
-  if not trials[name] then
-    io.stderr:write("usage: lua5.4 bench/shared_bench.lua value_add|set_add\n")
-    os.exit(2)
-  end
-  local forage = require "forage"
-  local result = trials[name](forage, h)
-  result.bench = name
-  io.write(h.json_encode(result), "\n")
-  os.exit(0)
+  require("harness").run_trial(trials, "bench/shared_bench.lua")
 end
 
 return section

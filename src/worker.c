@@ -18,6 +18,7 @@
 #define FLUSH_EVERY_NS 2000000      /* finished results wait at most this long to be sent */
 #define FLUSH_BYTES (256u << 10)
 #define MAX_TASK_ARGS 250
+#define GENERATIONAL_HEAP_KB (8 * 1024)   /* inherited heaps above this: generational GC */
 
 static uint64_t monotonic_ns(void) {
     struct timespec ts;
@@ -321,11 +322,12 @@ _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot
             n--;
             if (tag == 'T') {
                 if (!generational) {
-                    /* A worker inherits the parent's heap; in generational mode its minor
-                       collections leave those old objects alone instead of walking them
-                       all again on every cycle. Switched at the first task, not at start,
-                       so idle workers and pool start pay nothing. */
-                    lua_gc(L, LUA_GCGEN, 0, 0);
+                    /* A worker inherits the parent's heap; when it is large, generational
+                       mode's minor collections leave those old objects alone instead of
+                       walking them all again on every cycle. The switch is a full
+                       collection, which writes (copies) every page it marks: worth it for
+                       a large heap only, and done at the first task, not at start. */
+                    if (lua_gc(L, LUA_GCCOUNT, 0) > GENERATIONAL_HEAP_KB) lua_gc(L, LUA_GCGEN, 0, 0);
                     generational = 1;
                 }
                 run_task(L, funcs, runner, slot, f, n, &out);
