@@ -264,4 +264,18 @@ describe("forage.dict", function()
     for _, key in ipairs(keys) do d:set(key, value_for(key, 1000)) end
     assert.equal(#keys, #d)
   end)
+
+  it("update with a timeout returns nil, 'timeout' while another process holds the lock", function()
+    local d = forage.dict {}
+    local inside = forage.event()
+    local p = forage.process(function()
+      d:update("k", function() inside:set() forage.sleep(0.6) return 1 end)
+    end):start()
+    assert.is_true(inside:wait(5))   -- the child holds the dict's lock from now for 0.6 s
+    local v, err = d:update("k", function(old) return (old or 0) + 1 end, 0.05)
+    assert.is_nil(v)
+    assert.equal("timeout", err)
+    assert.equal(2, d:update("k", function(old) return (old or 0) + 1 end, 5))
+    assert.equal(0, p:join(5))
+  end)
 end)

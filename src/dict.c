@@ -444,19 +444,29 @@ static int update_call(lua_State *L) {
     return 1;
 }
 
-/* d:update(key, fn) -> the new value: stores fn(old) (nil deletes) atomically. fn runs
-   in this process with the dict's lock held, so it must not use this dict. When fn raises,
-   or its result cannot be stored, nothing changes and the error is raised. */
+/* d:update(key, fn [, timeout]) -> the new value: stores fn(old) (nil deletes) atomically;
+   nil, "timeout" when the lock was not had within timeout seconds. fn runs in this process
+   with the dict's lock held, so it must not use this dict. When fn raises, or its result
+   cannot be stored, nothing changes and the error is raised. */
 static int dict_update(lua_State *L) {
     dict *d = check_dict(L, 1);
     size_t len;
     const char *key = check_key(L, 2, &len);
     luaL_checktype(L, 3, LUA_TFUNCTION);
+    double deadline = shm_deadline(shm_opt_timeout(L, 4));
     lua_settop(L, 3);
     lua_pushcfunction(L, update_call);
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 3);
-    dict_lock(L, d);
+    int recovered;
+    int lrc = shm_lock_acquire(&d->shared->lock, deadline, &recovered);
+    if (lrc == ETIMEDOUT) {
+        luaL_pushfail(L);
+        lua_pushliteral(L, "timeout");
+        return 2;
+    }
+    if (lrc != 0) return luaL_error(L, "cannot lock dict: %s", strerror(lrc));
+    if (recovered) repair(d->shared);
     int found = copy_value(d->shared, key, len, &d->scratch);
     if (found < 0) {
         dict_unlock(d);
