@@ -11,15 +11,17 @@ PY         ?= /usr/bin/python3
 WARN   = -Wall -Wextra -Wshadow -Wpedantic -Wstrict-prototypes -Wmissing-prototypes \
          -Wformat=2 -Wundef -Wvla -Werror
 CFLAGS ?= -O2 -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) $(CFLAGS)
-LDLIBS =
+XML2_INC   ?= /usr/include/libxml2
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) $(CFLAGS)
+LDLIBS     = -lcurl -lxml2
 
 SRC  = $(wildcard src/*.c)
 HDR  = $(wildcard src/*.h)
 SO   = forage/core.so
 
 # Debian packages: what building and testing need; what benchmarks and fuzzing add.
-DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check
+DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check \
+             libcurl4-openssl-dev libxml2-dev
 BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy
 FUZZ_PKGS  = clang libclang-rt-14-dev
 
@@ -77,7 +79,8 @@ lint: deps
 rock-check: deps
 	@for f in $(SRC); do grep -q "\"$$f\"" rockspec/forage-scm-1.rockspec || { echo "$$f is missing from the rockspec"; exit 1; }; done
 	rm -rf build/rocktree
-	luarocks --lua-version 5.4 make --tree=build/rocktree --deps-mode=none rockspec/forage-scm-1.rockspec >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	luarocks --lua-version 5.4 make --tree=build/rocktree --deps-mode=none rockspec/forage-scm-1.rockspec \
+	  CURL_INCDIR=/usr/include/$$(gcc -print-multiarch) >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
 	cd /tmp && LUA_PATH='$(CURDIR)/build/rocktree/share/lua/5.4/?.lua;$(CURDIR)/build/rocktree/share/lua/5.4/?/init.lua;;' \
 	  LUA_CPATH='$(CURDIR)/build/rocktree/lib/lua/5.4/?.so;;' \
 	  $(LUA) -e 'local f = require "forage"; assert(f.pool and f.process, "incomplete rock"); print("rock ok:", f, f.version)'
@@ -86,7 +89,7 @@ rock-check: deps
 ASAN_SO = build/asan/forage/core.so
 $(ASAN_SO): $(SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage
-	$(CC) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -O1 -g -fno-omit-frame-pointer \
+	$(CC) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) -O1 -g -fno-omit-frame-pointer \
 	  -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared -o $@ $(SRC) $(LDLIBS)
 
 SANITIZER_ENV = LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \

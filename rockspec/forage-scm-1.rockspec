@@ -16,6 +16,12 @@ processes with a versioned wire format, and is the base of a proxy-aware crawler
 dependencies = {
    "lua >= 5.4",
 }
+-- Debian keeps curl's headers under /usr/include/<multiarch>: pass
+-- CURL_INCDIR=/usr/include/$(gcc -print-multiarch) to luarocks (make rock-check does).
+external_dependencies = {
+   CURL = { header = "curl/curl.h", library = "curl" },
+   LIBXML2 = { header = "libxml2/libxml/HTMLparser.h", library = "xml2" },
+}
 build = {
    type = "builtin",
    modules = {
@@ -24,8 +30,12 @@ build = {
             "src/buf.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c", "src/lease.c",
             "src/pipe.c", "src/pool.c", "src/proc.c", "src/queue.c", "src/set.c", "src/shm.c",
             "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c", "src/worker.c",
+            "src/url.c", "src/html.c",
          },
          defines = { "_GNU_SOURCE" },
+         incdirs = { "$(CURL_INCDIR)", "$(LIBXML2_INCDIR)/libxml2" },
+         libdirs = { "$(CURL_LIBDIR)", "$(LIBXML2_LIBDIR)" },
+         libraries = { "curl", "xml2" },
       },
       ["forage"] = "lua/forage/init.lua",
       ["forage.pool"] = "lua/forage/pool.lua",
