@@ -40,5 +40,6 @@ build = {
       ["forage"] = "lua/forage/init.lua",
       ["forage.pool"] = "lua/forage/pool.lua",
       ["forage.worker"] = "lua/forage/worker.lua",
+      ["forage.css"] = "lua/forage/css.lua",
    },
 }

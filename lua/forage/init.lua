@@ -38,6 +38,10 @@ forage.value, forage.array = core.value, core.array
 forage.set = core.set
 forage.dict = core.dict
 
+-- Crawl building blocks (issue 4): HTML with XPath and CSS on libxml2; URLs on curl's URL API.
+forage.html = core.html
+forage.url = core.url
+
 forage.cpu_count = core.cpu_count
 forage.getpid = core.getpid
 forage.getppid = core.getppid
