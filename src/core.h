@@ -20,5 +20,6 @@ void forage_open_dict(lua_State *L);    /* dict.c: forage.dict */
 void forage_open_lease(lua_State *L);   /* lease.c: the sticky resource table */
 void forage_open_url(lua_State *L);     /* url.c: forage.url (curl's URL API) */
 void forage_open_html(lua_State *L);    /* html.c: forage.html (libxml2) */
+void forage_open_http(lua_State *L);    /* http.c: forage.http (libcurl) */
 
 #endif

@@ -41,6 +41,7 @@ forage.dict = core.dict
 -- Crawl building blocks (issue 4): HTML with XPath and CSS on libxml2; URLs on curl's URL API.
 forage.html = core.html
 forage.url = core.url
+forage.http = core.http
 
 forage.cpu_count = core.cpu_count
 forage.getpid = core.getpid
