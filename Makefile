@@ -21,7 +21,7 @@ SO   = forage/core.so
 
 # Debian packages: what building and testing need; what benchmarks and fuzzing add.
 DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check \
-             libcurl4-openssl-dev libxml2-dev
+             libcurl4-openssl-dev libxml2-dev nginx-light tinyproxy openssl lua-socket
 BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy
 FUZZ_PKGS  = clang libclang-rt-14-dev
 

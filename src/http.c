@@ -1,4 +1,809 @@
-/* Placeholder: being written. */
-#include "core.h"
+/* forage.http: HTTP(S) requests on libcurl, one at a time (request, get) or many at once
+   (client, on the multi interface). No Lua runs inside libcurl: the write and header
+   callbacks only fill C buffers, and a client's Lua callbacks run under lua_pcall after
+   curl_multi_perform has returned. Every easy handle lives in a request box (a userdata
+   with __gc) that records the pid that made it: a forked child never touches it. */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
-void forage_open_http(lua_State *L) { (void)L; }
+#include "buf.h"
+#include "core.h"
+#include "lauxlib.h"
+
+#define REQUEST_TYPE "forage.http.Request"
+#define CLIENT_TYPE "forage.http.Client"
+#define ERROR_TYPE "forage.http.Error"
+
+#define DEFAULT_MAX_BYTES ((size_t)10 << 20)
+#define MAX_HEADER_BYTES ((size_t)1 << 20)
+
+typedef struct http_request {
+    CURL *easy;                  /* NULL once released */
+    struct curl_slist *headers;
+    pid_t pid;                   /* the process that made easy */
+    buf body;
+    buf head;                    /* header lines of the last response only */
+    size_t max_bytes;
+    int too_large;
+    int out_of_memory;
+    int attempts;                /* transfers run: a dead reused connection earns one more */
+    int has_proxy;
+    int tunnel;                  /* an https origin through an HTTP proxy (CONNECT) */
+    int in_multi;
+    CURLcode result;             /* set when a client's transfer is done */
+    double elapsed;
+    char *url;                   /* as asked, credentials masked */
+    char *proxy;                 /* masked, or NULL */
+    char *proxy_secret;          /* the proxy password, scrubbed from messages, or NULL */
+    char error[CURL_ERROR_SIZE];
+} http_request;
+
+/* ---- credentials ---- */
+
+/* Returns a malloc'd copy of u with the password of its userinfo replaced by "***", or NULL
+   on out of memory. When secret is not NULL it receives a malloc'd copy of the password
+   (NULL when there is none). */
+static char *mask_credentials(const char *u, char **secret) {
+    if (secret != NULL) *secret = NULL;
+    const char *scheme_end = strstr(u, "://");
+    const char *auth = scheme_end != NULL ? scheme_end + 3 : u;
+    size_t auth_len = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *p = auth; p < auth + auth_len; p++)
+        if (*p == '@') at = p;
+    const char *colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon == NULL) return strdup(u);
+    size_t head = (size_t)(colon + 1 - u), tail = strlen(at);
+    char *out = malloc(head + 3 + tail + 1);
+    if (out == NULL) return NULL;
+    memcpy(out, u, head);
+    memcpy(out + head, "***", 3);
+    memcpy(out + head + 3, at, tail + 1);
+    if (secret != NULL && at > colon + 1) {
+        *secret = strndup(colon + 1, (size_t)(at - colon - 1));
+        if (*secret == NULL) {
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* Replaces in place every occurrence of secret in s by '*'s. */
+static void scrub(char *s, const char *secret) {
+    if (secret == NULL || secret[0] == '\0') return;
+    size_t n = strlen(secret);
+    for (char *p = strstr(s, secret); p != NULL; p = strstr(p + n, secret)) memset(p, '*', n);
+}
+
+/* ---- the request box ---- */
+
+/* Frees what the box holds; in a process other than its maker it only forgets the handle
+   (cleaning it up there could close a TLS session the parent still uses). Idempotent. */
+static void request_release(http_request *r) {
+    if (r->easy != NULL && r->pid == getpid()) curl_easy_cleanup(r->easy);
+    r->easy = NULL;
+    curl_slist_free_all(r->headers);
+    r->headers = NULL;
+    buf_free(&r->body);
+    buf_free(&r->head);
+    free(r->url);
+    free(r->proxy);
+    free(r->proxy_secret);
+    r->url = r->proxy = r->proxy_secret = NULL;
+}
+
+static int request_gc(lua_State *L) {
+    http_request *r = luaL_checkudata(L, 1, REQUEST_TYPE);
+    if (!r->in_multi) request_release(r);   /* a client releases what it holds itself */
+    return 0;
+}
+
+/* Counts decoded body bytes; past max_bytes the transfer stops (CURLE_WRITE_ERROR). */
+static size_t on_body(char *data, size_t size, size_t count, void *userdata) {
+    http_request *r = userdata;
+    size_t n = size * count;
+    if (n > r->max_bytes - r->body.len) {
+        r->too_large = 1;
+        return 0;
+    }
+    if (buf_append(&r->body, data, n) != 0) {
+        r->out_of_memory = 1;
+        return 0;
+    }
+    return n;
+}
+
+/* Keeps the header lines of the last response: a status line (after a redirect, a 100 or a
+   proxy's CONNECT answer) starts over. */
+static size_t on_header(char *data, size_t size, size_t count, void *userdata) {
+    http_request *r = userdata;
+    size_t n = size * count;
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) buf_reset(&r->head);
+    if (n > MAX_HEADER_BYTES - r->head.len) {
+        r->too_large = 1;
+        return 0;
+    }
+    if (buf_append(&r->head, data, n) != 0) {
+        r->out_of_memory = 1;
+        return 0;
+    }
+    return n;
+}
+
+/* ---- options ---- */
+
+static double opt_number(lua_State *L, int t, const char *name, double fallback) {
+    double v = fallback;
+    int type = lua_getfield(L, t, name);
+    if (type != LUA_TNIL) {
+        int ok;
+        v = (double)lua_tonumberx(L, -1, &ok);
+        if (!ok || v < 0) luaL_error(L, "http: option '%s' must be a non-negative number", name);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Returns the string option (kept alive by the options table) or NULL when absent. */
+static const char *opt_string(lua_State *L, int t, const char *name) {
+    int type = lua_getfield(L, t, name);
+    const char *s = NULL;
+    if (type != LUA_TNIL) {
+        if (type != LUA_TSTRING) luaL_error(L, "http: option '%s' must be a string", name);
+        size_t len;
+        s = lua_tolstring(L, -1, &len);
+        if (strlen(s) != len) luaL_error(L, "http: option '%s' contains a NUL byte", name);
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+/* Appends "Name: value" to the box's header list; raises on a line break (header injection). */
+static void add_header(lua_State *L, http_request *r, const char *line) {
+    if (strpbrk(line, "\r\n") != NULL) luaL_error(L, "http: header contains a line break: %s", line);
+    struct curl_slist *grown = curl_slist_append(r->headers, line);
+    if (grown == NULL) luaL_error(L, "not enough memory");
+    r->headers = grown;
+}
+
+/* headers = { ["Name"] = "v" } or { "Name: v", ... }. */
+static void set_headers(lua_State *L, http_request *r, int t) {
+    if (lua_getfield(L, t, "headers") == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_istable(L, -1)) luaL_error(L, "http: option 'headers' must be a table");
+    int h = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, h) != 0) {
+        if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "http: header values must be strings");
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            lua_pushvalue(L, -2);
+            lua_pushliteral(L, ": ");
+            lua_pushvalue(L, -3);
+            lua_concat(L, 3);
+            add_header(L, r, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        } else {
+            add_header(L, r, lua_tostring(L, -1));
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+#define SETOPT(opt, value) \
+    do { if (curl_easy_setopt(r->easy, opt, value) != CURLE_OK) bad = #opt; } while (0)
+
+/* Makes the box's easy handle and configures it from the options table at t. Raises on a bad
+   option (a programmer error); the box owns everything made so far. */
+static void request_setup(lua_State *L, http_request *r, int t) {
+    const char *bad = NULL;
+    const char *url = opt_string(L, t, "url");
+    if (url == NULL) luaL_error(L, "http: option 'url' is required");
+    const char *method = opt_string(L, t, "method");
+    const char *proxy = opt_string(L, t, "proxy");
+    const char *cainfo = opt_string(L, t, "cainfo");
+    double timeout = opt_number(L, t, "timeout", 30);
+    double connect_timeout = opt_number(L, t, "connect_timeout", 10);
+    double max_bytes = opt_number(L, t, "max_bytes", (double)DEFAULT_MAX_BYTES);
+    double follow = opt_number(L, t, "follow", 5);
+    lua_getfield(L, t, "insecure");
+    int insecure = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+
+    r->max_bytes = max_bytes >= (double)SIZE_MAX ? SIZE_MAX : (size_t)max_bytes;
+    r->url = mask_credentials(url, NULL);
+    if (r->url == NULL) luaL_error(L, "not enough memory");
+    if (proxy != NULL && proxy[0] != '\0') {
+        r->proxy = mask_credentials(proxy, &r->proxy_secret);
+        if (r->proxy == NULL) luaL_error(L, "not enough memory");
+        r->has_proxy = 1;
+        r->tunnel = strncasecmp(url, "https:", 6) == 0 && strncasecmp(proxy, "socks", 5) != 0;
+    }
+    set_headers(L, r, t);
+
+    r->pid = getpid();
+    r->easy = curl_easy_init();
+    if (r->easy == NULL) luaL_error(L, "http: cannot make a curl handle");
+    SETOPT(CURLOPT_URL, url);
+    SETOPT(CURLOPT_PRIVATE, (void *)r);
+    SETOPT(CURLOPT_ERRORBUFFER, r->error);
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(CURLOPT_WRITEDATA, (void *)r);
+    SETOPT(CURLOPT_HEADERFUNCTION, on_header);
+    SETOPT(CURLOPT_HEADERDATA, (void *)r);
+    SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+    SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    SETOPT(CURLOPT_ACCEPT_ENCODING, "");
+    SETOPT(CURLOPT_USERAGENT, "forage");
+    SETOPT(CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
+    SETOPT(CURLOPT_FOLLOWLOCATION, follow >= 1 ? 1L : 0L);
+    SETOPT(CURLOPT_MAXREDIRS, (long)follow);
+    if (r->headers != NULL) SETOPT(CURLOPT_HTTPHEADER, r->headers);
+    if (r->has_proxy) SETOPT(CURLOPT_PROXY, proxy);
+    else SETOPT(CURLOPT_PROXY, "");   /* no proxy from the environment either */
+    if (cainfo != NULL) SETOPT(CURLOPT_CAINFO, cainfo);
+    if (insecure) {
+        SETOPT(CURLOPT_SSL_VERIFYPEER, 0L);
+        SETOPT(CURLOPT_SSL_VERIFYHOST, 0L);
+        SETOPT(CURLOPT_PROXY_SSL_VERIFYPEER, 0L);
+        SETOPT(CURLOPT_PROXY_SSL_VERIFYHOST, 0L);
+    }
+
+    /* cookies: a string is sent as the Cookie header; either a string or true turns the cookie
+       engine on for this request, so cookies set along a redirect chain are kept. */
+    int cookie_type = lua_getfield(L, t, "cookies");
+    if (cookie_type == LUA_TSTRING) SETOPT(CURLOPT_COOKIE, lua_tostring(L, -1));
+    else if (cookie_type != LUA_TNIL && cookie_type != LUA_TBOOLEAN)
+        luaL_error(L, "http: option 'cookies' must be a string or true");
+    if (cookie_type == LUA_TSTRING || lua_toboolean(L, -1)) SETOPT(CURLOPT_COOKIEFILE, "");
+    lua_pop(L, 1);
+
+    size_t body_len = 0;
+    const char *body = NULL;
+    int body_type = lua_getfield(L, t, "body");
+    if (body_type == LUA_TSTRING) body = lua_tolstring(L, -1, &body_len);
+    else if (body_type != LUA_TNIL) luaL_error(L, "http: option 'body' must be a string");
+    if (method == NULL) method = body != NULL ? "POST" : "GET";
+    if (body != NULL) {
+        SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+        SETOPT(CURLOPT_COPYPOSTFIELDS, body);
+        if (strcmp(method, "POST") != 0) SETOPT(CURLOPT_CUSTOMREQUEST, method);
+    } else if (strcmp(method, "HEAD") == 0) {
+        SETOPT(CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "GET") != 0) {
+        SETOPT(CURLOPT_CUSTOMREQUEST, method);
+    }
+    lua_pop(L, 1);
+    if (bad != NULL) luaL_error(L, "http: curl refused %s", bad);
+}
+
+/* A new, empty request box on the stack top, configured from the options at t. */
+static http_request *request_new(lua_State *L, int t) {
+    http_request *r = lua_newuserdatauv(L, sizeof *r, 1);
+    memset(r, 0, sizeof *r);
+    luaL_setmetatable(L, REQUEST_TYPE);
+    request_setup(L, r, t);
+    return r;
+}
+
+/* Clears what a transfer left, before it runs (again). */
+static void request_reset(http_request *r) {
+    buf_reset(&r->body);
+    buf_reset(&r->head);
+    r->too_large = 0;
+    r->out_of_memory = 0;
+    r->error[0] = '\0';
+}
+
+/* Returns 1 when a transfer that ended with rc should run once more: the connection broke
+   before any response header came back. It is what a reused keep-alive connection that the
+   far end closed looks like (Debian's tinyproxy 1.11 closes after every response without
+   saying so, and a reused connection races that close); curl retries most of these itself,
+   this catches the rest. A request the server may have acted on without answering is sent
+   twice: acceptable for a crawler's GETs, said in the README for other methods. */
+static int request_should_retry(http_request *r, CURLcode rc) {
+    if (r->attempts > 1) return 0;
+    if (rc != CURLE_SEND_ERROR && rc != CURLE_RECV_ERROR && rc != CURLE_GOT_NOTHING) return 0;
+    return r->head.len == 0;
+}
+
+/* ---- results ---- */
+
+/* The kind of a failed transfer, for the crawl to tell a bad proxy from a bad origin. */
+static const char *error_kind(http_request *r, CURLcode rc) {
+    long connect_code = 0, proxy_error = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_HTTP_CONNECTCODE, &connect_code);
+    curl_easy_getinfo(r->easy, CURLINFO_PROXY_ERROR, &proxy_error);
+    if (r->too_large) return "too_large";
+    if (r->has_proxy && connect_code != 0 && connect_code / 100 != 2) {
+        /* The proxy refused the tunnel. 407 and 403 are the proxy's own doing; a 502/503/504
+           may mean the proxy could not reach the origin: ambiguous, blamed on the proxy
+           (curl cannot tell us more). */
+        return "proxy";
+    }
+    switch (proxy_error) {   /* a SOCKS proxy saying what happened to the origin */
+    case CURLPX_REPLY_CONNECTION_REFUSED:
+    case CURLPX_REPLY_HOST_UNREACHABLE:
+    case CURLPX_REPLY_NETWORK_UNREACHABLE:
+        return "connect";
+    case CURLPX_RESOLVE_HOST:
+        return "dns";
+    case CURLPX_REPLY_TTL_EXPIRED:
+        return "timeout";
+    default:
+        break;
+    }
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        /* ambiguous with a proxy: a stalled proxy and a stalled origin look the same */
+        return "timeout";
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_PROXY:
+        return "proxy";
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return "dns";
+    case CURLE_COULDNT_CONNECT:
+        return r->has_proxy ? "proxy" : "connect";   /* with a proxy, curl only connects to it */
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_USE_SSL_FAILED: {
+        long proxy_verify = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_PROXY_SSL_VERIFYRESULT, &proxy_verify);
+        /* an https:// proxy whose certificate fails; other TLS failures with an https://
+           proxy are ambiguous and blamed on the origin */
+        return proxy_verify != 0 ? "proxy" : "tls";
+    }
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+        /* Through a plain HTTP proxy the connection is to the proxy, and an origin failure
+           comes back as the proxy's 5xx response: a broken connection is the proxy's. Inside
+           an established CONNECT tunnel it is ambiguous, and blamed on the origin. */
+        return r->has_proxy && !r->tunnel ? "proxy" : "http";
+    case CURLE_TOO_MANY_REDIRECTS:
+        return "too_many_redirects";
+    default:
+        return "http";
+    }
+}
+
+/* Pushes an error object { kind, message, url } with __tostring. */
+static void push_error(lua_State *L, const char *kind, const char *message, const char *url) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, message);
+    lua_setfield(L, -2, "message");
+    lua_pushstring(L, url);
+    lua_setfield(L, -2, "url");
+    luaL_setmetatable(L, ERROR_TYPE);
+}
+
+static int error_tostring(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "kind");
+    lua_getfield(L, 1, "message");
+    lua_getfield(L, 1, "url");
+    lua_pushfstring(L, "%s: %s (%s)", luaL_optstring(L, 2, "?"), luaL_optstring(L, 3, "?"),
+                    luaL_optstring(L, 4, "?"));
+    return 1;
+}
+
+/* Pushes the header table of the last response: lower-case names, repeats joined ", ". */
+static void push_headers(lua_State *L, http_request *r) {
+    lua_newtable(L);
+    const char *p = r->head.data, *end = r->head.data + r->head.len;
+    if (p == NULL) return;
+    luaL_Buffer name;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = eol != NULL ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(line_end - p));
+        if (colon != NULL && colon > p && p[0] != ' ' && p[0] != '\t' && memcmp(p, "HTTP/", 5) != 0) {
+            luaL_buffinit(L, &name);
+            for (const char *c = p; c < colon; c++) {
+                char ch = *c;
+                luaL_addchar(&name, ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch);
+            }
+            luaL_pushresult(&name);
+            const char *v = colon + 1, *v_end = line_end;
+            while (v < v_end && (*v == ' ' || *v == '\t')) v++;
+            while (v_end > v && (v_end[-1] == '\r' || v_end[-1] == ' ' || v_end[-1] == '\t')) v_end--;
+            lua_pushvalue(L, -1);
+            if (lua_rawget(L, -3) == LUA_TSTRING) {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, v, (size_t)(v_end - v));
+                lua_concat(L, 3);
+            } else {
+                lua_pop(L, 1);
+                lua_pushlstring(L, v, (size_t)(v_end - v));
+            }
+            lua_rawset(L, -3);
+        }
+        p = line_end + 1;
+    }
+}
+
+/* Returns 1 when the last response's header lines contain needle (lower case), ignoring case. */
+static int head_has(http_request *r, const char *needle) {
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= r->head.len; i++)
+        if (strncasecmp(r->head.data + i, needle, n) == 0) return 1;
+    return 0;
+}
+
+/* Pushes the result of a finished transfer: the response, or nil and an error. Returns the
+   number of values pushed. Raises only on out of memory. */
+static int request_push_result(lua_State *L, http_request *r, CURLcode rc) {
+    if (r->out_of_memory) return luaL_error(L, "not enough memory");
+    long status = 0, redirects = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (rc == CURLE_OK && r->has_proxy && !r->tunnel &&
+        (status == 407 || (status == 401 && r->proxy_secret != NULL && head_has(r, "\nserver: tinyproxy")))) {
+        /* Only a proxy answers 407. tinyproxy answers wrong credentials with a 401 of its own:
+           told apart from an origin's 401 by its Server header (a heuristic: other proxies
+           that do this are reported as the response they sent). */
+        luaL_pushfail(L);
+        push_error(L, "proxy", status == 407 ? "proxy authentication required (407)"
+                                             : "proxy refused the credentials (401)", r->url);
+        return 2;
+    }
+    if (rc != CURLE_OK) {
+        char message[CURL_ERROR_SIZE + 64];
+        if (r->too_large)
+            snprintf(message, sizeof message, "response larger than max_bytes (%zu)", r->max_bytes);
+        else
+            snprintf(message, sizeof message, "%s", r->error[0] != '\0' ? r->error : curl_easy_strerror(rc));
+        scrub(message, r->proxy_secret);
+        luaL_pushfail(L);
+        push_error(L, error_kind(r, rc), message, r->url);
+        return 2;
+    }
+    char *final_url = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &final_url);
+    curl_easy_getinfo(r->easy, CURLINFO_REDIRECT_COUNT, &redirects);
+    lua_createtable(L, 0, 7);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, final_url != NULL ? final_url : r->url);
+    lua_setfield(L, -2, "url");
+    push_headers(L, r);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, r->body.data != NULL ? r->body.data : "", r->body.len);
+    lua_setfield(L, -2, "body");
+    lua_pushnumber(L, r->elapsed);
+    lua_setfield(L, -2, "elapsed");
+    if (r->proxy != NULL) {
+        lua_pushstring(L, r->proxy);
+        lua_setfield(L, -2, "proxy");
+    }
+    lua_pushinteger(L, redirects);
+    lua_setfield(L, -2, "redirects");
+    return 1;
+}
+
+/* Adds the time the last transfer took to the box's total. */
+static void request_add_time(http_request *r) {
+    double t = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &t);
+    r->elapsed += t;
+}
+
+/* ---- one at a time ---- */
+
+/* http.request(opts) -> response, or nil, err ({ kind, message, url }). A 4xx/5xx is a
+   response. Raises on bad options. */
+static int http_request_fn(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    http_request *r = request_new(L, 1);
+    CURLcode rc;
+    do {
+        request_reset(r);
+        r->attempts++;
+        rc = curl_easy_perform(r->easy);
+        request_add_time(r);
+    } while (rc != CURLE_OK && request_should_retry(r, rc));
+    int n = request_push_result(L, r, rc);
+    request_release(r);
+    return n;
+}
+
+/* Replaces the stack by one options table: a copy of the table at 2 (or none) with url = arg 1. */
+static void options_with_url(lua_State *L) {
+    luaL_checkstring(L, 1);
+    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_newtable(L);
+    if (lua_istable(L, 2)) {
+        lua_pushnil(L);
+        while (lua_next(L, 2) != 0) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, 3);
+        }
+    }
+    lua_pushvalue(L, 1);
+    lua_setfield(L, 3, "url");
+    lua_replace(L, 1);
+    lua_settop(L, 1);
+}
+
+/* http.get(url [, opts]) -> as http.request. */
+static int http_get(lua_State *L) {
+    options_with_url(L);
+    return http_request_fn(L);
+}
+
+/* ---- many at once: the client ---- */
+
+typedef struct http_client {
+    CURLM *multi;         /* NULL once closed */
+    pid_t pid;
+    int max;
+    int active;           /* transfers in the multi handle */
+    lua_Integer head, tail;   /* the waiting list: uservalue 2, [head, tail) */
+    int running;          /* inside step: no re-entry from a callback */
+} http_client;
+
+/* Uservalue 1 of a client: active[lightuserdata box] = box. Uservalue 2: waiting boxes.
+   A box's uservalue 1 is its callback. */
+
+static http_client *check_client(lua_State *L, int i) {
+    http_client *c = luaL_checkudata(L, i, CLIENT_TYPE);
+    if (c->multi == NULL) luaL_error(L, "attempt to use a closed http client");
+    if (c->pid != getpid()) luaL_error(L, "http client used in a process other than the one that made it");
+    return c;
+}
+
+/* Takes the box on the stack top into the multi handle (it stays in active). Pops it. */
+static void client_start(lua_State *L, http_client *c, int self) {
+    http_request *r = lua_touserdata(L, -1);
+    lua_getiuservalue(L, self, 1);
+    lua_pushvalue(L, -2);
+    lua_rawsetp(L, -2, r);
+    lua_pop(L, 2);
+    request_reset(r);
+    r->attempts++;
+    if (curl_multi_add_handle(c->multi, r->easy) != CURLM_OK) luaL_error(L, "http: cannot add a transfer");
+    r->in_multi = 1;
+    c->active++;
+}
+
+/* Starts waiting transfers while there is room. */
+static void client_fill(lua_State *L, http_client *c, int self) {
+    while (c->active < c->max && c->head < c->tail) {
+        lua_getiuservalue(L, self, 2);
+        lua_rawgeti(L, -1, c->head);
+        lua_pushnil(L);
+        lua_rawseti(L, -3, c->head);
+        c->head++;
+        lua_remove(L, -2);
+        client_start(L, c, self);
+    }
+}
+
+/* http.client{ max = 100 } -> a client running up to max transfers at once. */
+static int http_client_new(lua_State *L) {
+    lua_Integer max = 100;
+    if (!lua_isnoneornil(L, 1)) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_getfield(L, 1, "max");
+        max = luaL_optinteger(L, -1, 100);
+        lua_pop(L, 1);
+        luaL_argcheck(L, max >= 1 && max <= 100000, 1, "max must be between 1 and 100000");
+    }
+    http_client *c = lua_newuserdatauv(L, sizeof *c, 2);
+    memset(c, 0, sizeof *c);
+    luaL_setmetatable(L, CLIENT_TYPE);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 1);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 2);
+    c->max = (int)max;
+    c->head = c->tail = 1;
+    c->pid = getpid();
+    c->multi = curl_multi_init();
+    if (c->multi == NULL) return luaL_error(L, "http: cannot make a curl multi handle");
+    curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)max);
+    return 1;
+}
+
+/* c:submit(opts, cb): cb(response) or cb(nil, err) runs later from c:step / c:run. Raises on
+   bad options. */
+static int client_submit(lua_State *L) {
+    http_client *c = check_client(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    lua_settop(L, 3);
+    request_new(L, 2);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, 4, 1);
+    if (c->active < c->max && c->head == c->tail) {
+        client_start(L, c, 1);
+    } else {
+        lua_getiuservalue(L, 1, 2);
+        lua_pushvalue(L, 4);
+        lua_rawseti(L, -2, c->tail++);
+    }
+    return 0;
+}
+
+/* c:pending() -> transfers submitted whose callback has not run yet. */
+static int client_pending(lua_State *L) {
+    http_client *c = check_client(L, 1);
+    lua_pushinteger(L, c->active + (int)(c->tail - c->head));
+    return 1;
+}
+
+/* Runs one round: waits up to timeout_ms for activity, lets curl work, and runs the callbacks
+   of finished transfers under lua_pcall. Returns with the first callback error on the stack
+   top (and 1), or 0. */
+static int client_round(lua_State *L, http_client *c, int timeout_ms) {
+    int running = 0;
+    if (c->active > 0 && timeout_ms > 0) curl_multi_poll(c->multi, NULL, 0, timeout_ms, NULL);
+    curl_multi_perform(c->multi, &running);
+    /* collect the finished boxes first: no Lua error can come between reading a message and
+       taking its handle out */
+    lua_newtable(L);
+    int done = lua_gettop(L);
+    lua_getiuservalue(L, 1, 1);
+    int active = done + 1;
+    lua_Integer count = 0;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(c->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        http_request *r = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        r->result = msg->data.result;
+        curl_multi_remove_handle(c->multi, r->easy);
+        r->in_multi = 0;
+        c->active--;
+        lua_rawgetp(L, active, r);
+        lua_rawseti(L, done, ++count);
+    }
+    lua_pushnil(L);   /* the first callback error, at done + 2 */
+    int first_error = done + 2;
+    for (lua_Integer i = 1; i <= count; i++) {
+        lua_rawgeti(L, done, i);
+        http_request *r = lua_touserdata(L, -1);
+        request_add_time(r);
+        if (r->result != CURLE_OK && request_should_retry(r, r->result)) {
+            client_start(L, c, 1);
+            continue;
+        }
+        lua_pushnil(L);
+        lua_rawsetp(L, active, r);
+        lua_getiuservalue(L, -1, 1);
+        int n = request_push_result(L, r, r->result);
+        request_release(r);
+        if (lua_pcall(L, n, 0, 0) != LUA_OK) {
+            if (lua_isnil(L, first_error)) lua_replace(L, first_error);
+            else lua_pop(L, 1);
+        }
+        lua_pop(L, 1);   /* the box */
+    }
+    client_fill(L, c, 1);
+    int failed = !lua_isnil(L, first_error);
+    lua_settop(L, first_error);
+    lua_replace(L, done);
+    lua_settop(L, failed ? done : done - 1);
+    return failed;
+}
+
+/* Milliseconds of a timeout in seconds at i (default fallback); raises when negative. */
+static int check_timeout_ms(lua_State *L, int i, double fallback) {
+    double t = luaL_optnumber(L, i, fallback);
+    luaL_argcheck(L, t >= 0, i, "timeout must be non-negative");
+    return t > 86400 ? 86400000 : (int)(t * 1000);
+}
+
+/* Runs a round under the re-entry guard; raises the first callback error after it. */
+static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms) {
+    if (c->running) luaL_error(L, "http client is already running (step or run called from a callback)");
+    c->running = 1;
+    int failed = client_round(L, c, timeout_ms);
+    c->running = 0;
+    if (failed) lua_error(L);
+}
+
+/* c:step([timeout = 0]) -> pending count after one round of work, waiting up to timeout
+   seconds for activity. Re-raises the first callback error of the round. */
+static int client_step(lua_State *L) {
+    http_client *c = check_client(L, 1);
+    int timeout_ms = check_timeout_ms(L, 2, 0);
+    lua_settop(L, 1);
+    client_guarded_round(L, c, timeout_ms);
+    lua_pushinteger(L, c->active + (int)(c->tail - c->head));
+    return 1;
+}
+
+/* c:run() -> true once every submitted transfer has run its callback (callbacks may submit
+   more). Re-raises the first callback error, after the round it happened in. */
+static int client_run(lua_State *L) {
+    http_client *c = check_client(L, 1);
+    lua_settop(L, 1);
+    while (c->active > 0 || c->head < c->tail) client_guarded_round(L, c, 1000);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* __gc and __close, idempotent: drops every transfer (their callbacks never run). In a forked
+   child it only forgets the handles. */
+static int client_close(lua_State *L) {
+    http_client *c = luaL_checkudata(L, 1, CLIENT_TYPE);
+    if (c->multi == NULL) return 0;
+    int mine = c->pid == getpid();
+    lua_getiuservalue(L, 1, 1);
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        http_request *r = lua_touserdata(L, -1);
+        if (mine && r->in_multi) curl_multi_remove_handle(c->multi, r->easy);
+        r->in_multi = 0;
+        request_release(r);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (mine) curl_multi_cleanup(c->multi);
+    c->multi = NULL;
+    c->active = 0;
+    c->head = c->tail;
+    return 0;
+}
+
+void forage_open_http(lua_State *L) {
+    static const luaL_Reg functions[] = {
+        {"request", http_request_fn}, {"get", http_get}, {"client", http_client_new}, {NULL, NULL},
+    };
+    static const luaL_Reg client_methods[] = {
+        {"submit", client_submit}, {"step", client_step}, {"run", client_run},
+        {"pending", client_pending}, {"close", client_close}, {NULL, NULL},
+    };
+    /* once per process, before any fork: libcurl's global state is not fork-safe to set up */
+    static int curl_ready = 0;
+    if (!curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) luaL_error(L, "http: curl_global_init failed");
+        curl_ready = 1;
+    }
+    if (luaL_newmetatable(L, REQUEST_TYPE)) {
+        lua_pushcfunction(L, request_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, ERROR_TYPE)) {
+        lua_pushcfunction(L, error_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, CLIENT_TYPE)) {
+        luaL_newlib(L, client_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, client_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, client_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    luaL_newlib(L, functions);
+    lua_setfield(L, -2, "http");
+}
