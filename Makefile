@@ -73,7 +73,7 @@ test: deps all lint
 	$(MAKE) --no-print-directory check
 
 lint: deps
-	luacheck --quiet lua spec bench examples fuzz
+	luacheck --quiet lua spec bench examples fuzz bin/forage
 
 # Installs the rock offline into a private tree and loads it from another directory.
 rock-check: deps

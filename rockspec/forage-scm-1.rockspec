@@ -24,6 +24,9 @@ external_dependencies = {
 }
 build = {
    type = "builtin",
+   install = {
+      bin = { forage = "bin/forage" },
+   },
    modules = {
       ["forage.core"] = {
          sources = {
