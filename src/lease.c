@@ -285,34 +285,28 @@ static int leases_report(lua_State *L) {
     return push_index(L, i);
 }
 
-/* L:swap(slot [, reason]) -> another resource for the slot (or nil); the old one cools. */
-static int leases_swap(lua_State *L) {
+/* Takes the slot's resource away (cooled, or retired for good) and leases it another;
+   pushes the new index, or nil when none is free. A swap counts as a failure. */
+static int take_back(lua_State *L, int retire) {
     lease_table *t = check_leases(L, 1);
     int32_t slot = check_slot(L, t, 2);
-    const char *reason = luaL_optstring(L, 3, "swapped");
+    const char *reason = luaL_optstring(L, 3, retire ? "retired" : "swapped");
     lock_table(t);
     int32_t i = slots_of(t)[slot];
     if (i >= 0) {
-        resources_of(t)[i].failures++;
-        cool(t, i, reason, 0);
+        if (!retire) resources_of(t)[i].failures++;
+        cool(t, i, reason, retire);
     }
     i = acquire_locked(t, slot);
     unlock_table(t);
     return push_index(L, i);
 }
 
+/* L:swap(slot [, reason]) -> another resource for the slot (or nil); the old one cools. */
+static int leases_swap(lua_State *L) { return take_back(L, 0); }
+
 /* L:retire(slot [, reason]) -> another resource (or nil); the old one never comes back. */
-static int leases_retire(lua_State *L) {
-    lease_table *t = check_leases(L, 1);
-    int32_t slot = check_slot(L, t, 2);
-    const char *reason = luaL_optstring(L, 3, "retired");
-    lock_table(t);
-    int32_t i = slots_of(t)[slot];
-    if (i >= 0) cool(t, i, reason, 1);
-    i = acquire_locked(t, slot);
-    unlock_table(t);
-    return push_index(L, i);
-}
+static int leases_retire(lua_State *L) { return take_back(L, 1); }
 
 /* L:snapshot() -> { { state, holder, leases, successes, failures, cooldown, reason }, ... }
    holder is a 1-based slot or nil; cooldown the seconds left (0 unless cooling). */
