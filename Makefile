@@ -13,11 +13,15 @@ WARN   = -Wall -Wextra -Wshadow -Wpedantic -Wstrict-prototypes -Wmissing-prototy
 CFLAGS ?= -O2 -g
 XML2_INC   ?= /usr/include/libxml2
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) $(CFLAGS)
-LDLIBS     = -lcurl -lxml2
+WEB_LIBS   = -lcurl -lxml2
 
+# Two modules: forage.core (processes, pools, shared objects: no dependency but libc) and
+# forage.web (url, html, http: libcurl and libxml2), loaded only when used.
+WEB_SRC  = src/web.c src/url.c src/html.c src/http.c src/buf.c
+CORE_SRC = $(filter-out src/web.c src/url.c src/html.c src/http.c,$(wildcard src/*.c))
 SRC  = $(wildcard src/*.c)
 HDR  = $(wildcard src/*.h)
-SO   = forage/core.so
+SO   = forage/core.so forage/web.so
 
 # Debian packages: what building and testing need; what benchmarks and fuzzing add.
 DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check \
@@ -32,9 +36,13 @@ export LUA_CPATH := $(CURDIR)/?.so;;
 
 all: $(SO)
 
-$(SO): $(SRC) $(HDR) Makefile
+forage/core.so: $(CORE_SRC) $(HDR) Makefile
 	@mkdir -p forage
-	$(CC) $(ALL_CFLAGS) -shared -o $@ $(SRC) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(CORE_SRC)
+
+forage/web.so: $(WEB_SRC) $(HDR) Makefile
+	@mkdir -p forage
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(WEB_SRC) $(WEB_LIBS)
 
 # Installs what is missing, and nothing when all is present.
 define apt_install
@@ -86,11 +94,16 @@ rock-check: deps
 	  $(LUA) -e 'local f = require "forage"; assert(f.pool and f.process, "incomplete rock"); print("rock ok:", f, f.version)'
 
 # The sanitizer build: one shared object, and the whole suite run against it.
-ASAN_SO = build/asan/forage/core.so
-$(ASAN_SO): $(SRC) $(HDR) Makefile
+ASAN_SO = build/asan/forage/core.so build/asan/forage/web.so
+ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) -O1 -g -fno-omit-frame-pointer \
+  -fsanitize=address,undefined -fno-sanitize-recover=undefined
+build/asan/forage/core.so: $(CORE_SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage
-	$(CC) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) -O1 -g -fno-omit-frame-pointer \
-	  -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared -o $@ $(SRC) $(LDLIBS)
+	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(CORE_SRC)
+
+build/asan/forage/web.so: $(WEB_SRC) $(HDR) Makefile
+	@mkdir -p build/asan/forage
+	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(WEB_SRC) $(WEB_LIBS)
 
 SANITIZER_ENV = LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -33,8 +33,11 @@ build = {
             "src/buf.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c", "src/lease.c",
             "src/pipe.c", "src/pool.c", "src/proc.c", "src/queue.c", "src/set.c", "src/shm.c",
             "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c", "src/worker.c",
-            "src/url.c", "src/html.c", "src/http.c",
          },
+         defines = { "_GNU_SOURCE" },
+      },
+      ["forage.web"] = {
+         sources = { "src/web.c", "src/url.c", "src/html.c", "src/http.c", "src/buf.c" },
          defines = { "_GNU_SOURCE" },
          incdirs = { "$(CURL_INCDIR)", "$(LIBXML2_INCDIR)/libxml2" },
          libdirs = { "$(CURL_LIBDIR)", "$(LIBXML2_LIBDIR)" },

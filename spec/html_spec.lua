@@ -1,5 +1,5 @@
 -- forage.html: libxml2 documents, XPath, CSS, links, and the memory they hold.
-local html = require("forage").html or require("forage.core").html
+local html = require("forage").html
 local css = require "forage.css"
 
 -- A page shaped like ssr1.scrape.center's list of films.
@@ -324,7 +324,7 @@ describe("forage.html", function()
 
     it("says nothing on stderr about broken pages or bad XPath", function()
       local out, ok = require("spec.helpers").run_lua([[
-        local html = require("forage.core").html
+        local html = require("forage.web").html
         local doc = html.parse("<p><b>&nosuch; </i>\0\255<![CDATA[ x")
         pcall(doc.xpath, doc, "//a[@")
         pcall(doc.xpath, doc, "nosuch()")

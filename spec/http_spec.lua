@@ -1,5 +1,5 @@
 -- forage.http against real local servers (spec/fixtures.lua): nginx, tinyproxy, a stalled socket.
-local http = require("forage.core").http
+local http = require("forage.web").http
 local fixtures = require "fixtures"
 
 describe("forage.http", function()

@@ -1,5 +1,5 @@
 -- forage.url: parse, join (RFC 3986 section 5.4), canonical, fingerprint, on curl's URL API.
-local url = require("forage.core").url
+local url = require("forage.web").url
 
 local function hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))

@@ -23,9 +23,6 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_set(L);
     forage_open_dict(L);
     forage_open_lease(L);
-    forage_open_url(L);
-    forage_open_html(L);
-    forage_open_http(L);
     lua_pushinteger(L, WIRE_VERSION);
     lua_setfield(L, -2, "wire_version");
     return 1;

@@ -445,7 +445,7 @@ static int node_tostring(lua_State *L) {
 }
 
 /* Keeps libxml2 loaded for the life of the process: its global state, set up once by
-   xmlInitParser, must not vanish when a lua_State closes and unloads forage.core (nor
+   xmlInitParser, must not vanish when a lua_State closes and unloads forage.web (nor
    look like a leak to LeakSanitizer when it does). */
 static void pin_libxml2(void) {
     void (*init)(void) = xmlInitParser;

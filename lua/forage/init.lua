@@ -38,10 +38,18 @@ forage.value, forage.array = core.value, core.array
 forage.set = core.set
 forage.dict = core.dict
 
--- Crawl building blocks (issue 4): HTML with XPath and CSS on libxml2; URLs on curl's URL API.
-forage.html = core.html
-forage.url = core.url
-forage.http = core.http
+-- The crawl layer's building blocks (HTML on libxml2, URLs and HTTP on libcurl) live in
+-- forage.web, loaded on first use: a program of pools and shared objects never loads
+-- libcurl or libxml2, and its forks stay small.
+local web_names = { http = true, html = true, url = true }
+setmetatable(forage, {
+  __index = function(t, name)
+    if not web_names[name] then return nil end
+    local web = require "forage.web"
+    for k in pairs(web_names) do rawset(t, k, web[k]) end
+    return web[name]
+  end,
+})
 
 forage.cpu_count = core.cpu_count
 forage.getpid = core.getpid
