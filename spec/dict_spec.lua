@@ -1,15 +1,6 @@
 local forage = require "forage"
 
--- Joins p within seconds; kills it and fails when it is still running then.
-local function join_within(p, seconds)
-  local code = p:join(seconds)
-  if code == nil then
-    p:kill()
-    p:join(5)
-    error(string.format("process %d still running after %g s", p.pid, seconds), 2)
-  end
-  return code
-end
+local join_within = require("helpers").join_or_fail
 
 -- Runs fn in a child and returns its exit code (0 when fn returned, 1 when it raised).
 local function in_child(fn, seconds)

@@ -2,6 +2,7 @@
 -- here), two tinyproxy instances (open, and with BasicAuth), and a socket that never answers.
 -- Every server is started in the background with a pid file and stopped by that pid.
 local socket = require "socket"
+local helpers = require "helpers"
 
 local M = {}
 
@@ -10,19 +11,7 @@ local function sh(cmd)
   return ok == true
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local read, write = helpers.read, helpers.write
 
 -- A port nothing listens on right now (the kernel's pick, released at once).
 local function free_port()

@@ -32,4 +32,37 @@ function M.exists(pid)
   return not stat:match("^%d+ %b() Z")   -- a zombie has exited
 end
 
+-- The bytes of a file, or nil when it cannot be read.
+function M.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function M.write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- Joins p within seconds; returns its exit code, or nil after killing (and reaping) it
+-- when it overstays.
+function M.join_or_kill(p, seconds)
+  local code = p:join(seconds)
+  if code == nil then
+    p:kill()
+    p:join(5)
+  end
+  return code
+end
+
+-- The same, but a process that overstays fails the spec.
+function M.join_or_fail(p, seconds)
+  local code = M.join_or_kill(p, seconds or 5)
+  if code == nil then error(string.format("process %d still running after %g s", p.pid, seconds or 5), 2) end
+  return code
+end
+
 return M

@@ -1,12 +1,6 @@
 local forage = require "forage"
-
--- Reads everything a child wrote to a temporary file.
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local helpers = require "helpers"
+local slurp = helpers.read
 
 describe("forage.process", function()
   it("runs a function with its arguments in a child and joins it", function()
@@ -26,7 +20,6 @@ describe("forage.process", function()
   end)
 
   it("exits 1 and prints the traceback to stderr when the function raises", function()
-    local helpers = require "helpers"
     local out, ok = helpers.run_lua([[
       local forage = require "forage"
       local function inner() error("boom in child") end

@@ -1,15 +1,6 @@
 local forage = require "forage"
 
--- Joins p within seconds and returns its exit code; kills it and fails when it still runs.
-local function reap(p, seconds)
-  local code = p:join(seconds or 5)
-  if code == nil then
-    p:kill()
-    p:join(5)
-    error("process " .. p.pid .. " did not finish in time", 2)
-  end
-  return code
-end
+local reap = require("helpers").join_or_fail
 
 -- The size of v's record payload, as the queue counts it.
 local function encoded_size(v)

@@ -1,21 +1,7 @@
 local forage = require "forage"
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- Joins p within seconds, killing it when it overstays; returns its exit code.
-local function join_or_kill(p, seconds)
-  local code = p:join(seconds)
-  if code == nil then
-    p:kill()
-    p:join(5)
-  end
-  return code
-end
+local helpers = require "helpers"
+local slurp, join_or_kill = helpers.read, helpers.join_or_kill
 
 describe("forage.set", function()
   it("add says whether a string is new; has and # see it", function()

@@ -12,25 +12,8 @@ local function spawn(fn, ...)
   return p
 end
 
-local function join(p)
-  local code = p:join(5)
-  if code == nil then p:kill() p:join(5) end
-  return code
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local read, write = helpers.read, helpers.write
+local function join(p) return helpers.join_or_kill(p, 5) end
 
 -- One write(2) per line (O_APPEND): lines from several processes never interleave.
 local function append(path, line)
