@@ -67,24 +67,8 @@ end
 -- ---------------------------------------------------------------------------------
 -- The section (in run.lua's process): nginx up, interleaved trials, nginx down.
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
+-- The harness's shell and file helpers, set when the section runs (harness.lua).
+local sh, read, write
 
 local function nginx_conf(dir, port)
   local user = sh("[ $(id -u) = 0 ]") and "user root root;\n" or ""
@@ -156,6 +140,7 @@ local function start_nginx(h, forage, dir)
 end
 
 local function section(h)
+  sh, read, write = h.sh, h.read_file, h.write_file
   local forage = require "forage"
   local tmp = h.first_line { "mktemp", "-d", "/tmp/forage-fetch-bench.XXXXXX" }
   if not tmp:match("^/tmp/forage%-fetch%-bench%.") then error("mktemp failed: " .. tmp) end

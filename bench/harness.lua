@@ -291,6 +291,26 @@ function H.sleep(seconds)
   os.execute(string.format("sleep %.3f", seconds))
 end
 
+-- True when the shell command exits 0.
+function H.sh(cmd)
+  return os.execute(cmd) == true
+end
+
+-- The bytes of a file, or nil when it cannot be read.
+function H.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+function H.write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
 -- Script mode of a section: runs the forage trial named by arg[1] in this fresh process
 -- and prints its result as JSON (what H.trial reads). Never returns.
 function H.run_trial(trials, script)

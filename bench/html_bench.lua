@@ -148,16 +148,11 @@ end
 -- ---------------------------------------------------------------------------------
 -- The section
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true
-end
-
 -- Builds root/build/html_floor from bench/html_floor.c when missing or older; returns its
 -- path, or nil and why not.
 local function build_floor(h, root)
   local src, bin = h.dir .. "/html_floor.c", root .. "/build/html_floor"
-  if sh(string.format("test %s -nt %s", h.quote(bin), h.quote(src))) then return bin end
+  if h.sh(string.format("test %s -nt %s", h.quote(bin), h.quote(src))) then return bin end
   local cmd = string.format("mkdir -p %s && cc -O2 $(xml2-config --cflags) -o %s %s $(xml2-config --libs) 2>&1",
     h.quote(root .. "/build"), h.quote(bin), h.quote(src))
   local f = assert(io.popen(cmd, "r"))
@@ -199,6 +194,7 @@ local function triples(h, argvs)
 end
 
 local function section(h)
+  local sh = h.sh
   local root = h.dir .. "/.."
   local rows = {}
   local tmp = h.first_line { "mktemp", "-d", "/tmp/forage-html-bench.XXXXXX" }
