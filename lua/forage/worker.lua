@@ -19,39 +19,39 @@ function M.slot()
   return core.worker_slot()
 end
 
--- worker.resource() -> the resource this worker holds, or nil.
-function M.resource()
+-- Calls the lease table's method for this worker's slot and returns the resource whose
+-- index it gives back; nil outside a pool worker with resources, or when none is held.
+local function lease_call(method, ...)
   local leases, resources = pool_resources()
   if not leases then return nil end
-  local i = leases:held(core.worker_slot())
+  local i = leases[method](leases, core.worker_slot(), ...)
   return i and resources[i]
+end
+
+local function reason_of(reason)
+  if reason ~= nil then return tostring(reason) end
+end
+
+-- worker.resource() -> the resource this worker holds, or nil.
+function M.resource()
+  return lease_call("held")
 end
 
 -- worker.report(ok [, reason]) -> the resource held afterwards (another one after
 -- max_failures failures in a row), or nil when none is free.
 function M.report(ok, reason)
-  local leases, resources = pool_resources()
-  if not leases then return nil end
-  if reason ~= nil then reason = tostring(reason) end
-  local i = leases:report(core.worker_slot(), ok and true or false, reason)
-  return i and resources[i]
+  return lease_call("report", ok and true or false, reason_of(reason))
 end
 
 -- worker.swap_resource([reason]) -> another resource (or nil); the one held cools down.
 function M.swap_resource(reason)
-  local leases, resources = pool_resources()
-  if not leases then return nil end
-  local i = leases:swap(core.worker_slot(), reason and tostring(reason) or "swapped")
-  return i and resources[i]
+  return lease_call("swap", reason_of(reason))
 end
 
 -- worker.retire_resource([reason]) -> another resource (or nil); the one held never
 -- comes back (a banned proxy).
 function M.retire_resource(reason)
-  local leases, resources = pool_resources()
-  if not leases then return nil end
-  local i = leases:retire(core.worker_slot(), reason and tostring(reason) or "retired")
-  return i and resources[i]
+  return lease_call("retire", reason_of(reason))
 end
 
 return M
