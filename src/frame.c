@@ -95,8 +95,6 @@ int frame_next(frame_reader *r, const char **p, size_t *n) {
     return 1;
 }
 
-size_t frame_buffered(const frame_reader *r) { return r->in.len - r->pos; }
-
 void frame_reader_free(frame_reader *r) {
     buf_free(&r->in);
     r->pos = 0;

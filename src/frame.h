@@ -39,8 +39,6 @@ long frame_fill(frame_reader *r, int fd);
 /* Returns 1 and points *p and *n at the next complete frame's payload (consumed), 0 when none is
    complete yet, -1 when the stream is corrupt (a length over FRAME_MAX). */
 int frame_next(frame_reader *r, const char **p, size_t *n);
-/* Bytes of an incomplete frame waiting in the reader. */
-size_t frame_buffered(const frame_reader *r);
 void frame_reader_free(frame_reader *r);
 
 static inline void put_u32(char *p, uint32_t v) {

@@ -93,6 +93,11 @@ typedef struct pool {
     char *broken_message;
     lease_table *leases;       /* sticky resources, or NULL (the table lives in the config) */
     buf scratch;               /* where submit encodes a task */
+    struct {                   /* pool_wait's poll set: up to 3 fds a worker, made once */
+        struct pollfd *fds;
+        int *owner;            /* the worker slot of each fd */
+        uint32_t *gen;         /* that worker's incarnation when the set was built */
+    } poll;
     const char *last_blob;     /* the function of the last submit (kept alive in uservalue 2) */
     func_entry *last_fn;
 } pool;
@@ -555,9 +560,9 @@ static int pool_idle(const pool *p) {
 static int pool_wait(lua_State *L, pool *p, double timeout, int ev) {
     int nev = 0;
     double deadline = now_seconds() + (timeout < 0 ? 0 : timeout);
-    struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)p->nworkers * 3, 0);
-    int *owner = lua_newuserdatauv(L, sizeof *owner * (size_t)p->nworkers * 3, 0);
-    uint32_t *gen = lua_newuserdatauv(L, sizeof *gen * (size_t)p->nworkers * 3, 0);
+    struct pollfd *fds = p->poll.fds;
+    int *owner = p->poll.owner;
+    uint32_t *gen = p->poll.gen;
     for (;;) {
         pool_dispatch(p);
         int nfds = 0;
@@ -618,7 +623,6 @@ static int pool_wait(lua_State *L, pool *p, double timeout, int ev) {
         }
         if (nev > 0 || p->broken) break;
     }
-    lua_pop(L, 3);
     pool_dispatch(p);
     return nev;
 }
@@ -669,7 +673,20 @@ static int pool_new(lua_State *L) {
         return luaL_error(L, "cannot map pool slots: %s", strerror(errno));
     }
     p->workers = calloc((size_t)n, sizeof *p->workers);
-    if (!p->workers) return luaL_error(L, "not enough memory");
+    p->poll.fds = calloc((size_t)n * 3, sizeof *p->poll.fds);
+    p->poll.owner = calloc((size_t)n * 3, sizeof *p->poll.owner);
+    p->poll.gen = calloc((size_t)n * 3, sizeof *p->poll.gen);
+    if (!p->workers || !p->poll.fds || !p->poll.owner || !p->poll.gen) {
+        if (!p->workers) {   /* pool_release frees the rest once workers is set */
+            free(p->poll.fds);
+            free(p->poll.owner);
+            free(p->poll.gen);
+            p->poll.fds = NULL;
+            p->poll.owner = NULL;
+            p->poll.gen = NULL;
+        }
+        return luaL_error(L, "not enough memory");
+    }
     for (int i = 0; i < n; i++) {
         worker *w = &p->workers[i];
         w->pidfd = w->task_fd = w->result_fd = -1;
@@ -879,6 +896,9 @@ static void pool_release(pool *p) {
         free(p->buckets);
         free(p->broken_message);
         buf_free(&p->scratch);
+        free(p->poll.fds);
+        free(p->poll.owner);
+        free(p->poll.gen);
         free(p->workers);
     }
     if (p->slots) munmap(p->slots, sizeof *p->slots * (size_t)p->nworkers);
