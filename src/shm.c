@@ -42,6 +42,18 @@ int shm_lock_init(shm_lock *l) {
     return rc;
 }
 
+void *shm_map_locked(size_t size, size_t lock_at) {
+    char *p = shm_map(size);
+    if (p == NULL) return NULL;
+    int rc = shm_lock_init((shm_lock *)(void *)(p + lock_at));
+    if (rc != 0) {
+        shm_unmap(p, size);
+        errno = rc;
+        return NULL;
+    }
+    return p;
+}
+
 double shm_deadline(double timeout) {
     return timeout < 0 ? -1 : now_seconds() + timeout;
 }

@@ -29,6 +29,11 @@ typedef struct shm_lock {
 /* Returns 0, or an errno. */
 int shm_lock_init(shm_lock *l);
 
+/* A zeroed shared mapping of size bytes whose shm_lock at byte offset lock_at is
+   initialised: the start of every shared object. NULL with errno set on failure (nothing
+   is left mapped). */
+void *shm_map_locked(size_t size, size_t lock_at);
+
 /* Deadlines are absolute seconds on the monotonic clock (see now_seconds in frame.h);
    a negative deadline waits forever. */
 double shm_deadline(double timeout);
