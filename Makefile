@@ -17,7 +17,7 @@ WEB_LIBS   = -lcurl -lxml2
 
 # Two modules: forage.core (processes, pools, shared objects: no dependency but libc) and
 # forage.web (url, html, http: libcurl and libxml2), loaded only when used.
-WEB_SRC  = src/web.c src/url.c src/html.c src/http.c src/buf.c src/args.c src/hash.c src/luatype.c
+WEB_SRC  = src/web.c src/url.c src/html.c src/http.c src/buf.c src/args.c src/hash.c src/luatype.c src/clock.c
 CORE_SRC = $(filter-out src/web.c src/url.c src/html.c src/http.c,$(wildcard src/*.c))
 SRC  = $(wildcard src/*.c)
 HDR  = $(wildcard src/*.h)

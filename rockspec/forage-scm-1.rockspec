@@ -31,6 +31,7 @@ build = {
       ["forage.core"] = {
          sources = {
             "src/args.c", "src/buf.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c", "src/hash.c",
+            "src/clock.c",
             "src/lease.c", "src/luatype.c",
             "src/pause.c", "src/pipe.c", "src/pool.c", "src/proc.c", "src/queue.c", "src/set.c", "src/shm.c",
             "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c", "src/worker.c",
@@ -39,7 +40,7 @@ build = {
       },
       ["forage.web"] = {
          sources = { "src/web.c", "src/url.c", "src/html.c", "src/http.c", "src/buf.c", "src/args.c", "src/hash.c",
-                     "src/luatype.c" },
+                     "src/luatype.c", "src/clock.c" },
          defines = { "_GNU_SOURCE" },
          incdirs = { "$(CURL_INCDIR)", "$(LIBXML2_INCDIR)/libxml2" },
          libdirs = { "$(CURL_LIBDIR)", "$(LIBXML2_LIBDIR)" },

@@ -6,12 +6,6 @@
 #include <time.h>
 #include <unistd.h>
 
-double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int fd_wait(int fd, short events, double timeout) {
     double deadline = timeout < 0 ? 0 : now_seconds() + timeout;
     for (;;) {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "clock.h"
 
 #define FRAME_HEADER 4
 #define FRAME_MAX ((size_t)1 << 31)   /* 2 GiB: larger payloads are refused */
@@ -16,9 +17,6 @@ typedef struct frame_reader {
     buf in;
     size_t pos;   /* start of the first unconsumed frame */
 } frame_reader;
-
-/* Seconds on the monotonic clock. */
-double now_seconds(void);
 
 /* Waits until fd has the poll events in `events`; timeout < 0 waits forever.
    Returns 1 when ready, 0 on timeout, -1 on error (errno set). EINTR restarts with the time left. */

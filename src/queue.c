@@ -119,14 +119,6 @@ static int push_fail(lua_State *L, const char *why) {
     return 2;
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* ---------------------------------------------------------------- the shared state */
 
 static uint64_t pack(uint32_t offset, uint32_t n) {

@@ -14,14 +14,6 @@
 
 #define SHM_LOCK_TRIES 100   /* trylocks before sleeping on a contended lock */
 
-static inline void shm_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 void *shm_map(size_t size) {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
@@ -58,28 +50,17 @@ double shm_deadline(double timeout) {
     return timeout < 0 ? -1 : now_seconds() + timeout;
 }
 
-static struct timespec to_timespec(double t) {
-    struct timespec ts;
-    ts.tv_sec = (time_t)t;
-    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 int shm_lock_acquire(shm_lock *l, double deadline, int *recovered) {
     /* The holder is usually about to finish: a few trylocks cost less than a futex sleep. */
     int rc = pthread_mutex_trylock(&l->mutex);
     for (int i = 1; i < SHM_LOCK_TRIES && rc == EBUSY; i++) {
-        for (int k = 0; k < 8; k++) shm_cpu_relax();
+        for (int k = 0; k < 8; k++) cpu_relax();
         rc = pthread_mutex_trylock(&l->mutex);
     }
     if (rc == EBUSY && deadline < 0) {
         rc = pthread_mutex_lock(&l->mutex);
     } else if (rc == EBUSY) {
-        struct timespec ts = to_timespec(deadline);
+        struct timespec ts = seconds_to_timespec(deadline);
         rc = pthread_mutex_clocklock(&l->mutex, CLOCK_MONOTONIC, &ts);
     }
     if (recovered != NULL) *recovered = 0;
@@ -116,7 +97,7 @@ int shm_cond_wait(shm_cond *c, shm_lock *l, double deadline, int *recovered) {
     uint32_t seen = atomic_load(&c->seq);
     shm_lock_release(l);
     int timed_out = 0;
-    struct timespec ts = to_timespec(deadline < 0 ? 0 : deadline);
+    struct timespec ts = seconds_to_timespec(deadline < 0 ? 0 : deadline);
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time; the word is in a shared
        mapping, so the futex is not FUTEX_PRIVATE. */
     long r = syscall(SYS_futex, &c->seq, FUTEX_WAIT_BITSET, seen, deadline < 0 ? NULL : &ts, NULL,
