@@ -1,39 +1,136 @@
--- bin/forage: `forage fetch` against the local nginx of spec/fixtures.lua.
+-- bin/forage: the commands, their exit codes and messages, against the local nginx of
+-- spec/fixtures.lua, a one-request server made here, and local files.
 local fixtures = require "fixtures"
+local helpers = require "helpers"
+local socket = require "socket"
+local forage = require "forage"
 
--- Runs bin/forage with args; returns its stdout, stderr and exit code.
-local function forage_cli(args)
-  local err = os.tmpname()
-  local p = assert(io.popen("lua5.4 bin/forage " .. args .. " 2>" .. err))
+local ROOT = assert(os.getenv("PWD"), "the specs run from the checkout")
+local LUA_PATH = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"
+local LUA_CPATH = ROOT .. "/?.so;;"
+
+local function quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Runs bin/forage with args (a shell string) in cwd (default the checkout), stdin from
+-- the string input (default empty); returns its stdout, stderr and exit code.
+local function forage_cli(args, input, cwd)
+  local err, inp = os.tmpname(), os.tmpname()
+  helpers.write(inp, input or "")
+  local cmd = string.format("cd %s && LUA_PATH=%s LUA_CPATH=%s lua5.4 %s/bin/forage %s <%s 2>%s",
+    quote(cwd or ROOT), quote(LUA_PATH), quote(LUA_CPATH), quote(ROOT), args, inp, err)
+  local p = assert(io.popen(cmd))
   local out = p:read("a")
   local _, _, code = p:close()
-  local f = assert(io.open(err))
-  local stderr = f:read("a")
-  f:close()
+  local stderr = helpers.read(err)
   os.remove(err)
+  os.remove(inp)
   return out, stderr, code
 end
 
-describe("forage fetch", function()
-  local fx = {}
-  local page = [[<html><body>
+local function plain(s) return (s:gsub("%p", "%%%0")) end
+
+-- A server for exactly one request, in a forked process: it answers with the request's
+-- head as the body, then leaves. Returns its URL and the process (join it).
+local function one_request_server(body)
+  local server = assert(socket.bind("127.0.0.1", 0))
+  local _, port = server:getsockname()
+  local p = forage.process(function()
+    server:settimeout(30)
+    local c = assert(server:accept())
+    c:settimeout(30)
+    local head = {}
+    repeat
+      local line = c:receive("*l")
+      head[#head + 1] = line
+    until line == nil or line == ""
+    local reply = body or table.concat(head, "\n")
+    c:send("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\nContent-Length: " .. #reply
+      .. "\r\n\r\n" .. reply)
+    c:close()
+    server:close()
+    os.exit(0)
+  end)
+  p:start()
+  server:close()
+  return "http://127.0.0.1:" .. port .. "/", p
+end
+
+local page = [[<html><body>
 <div class="el-card"><a class="name" href="/detail/1"><h2>Farewell My Concubine</h2></a></div>
 <div class="el-card"><a class="name" href="/detail/2"><h2>Titanic</h2></a></div>
 <div class="directors el-row"><p>Chen Kaige</p></div>
 </body></html>]]
 
+describe("forage (the command line)", function()
+  it("lists its commands with --help and exits 0", function()
+    local out, err, code = forage_cli("--help")
+    assert.equal(0, code)
+    assert.equal("", err)
+    for _, name in ipairs { "fetch", "version", "help" } do
+      assert.truthy(out:find("\n   " .. name .. " ", 1, true), name)
+    end
+    assert.truthy(out:find("Exit codes", 1, true))
+  end)
+
+  it("prints the version of the forage modules", function()
+    local out, _, code = forage_cli("version")
+    assert.equal(0, code)
+    assert.equal("forage " .. forage.version .. "\n", out)
+    assert.equal(out, (forage_cli("--version")))
+  end)
+
+  it("prints a command's usage with --help, -h or help COMMAND, and never fetches -h", function()
+    for _, args in ipairs { "fetch --help", "fetch -h", "help fetch" } do
+      local out, err, code = forage_cli(args)
+      assert.equal(0, code, args)
+      assert.equal("", err, args)
+      assert.truthy(out:find("^Usage: forage fetch"), args)
+      assert.truthy(out:find("--allow-status", 1, true), args)
+    end
+    local out, _, code = forage_cli("help")
+    assert.equal(0, code)
+    assert.truthy(out:find("^Usage: forage "))
+  end)
+
+  it("exits 2 with the usage on bad arguments", function()
+    local cases = {
+      { "", "a command is required" },
+      { "crawl", "unknown command 'crawl'" },
+      { "help crawl", "unknown command 'crawl'" },
+      { "fetch", "missing argument 'url_or_file'" },
+      { "fetch http://x --bogus", "unknown option '--bogus'" },
+      { "fetch http://x --xpath a --css b", "option '--css' can not be used together with option '--xpath'" },
+      { "fetch http://x --timeout soon", "--timeout takes a number of seconds >= 0, got 'soon'" },
+      { "fetch http://x --timeout=-1", "--timeout takes a number of seconds >= 0" },
+      { "fetch http://x a b", "too many arguments" },
+      { "fetch http://x -H nocolon", "-H wants 'Name: value' on one line, got 'nocolon'" },
+    }
+    for _, case in ipairs(cases) do
+      local out, err, code = forage_cli(case[1])
+      assert.equal(2, code, case[1])
+      assert.equal("", out, case[1])
+      assert.truthy(err:find("forage: " .. case[2], 1, true), case[1] .. ": " .. err)
+      assert.falsy(err:find(".lua", 1, true), err)
+    end
+  end)
+end)
+
+describe("forage fetch", function()
+  local fx = {}
+
   setup(function()
     fixtures.start(fx)
-    local f = assert(io.open(fx.dir .. "/www/list.html", "w"))
-    f:write(page)
-    f:close()
+    helpers.write(fx.dir .. "/www/list.html", page)
   end)
 
   teardown(function() fixtures.stop(fx) end)
 
   it("prints the body of a page", function()
-    local out, _, code = forage_cli("fetch " .. fx.base .. "/list.html")
+    local out, err, code = forage_cli("fetch " .. fx.base .. "/list.html")
     assert.equal(0, code)
+    assert.equal("", err)
     assert.equal(page, out)
   end)
 
@@ -44,19 +141,129 @@ describe("forage fetch", function()
   end)
 
   it("prints what a CSS selector finds, with ::text", function()
-    local out = forage_cli("fetch " .. fx.base .. "/list.html --css 'a.name h2::text'")
+    local out, _, code = forage_cli("fetch " .. fx.base .. "/list.html --css 'a.name h2::text'")
+    assert.equal(0, code)
     assert.equal("Farewell My Concubine\nTitanic\n", out)
   end)
 
-  it("prints elements as HTML", function()
-    local out = forage_cli("fetch " .. fx.base .. "/list.html --css 'div.directors p'")
-    assert.equal("<p>Chen Kaige</p>\n", out)
+  it("prints elements as HTML, and the value of count()", function()
+    assert.equal("<p>Chen Kaige</p>\n", (forage_cli("fetch " .. fx.base .. "/list.html --css 'div.directors p'")))
+    assert.equal("2\n", (forage_cli("fetch " .. fx.base .. "/list.html --xpath 'count(//h2)'")))
   end)
 
-  it("prints the status and headers with --headers", function()
-    local out = forage_cli("fetch " .. fx.base .. "/page.txt --headers")
-    assert.truthy(out:match("^200 " .. fx.base:gsub("%p", "%%%0") .. "/page.txt\n"))
-    assert.truthy(out:find("content-type: text/plain\n", 1, true))
+  it("says 'no match' on stderr and exits 1 when a selector finds nothing", function()
+    local out, err, code = forage_cli("fetch " .. fx.base .. "/list.html --css 'h3'")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.equal("forage: no match for CSS selector 'h3'\n", err)
+    out, err, code = forage_cli("fetch " .. fx.base .. "/list.html --xpath '//h3'")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.equal("forage: no match for XPath '//h3'\n", err)
+  end)
+
+  it("names a bad XPath or CSS selector without a file path, exits 2, and fetches nothing", function()
+    -- the dead port: a fetch would exit 1, so 2 says the selector was refused first
+    local dead = "http://127.0.0.1:" .. fx.dead_port .. "/"
+    local out, err, code = forage_cli("fetch " .. dead .. " --xpath '//a[@'")
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.truthy(err:find("^forage: bad XPath '//a%[@': %S"), err)
+    assert.falsy(err:find(".lua", 1, true), err)
+    assert.falsy(err:find("/bin/", 1, true), err)
+    out, err, code = forage_cli("fetch " .. dead .. " --css 'a['")
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.truthy(err:find("^forage: bad CSS selector 'a%[': %S"), err)
+    assert.falsy(err:find(".lua", 1, true), err)
+  end)
+
+  it("cuts a long selector to 60 bytes in its message", function()
+    local long = "//a[@" .. ("x"):rep(200)
+    local _, err, code = forage_cli("fetch " .. fx.base .. "/list.html --xpath '" .. long .. "'")
+    assert.equal(2, code)
+    assert.falsy(err:find(("x"):rep(61), 1, true), err)
+  end)
+
+  it("treats a non-2xx status as a failure (exit 1) with or without a selector", function()
+    for _, selector in ipairs { "", " --css 'h1::text'" } do
+      local out, err, code = forage_cli("fetch " .. fx.base .. "/missing.html" .. selector)
+      assert.equal(1, code, selector)
+      assert.equal("", out, selector)
+      assert.truthy(err:find("^forage: HTTP/1.1 404 Not Found from '" .. plain(fx.base) .. "/missing.html'"), err)
+      assert.truthy(err:find("--allow-status", 1, true))
+    end
+  end)
+
+  it("takes any status as it is with --allow-status", function()
+    local out, _, code = forage_cli("fetch " .. fx.base .. "/missing.html --allow-status")
+    assert.equal(0, code)
+    assert.truthy(out:find("404 Not Found", 1, true))
+    out, _, code = forage_cli("fetch " .. fx.base .. "/missing.html --allow-status --css 'h1::text'")
+    assert.equal(0, code)
+    assert.equal("404 Not Found\n", out)
+  end)
+
+  it("prints a curl -i status line and the headers with --headers", function()
+    local out, _, code = forage_cli("fetch " .. fx.base .. "/page.txt --headers")
+    assert.equal(0, code)
+    assert.truthy(out:find("^HTTP/1.1 200 OK\n"), out:sub(1, 80))
+    assert.truthy(out:find("\ncontent-type: text/plain\n", 1, true))
+    assert.truthy(out:find("\n\n" .. fx.page, 1, true))
+    assert.equal(#out, select(2, out:find("\n\n" .. fx.page, 1, true)))
+  end)
+
+  it("follows redirects, and not with --no-follow", function()
+    local out, _, code = forage_cli("fetch " .. fx.base .. "/redirect")
+    assert.equal(0, code)
+    assert.equal(fx.page, out)
+    local err
+    out, err, code = forage_cli("fetch " .. fx.base .. "/redirect --no-follow")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.truthy(err:find("HTTP/1.1 302 Found", 1, true), err)
+    out, _, code = forage_cli("fetch " .. fx.base .. "/redirect --no-follow --allow-status --headers")
+    assert.equal(0, code)
+    assert.truthy(out:find("^HTTP/1.1 302 Found\n"))
+    assert.truthy(out:find("\nlocation: " .. plain(fx.base) .. "/page.txt\n"), out)
+  end)
+
+  it("sends User-Agent forage/<version> unless -A or -H says otherwise, and each -H", function()
+    local cases = {
+      { "", "User-Agent: forage/" .. forage.version },
+      { " -A 'Mozilla/5.0 (test)'", "User-Agent: Mozilla/5.0 (test)" },
+      { " --user-agent bot/1", "User-Agent: bot/1" },
+      { " -H 'User-Agent: own/2' -A ignored/1", "User-Agent: own/2" },
+    }
+    for _, case in ipairs(cases) do
+      local url, p = one_request_server()
+      local out, err, code = forage_cli("fetch " .. url .. case[1] .. " -H 'X-One: 1' -H 'X-Two:  two words '")
+      helpers.join_or_kill(p, 10)
+      assert.equal(0, code, err)
+      local agents = select(2, out:gsub("\n[Uu]ser%-[Aa]gent:", ""))
+      assert.equal(1, agents, out)
+      assert.truthy(out:find("\n" .. plain(case[2]) .. "\r?\n"), out)
+      assert.truthy(out:find("\nX%-One: 1\r?\n"), out)
+      assert.truthy(out:find("\nX%-Two: two words\r?\n"), out)
+    end
+  end)
+
+  it("writes the output to a file with -o, and no file when the fetch fails", function()
+    local path = os.tmpname()
+    os.remove(path)
+    local out, _, code = forage_cli("fetch " .. fx.base .. "/list.html -o " .. path)
+    assert.equal(0, code)
+    assert.equal("", out)
+    assert.equal(page, helpers.read(path))
+    os.remove(path)
+    out, _, code = forage_cli("fetch " .. fx.base .. "/list.html --css 'h2::text' --output " .. path)
+    assert.equal(0, code)
+    assert.equal("", out)
+    assert.equal("Farewell My Concubine\nTitanic\n", helpers.read(path))
+    os.remove(path)
+    _, _, code = forage_cli("fetch " .. fx.base .. "/missing.html -o " .. path)
+    assert.equal(1, code)
+    assert.is_nil(io.open(path))
   end)
 
   it("goes through a proxy", function()
@@ -73,21 +280,54 @@ describe("forage fetch", function()
     assert.truthy(err:find("forage: fetch failed (connect)", 1, true), err)
   end)
 
-  it("quotes a bad selector and exits 2", function()
-    local _, err, code = forage_cli("fetch " .. fx.base .. "/list.html --xpath '//a[@'")
-    assert.equal(2, code)
-    assert.truthy(err:find("'//a[@'", 1, true), err)
+  it("gives up after --timeout", function()
+    -- the stall socket never answers: the outcome is a timeout whatever the machine's speed
+    local out, err, code = forage_cli("fetch http://127.0.0.1:" .. fx.stall_port .. "/ --timeout 0.5")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.truthy(err:find("forage: fetch failed (timeout)", 1, true), err)
+  end)
+end)
+
+describe("forage fetch on a saved page", function()
+  local dir
+
+  setup(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. quote(dir .. "/sub dir")))
+    helpers.write(dir .. "/list.html", page)
+    helpers.write(dir .. "/sub dir/a page.html", page)
   end)
 
-  it("refuses bad arguments with the usage", function()
-    local _, err, code = forage_cli("fetch")
+  teardown(function() os.execute("rm -rf " .. quote(dir)) end)
+
+  it("reads a relative path, an absolute path and a file:// URL", function()
+    for _, target in ipairs { "list.html", "./list.html", dir .. "/list.html", "file://" .. dir .. "/list.html",
+                              "'file://" .. dir .. "/sub%20dir/a%20page.html'", "'sub dir/a page.html'" } do
+      local out, err, code = forage_cli("fetch " .. target .. " --css 'a.name h2::text'", nil, dir)
+      assert.equal(0, code, target .. ": " .. err)
+      assert.equal("Farewell My Concubine\nTitanic\n", out, target)
+    end
+    local out, _, code = forage_cli("fetch list.html", nil, dir)
+    assert.equal(0, code)
+    assert.equal(page, out)
+  end)
+
+  it("prints no status line for a file, only its length, with --headers", function()
+    local out, _, code = forage_cli("fetch list.html --headers", nil, dir)
+    assert.equal(0, code)
+    assert.equal("content-length: " .. #page .. "\n\n" .. page, out)
+  end)
+
+  it("exits 1 when the file cannot be read, and 2 for a file:// URL of another host", function()
+    local out, err, code = forage_cli("fetch nothere.html", nil, dir)
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.equal("forage: cannot read 'nothere.html': No such file or directory\n", err)
+    out, err, code = forage_cli("fetch file://elsewhere/list.html", nil, dir)
     assert.equal(2, code)
-    assert.truthy(err:find("fetch needs a URL", 1, true))
-    _, err, code = forage_cli("fetch http://x --xpath a --css b")
-    assert.equal(2, code)
-    assert.truthy(err:find("--xpath or --css, not both", 1, true))
-    _, err, code = forage_cli("crawl")
-    assert.equal(2, code)
-    assert.truthy(err:find("unknown command crawl", 1, true))
+    assert.equal("", out)
+    assert.truthy(err:find("file:///path", 1, true), err)
   end)
 end)
