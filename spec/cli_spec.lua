@@ -68,7 +68,7 @@ describe("forage (the command line)", function()
     local out, err, code = forage_cli("--help")
     assert.equal(0, code)
     assert.equal("", err)
-    for _, name in ipairs { "fetch", "version", "help" } do
+    for _, name in ipairs { "fetch", "shell", "version", "help" } do
       assert.truthy(out:find("\n   " .. name .. " ", 1, true), name)
     end
     assert.truthy(out:find("Exit codes", 1, true))
@@ -89,7 +89,10 @@ describe("forage (the command line)", function()
       assert.truthy(out:find("^Usage: forage fetch"), args)
       assert.truthy(out:find("--allow-status", 1, true), args)
     end
-    local out, _, code = forage_cli("help")
+    local out, _, code = forage_cli("help shell")
+    assert.equal(0, code)
+    assert.truthy(out:find("^Usage: forage shell"))
+    out, _, code = forage_cli("help")
     assert.equal(0, code)
     assert.truthy(out:find("^Usage: forage "))
   end)
@@ -314,6 +317,12 @@ describe("forage fetch on a saved page", function()
     assert.equal(page, out)
   end)
 
+  it("resolves the links of a saved page against its file:// URL", function()
+    local out, _, code = forage_cli("shell list.html", "page.url\npage:links()[1]\n", dir)
+    assert.equal(0, code)
+    assert.equal("file://" .. dir .. "/list.html\nfile:///detail/1\n", out)
+  end)
+
   it("prints no status line for a file, only its length, with --headers", function()
     local out, _, code = forage_cli("fetch list.html --headers", nil, dir)
     assert.equal(0, code)
@@ -329,5 +338,126 @@ describe("forage fetch on a saved page", function()
     assert.equal(2, code)
     assert.equal("", out)
     assert.truthy(err:find("file:///path", 1, true), err)
+  end)
+end)
+
+describe("forage shell", function()
+  local fx = {}
+
+  setup(function()
+    fixtures.start(fx)
+    helpers.write(fx.dir .. "/www/list.html", page)
+  end)
+
+  teardown(function() fixtures.stop(fx) end)
+
+  it("binds page, prints expressions' values, runs statements, and no prompt from a pipe", function()
+    local out, err, code = forage_cli("shell " .. fx.base .. "/list.html", table.concat({
+      "page.url",
+      "page.status",
+      "page.headers['content-type']",
+      "#page.body == " .. #page,
+      "page:css('a.name h2::text')",
+      "page:xpath('//div[@class=\"directors el-row\"]/p')",
+      "page:xpath('//p')[1]:text()",
+      "page:links()",
+      "page:urljoin('/detail/3')",
+      "titles = page:css('h2::text')",
+      "#titles, titles[2]",
+      "tostring(page)",
+    }, "\n") .. "\n")
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal(table.concat({
+      fx.base .. "/list.html",
+      "200",
+      "text/html",
+      "true",
+      '{ "Farewell My Concubine", "Titanic" }',
+      "{ <p>Chen Kaige</p> }",
+      "Chen Kaige",
+      '{ "' .. fx.base .. '/detail/1", "' .. fx.base .. '/detail/2" }',
+      fx.base .. "/detail/3",
+      "2\tTitanic",
+      "<200 " .. fx.base .. "/list.html>",
+    }, "\n") .. "\n", out)
+  end)
+
+  it("prints an error and goes on; reads a statement over several lines", function()
+    local out, err, code = forage_cli("shell " .. fx.base .. "/list.html",
+      "error('boom')\nfor i = 1, 2 do\n  print(i)\nend\npage:xpath('//a[@')\nx = = 1\n'still here'\n")
+    assert.equal(0, code)
+    assert.equal("1\n2\nstill here\n", out)
+    assert.truthy(err:find("^stdin:1: boom\n"), err)
+    assert.truthy(err:find("//a[@", 1, true), err)
+    assert.truthy(err:find("stdin:1: unexpected symbol", 1, true), err)
+    assert.falsy(err:find(".lua", 1, true), err)
+  end)
+
+  it("loads another page with fetch(url), relative to the page, and keeps the page when it fails", function()
+    local out, err, code = forage_cli("shell " .. fx.base .. "/list.html", table.concat({
+      "fetch('/page.txt')",
+      "page.body == " .. string.format("%q", fx.page):gsub("\\\n", "\\n"),
+      "fetch('http://127.0.0.1:" .. fx.dead_port .. "/')",
+      "page.url",
+    }, "\n") .. "\n")
+    assert.equal("", err)
+    assert.equal(0, code)
+    local lines = {}
+    for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    assert.equal("<200 " .. fx.base .. "/page.txt>", lines[1])
+    assert.equal("true", lines[2])
+    assert.truthy(lines[3]:find("^nil\t.+\tconnect$"), lines[3])
+    assert.equal(fx.base .. "/page.txt", lines[4])
+    assert.equal(4, #lines)
+  end)
+
+  it("tries any number of selectors on one request", function()
+    local url, p = one_request_server(page)
+    local input = {}
+    for i = 1, 10 do input[i] = "#page:css('h2') + #page:xpath('//a') + #page:links()" end
+    local out, err, code = forage_cli("shell " .. url, table.concat(input, "\n") .. "\n")
+    helpers.join_or_kill(p, 10)
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal(("6\n"):rep(10), out)
+  end)
+
+  it("leaves with exit(n) and its code, or at the end of input with 0", function()
+    local out, _, code = forage_cli("shell " .. fx.base .. "/list.html", "1\nexit(3)\n2\n")
+    assert.equal(3, code)
+    assert.equal("1\n", out)
+    _, _, code = forage_cli("shell " .. fx.base .. "/list.html", "exit()\n")
+    assert.equal(0, code)
+  end)
+
+  it("starts with no page, and exits 1 when the first fetch fails", function()
+    local out, _, code = forage_cli("shell", "page\nfetch('" .. fx.base .. "/list.html').status\n")
+    assert.equal(0, code)
+    assert.equal("nil\n200\n", out)
+    local err
+    out, err, code = forage_cli("shell http://127.0.0.1:" .. fx.dead_port .. "/", "1\n")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.truthy(err:find("forage: fetch failed (connect)", 1, true), err)
+  end)
+
+  it("shows a banner and a prompt on a terminal", function()
+    if not os.execute("command -v script >/dev/null") then
+      pending("script(1) is not installed")
+      return
+    end
+    -- script(1) gives the shell a terminal, types the input, then Ctrl-D
+    local inp = os.tmpname()
+    helpers.write(inp, "40 + 2\n")
+    local p = assert(io.popen(string.format("cd %s && LUA_PATH=%s LUA_CPATH=%s script -qec %s /dev/null <%s",
+      quote(ROOT), quote(LUA_PATH), quote(LUA_CPATH),
+      quote("lua5.4 bin/forage shell " .. fx.base .. "/list.html"), inp)))
+    local out = p:read("a")
+    p:close()
+    os.remove(inp)
+    assert.truthy(out:find("forage " .. forage.version .. " shell", 1, true), out)
+    assert.truthy(out:find("page = <200 " .. fx.base .. "/list.html>", 1, true), out)
+    assert.truthy(out:find("> 42", 1, true), out)
   end)
 end)

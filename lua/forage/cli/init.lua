@@ -10,7 +10,7 @@ local M = {}
 M.OK, M.FAILED, M.USAGE = 0, 1, 2
 
 -- The commands in the order `forage --help` lists them.
-local COMMANDS = { "fetch", "version", "help" }
+local COMMANDS = { "fetch", "shell", "version", "help" }
 
 -- Writes "forage: <message>" on stderr and returns code, for `return cli.fail(...)`.
 function M.fail(code, message)
