@@ -110,6 +110,9 @@ describe("forage (the command line)", function()
       { "fetch http://x a b", "too many arguments" },
       { "fetch http://x -H nocolon", "-H wants 'Name: value' on one line, got 'nocolon'" },
     }
+    local long = ("x"):rep(100)
+    cases[#cases + 1] = { "fetch http://x --" .. long, "unknown option '--" .. long:sub(1, 58) .. "...'" }
+    cases[#cases + 1] = { long, "unknown command '" .. long:sub(1, 60) .. "...'" }
     for _, case in ipairs(cases) do
       local out, err, code = forage_cli(case[1])
       assert.equal(2, code, case[1])
@@ -196,6 +199,14 @@ describe("forage fetch", function()
       assert.truthy(err:find("^forage: HTTP/1.1 404 Not Found from '" .. plain(fx.base) .. "/missing.html'"), err)
       assert.truthy(err:find("--allow-status", 1, true))
     end
+  end)
+
+  it("shows no password of the URL in a status message", function()
+    local url = fx.base:gsub("//", "//user:s3cret@") .. "/missing.html"
+    local _, err, code = forage_cli("fetch " .. url)
+    assert.equal(1, code)
+    assert.truthy(err:find("404 Not Found", 1, true), err)
+    assert.falsy(err:find("s3cret", 1, true), err)
   end)
 
   it("takes any status as it is with --allow-status", function()
@@ -421,6 +432,13 @@ describe("forage shell", function()
     assert.equal("", err)
     assert.equal(0, code)
     assert.equal(("6\n"):rep(10), out)
+  end)
+
+  it("opens a page of any status: what a 404 says is worth a look", function()
+    local out, err, code = forage_cli("shell " .. fx.base .. "/missing.html", "page.status\npage:css('h1::text')[1]\n")
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal("404\n404 Not Found\n", out)
   end)
 
   it("leaves with exit(n) and its code, or at the end of input with 0", function()

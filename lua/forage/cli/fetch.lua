@@ -99,7 +99,7 @@ function M.run(parsed, cli)
   local code = cli.OK
   if not good_status then
     code = cli.fail(cli.FAILED, string.format("%s from %s (--allow-status to take it as it is)",
-      page_loader.status_line(page), show(page.url)))
+      page_loader.status_line(page), page_loader.url_for_message(page)))
   elseif found then
     for _, v in ipairs(found) do out:write(v, "\n") end
     if #found == 0 then code = cli.fail(cli.FAILED, "no match for " .. selector_name(parsed)) end

@@ -77,7 +77,11 @@ function M.main(argv)
   local ok, parsed = pcall(parser.parse, parser, list)
   if not ok then
     if type(parsed) == "table" and parsed.usage_error then
-      io.stderr:write("forage: ", parsed.usage_error, "\n", parsed.usage, "\n")
+      -- argparse quotes what it refuses in full; a message repeats at most 60 bytes of it
+      local message = parsed.usage_error:gsub("'([^']*)'", function(s)
+        if #s > 60 or s:find("[^\32-\126]") then return require("forage.args").show(s) end
+      end)
+      io.stderr:write("forage: ", message, "\n", parsed.usage, "\n")
       return M.USAGE
     end
     error(parsed, 0)

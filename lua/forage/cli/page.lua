@@ -203,6 +203,11 @@ function M.load(target, options)
                         http_version = response.http_version }, Page)
 end
 
+-- The page's URL for a message: at most 60 bytes, and no user:password@ part.
+function M.url_for_message(page)
+  return show((page.url:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1")))
+end
+
 -- True when the page counts as fetched: a 2xx status, or a local file.
 function M.ok(page)
   return page.status == nil or (page.status >= 200 and page.status < 300)
