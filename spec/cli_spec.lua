@@ -275,9 +275,22 @@ describe("forage fetch", function()
     assert.equal("", out)
     assert.equal("Farewell My Concubine\nTitanic\n", helpers.read(path))
     os.remove(path)
-    _, _, code = forage_cli("fetch " .. fx.base .. "/missing.html -o " .. path)
+    for _, failing in ipairs { "/missing.html", "/missing.html --headers", "/list.html --css h3" } do
+      out, _, code = forage_cli("fetch " .. fx.base .. failing .. " -o " .. path)
+      assert.equal(1, code, failing)
+      assert.is_nil(io.open(path), failing)
+      -- the headers asked for still print, on stdout
+      if failing:find("--headers", 1, true) then
+        assert.truthy(out:find("^HTTP/1.1 404 Not Found\n"), out)
+      else
+        assert.equal("", out, failing)
+      end
+    end
+    local err
+    out, err, code = forage_cli("fetch " .. fx.base .. "/list.html -o /nonexistent-dir/out.html")
     assert.equal(1, code)
-    assert.is_nil(io.open(path))
+    assert.equal("", out)
+    assert.equal("forage: cannot write '/nonexistent-dir/out.html': No such file or directory\n", err)
   end)
 
   it("goes through a proxy", function()

@@ -89,25 +89,32 @@ function M.run(parsed, cli)
   end
   if reason then return cli.fail(cli.USAGE, "bad " .. selector_name(parsed) .. ": " .. reason) end
 
+  local failure
+  if not good_status then
+    failure = string.format("%s from %s (--allow-status to take it as it is)",
+      page_loader.status_line(page), page_loader.url_for_message(page))
+  elseif found and #found == 0 then
+    failure = "no match for " .. selector_name(parsed)
+  end
+  -- A failure writes no file (the headers asked for still print, on stdout).
   local out = io.stdout
-  if parsed.output and (parsed.headers or good_status) then
+  if parsed.output and not failure then
     local err
     out, err = io.open(parsed.output, "wb")
-    if not out then return cli.fail(cli.FAILED, "cannot write " .. show(parsed.output) .. ": " .. err) end
+    if not out then
+      local why = page_loader.reason(err, parsed.output)
+      return cli.fail(cli.FAILED, "cannot write " .. show(parsed.output) .. ": " .. why)
+    end
   end
   if parsed.headers then write_headers(out, page) end
-  local code = cli.OK
-  if not good_status then
-    code = cli.fail(cli.FAILED, string.format("%s from %s (--allow-status to take it as it is)",
-      page_loader.status_line(page), page_loader.url_for_message(page)))
-  elseif found then
+  if failure then return cli.fail(cli.FAILED, failure) end
+  if found then
     for _, v in ipairs(found) do out:write(v, "\n") end
-    if #found == 0 then code = cli.fail(cli.FAILED, "no match for " .. selector_name(parsed)) end
   else
     out:write(page.body)
   end
   if out ~= io.stdout then out:close() end
-  return code
+  return cli.OK
 end
 
 return M

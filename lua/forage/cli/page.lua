@@ -155,6 +155,13 @@ local function file_url(path)
   return "file://" .. percent_encode_path(path)
 end
 
+-- The reason of an io.open failure on path, without the path io.open puts in front.
+function M.reason(err, path)
+  local reason = tostring(err)
+  if reason:sub(1, #path + 2) == path .. ": " then reason = reason:sub(#path + 3) end
+  return reason
+end
+
 -- Reads the local file path; returns a page or nil, message, "file".
 local function read_file(path, url)
   local f, err = io.open(path, "rb")
@@ -164,9 +171,7 @@ local function read_file(path, url)
     f:close()
   end
   if not body then
-    local reason = tostring(err)
-    if reason:sub(1, #path + 2) == path .. ": " then reason = reason:sub(#path + 3) end
-    return nil, "cannot read " .. show(path) .. ": " .. reason, "file"
+    return nil, "cannot read " .. show(path) .. ": " .. M.reason(err, path), "file"
   end
   return setmetatable({ url = url or file_url(path), headers = { ["content-length"] = tostring(#body) },
                         body = body }, Page)

@@ -62,7 +62,7 @@ end
 local Exit = {}
 
 -- The environment the prompt's chunks run in: globals, plus page, fetch and exit.
-local function make_env(options, interactive)
+local function make_env(options)
   local env = setmetatable({}, { __index = _G })
   env.forage = require "forage"
   -- fetch(url) loads url (relative to the current page's) into `page` and returns it;
@@ -78,7 +78,6 @@ local function make_env(options, interactive)
     local page, message, kind = page_loader.load(target, options)
     if not page then return nil, message, kind end
     env.page = page
-    if interactive then io.stderr:write("fetched ", tostring(page), "\n") end
     return page
   end
   env.exit = function(code)
@@ -160,7 +159,7 @@ function M.run(parsed, cli)
   local options, bad = page_loader.http_options(parsed)
   if not options then return cli.fail(cli.USAGE, bad) end
   local interactive = stdin_is_terminal()
-  local env = make_env(options, interactive)
+  local env = make_env(options)
   if parsed.url_or_file then
     local ok, page, message, kind = pcall(page_loader.load, parsed.url_or_file, options)
     if not ok then return cli.fail(cli.USAGE, cli.clean_error(page)) end
