@@ -26,7 +26,7 @@ local function render(v, depth, nested)
     local cut = #v > MAX_NESTED_STRING
     local quoted = string.format("%q", cut and v:sub(1, MAX_NESTED_STRING) or v):gsub("\\\n", "\\n")
     return quoted .. (cut and "..." or "")
-  elseif t == "userdata" and tostring(v):match("^forage%.Node") then
+  elseif t == "userdata" and (getmetatable(v) or {}).__name == "forage.Node" then
     local html = v:html()
     if nested and #html > MAX_NESTED_STRING then html = html:sub(1, MAX_NESTED_STRING) .. "..." end
     return html
@@ -43,7 +43,11 @@ local function render(v, depth, nested)
     if not (math.type(k) == "integer" and k >= 1 and k <= #v) then keys[#keys + 1] = k end
   end
   table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-  for _, k in ipairs(keys) do
+  for i, k in ipairs(keys) do
+    if #parts >= MAX_ITEMS then
+      parts[#parts + 1] = string.format("... (%d more)", #keys - i + 1)
+      break
+    end
     local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or "[" .. render(k, depth + 1, true) .. "]"
     parts[#parts + 1] = key .. " = " .. render(v[k], depth + 1, true)
   end
