@@ -29,6 +29,24 @@ local function forage_cli(args, input, cwd)
   return out, stderr, code
 end
 
+-- Asserts that `forage args` (in cwd) fails with code, prints nothing on stdout and
+-- exactly `forage: message` on stderr.
+local function assert_fails(args, code, message, cwd)
+  local out, err, got = forage_cli(args, nil, cwd)
+  assert.equal(code, got, args)
+  assert.equal("", out, args)
+  assert.equal("forage: " .. message .. "\n", err)
+end
+
+-- Asserts that `forage args` (in cwd, with input on stdin) exits 0, says nothing on stderr
+-- and prints expected.
+local function assert_prints(args, expected, cwd, input)
+  local out, err, code = forage_cli(args, input, cwd)
+  assert.equal(0, code, args .. ": " .. err)
+  assert.equal("", err, args)
+  assert.equal(expected, out, args)
+end
+
 local function plain(s) return (s:gsub("%p", "%%%0")) end
 
 -- A server for exactly one request, in a forked process: it answers with the request's
@@ -62,6 +80,15 @@ local page = [[<html><body>
 <div class="directors el-row"><p>Chen Kaige</p></div>
 </body></html>]]
 
+-- Starts the local servers around a describe block, with the page above as /list.html.
+local function serve_list_page(fx)
+  setup(function()
+    fixtures.start(fx)
+    helpers.write(fx.dir .. "/www/list.html", page)
+  end)
+  teardown(function() fixtures.stop(fx) end)
+end
+
 describe("forage (the command line)", function()
   it("lists its commands with --help and exits 0", function()
     local out, err, code = forage_cli("--help")
@@ -74,10 +101,8 @@ describe("forage (the command line)", function()
   end)
 
   it("prints the version of the forage modules", function()
-    local out, _, code = forage_cli("version")
-    assert.equal(0, code)
-    assert.equal("forage " .. forage.version .. "\n", out)
-    assert.equal(out, (forage_cli("--version")))
+    assert_prints("version", "forage " .. forage.version .. "\n")
+    assert_prints("--version", "forage " .. forage.version .. "\n")
   end)
 
   it("prints a command's usage with --help, -h or help COMMAND, and never fetches -h", function()
@@ -124,13 +149,7 @@ end)
 
 describe("forage fetch", function()
   local fx = {}
-
-  setup(function()
-    fixtures.start(fx)
-    helpers.write(fx.dir .. "/www/list.html", page)
-  end)
-
-  teardown(function() fixtures.stop(fx) end)
+  serve_list_page(fx)
 
   it("prints the body of a page", function()
     local out, err, code = forage_cli("fetch " .. fx.base .. "/list.html")
@@ -140,15 +159,11 @@ describe("forage fetch", function()
   end)
 
   it("prints what an XPath finds, one a line", function()
-    local out, _, code = forage_cli("fetch " .. fx.base .. "/list.html --xpath '//a[@class=\"name\"]/@href'")
-    assert.equal(0, code)
-    assert.equal("/detail/1\n/detail/2\n", out)
+    assert_prints("fetch " .. fx.base .. "/list.html --xpath '//a[@class=\"name\"]/@href'", "/detail/1\n/detail/2\n")
   end)
 
   it("prints what a CSS selector finds, with ::text", function()
-    local out, _, code = forage_cli("fetch " .. fx.base .. "/list.html --css 'a.name h2::text'")
-    assert.equal(0, code)
-    assert.equal("Farewell My Concubine\nTitanic\n", out)
+    assert_prints("fetch " .. fx.base .. "/list.html --css 'a.name h2::text'", "Farewell My Concubine\nTitanic\n")
   end)
 
   it("prints elements as HTML, and the value of count()", function()
@@ -157,14 +172,8 @@ describe("forage fetch", function()
   end)
 
   it("says 'no match' on stderr and exits 1 when a selector finds nothing", function()
-    local out, err, code = forage_cli("fetch " .. fx.base .. "/list.html --css 'h3'")
-    assert.equal(1, code)
-    assert.equal("", out)
-    assert.equal("forage: no match for CSS selector 'h3'\n", err)
-    out, err, code = forage_cli("fetch " .. fx.base .. "/list.html --xpath '//h3'")
-    assert.equal(1, code)
-    assert.equal("", out)
-    assert.equal("forage: no match for XPath '//h3'\n", err)
+    assert_fails("fetch " .. fx.base .. "/list.html --css 'h3'", 1, "no match for CSS selector 'h3'")
+    assert_fails("fetch " .. fx.base .. "/list.html --xpath '//h3'", 1, "no match for XPath '//h3'")
   end)
 
   it("names a bad XPath or CSS selector without a file path, exits 2, and fetches nothing", function()
@@ -212,9 +221,7 @@ describe("forage fetch", function()
     local out, _, code = forage_cli("fetch " .. fx.base .. "/missing.html --allow-status")
     assert.equal(0, code)
     assert.truthy(out:find("404 Not Found", 1, true))
-    out, _, code = forage_cli("fetch " .. fx.base .. "/missing.html --allow-status --css 'h1::text'")
-    assert.equal(0, code)
-    assert.equal("404 Not Found\n", out)
+    assert_prints("fetch " .. fx.base .. "/missing.html --allow-status --css 'h1::text'", "404 Not Found\n")
   end)
 
   it("prints a curl -i status line and the headers with --headers", function()
@@ -227,16 +234,13 @@ describe("forage fetch", function()
   end)
 
   it("follows redirects, and not with --no-follow", function()
-    local out, _, code = forage_cli("fetch " .. fx.base .. "/redirect")
-    assert.equal(0, code)
-    assert.equal(fx.page, out)
-    local err
-    out, err, code = forage_cli("fetch " .. fx.base .. "/redirect --no-follow")
+    assert_prints("fetch " .. fx.base .. "/redirect", fx.page)
+    local out, err, code = forage_cli("fetch " .. fx.base .. "/redirect --no-follow")
     assert.equal(1, code)
     assert.equal("", out)
     assert.truthy(err:find("HTTP/1.1 302 Found", 1, true), err)
-    out, _, code = forage_cli("fetch " .. fx.base .. "/redirect --no-follow --allow-status --headers")
-    assert.equal(0, code)
+    out, err, code = forage_cli("fetch " .. fx.base .. "/redirect --no-follow --allow-status --headers")
+    assert.equal(0, code, err)
     assert.truthy(out:find("^HTTP/1.1 302 Found\n"))
     assert.truthy(out:find("\nlocation: " .. plain(fx.base) .. "/page.txt\n"), out)
   end)
@@ -264,18 +268,14 @@ describe("forage fetch", function()
   it("writes the output to a file with -o, and no file when the fetch fails", function()
     local path = os.tmpname()
     os.remove(path)
-    local out, _, code = forage_cli("fetch " .. fx.base .. "/list.html -o " .. path)
-    assert.equal(0, code)
-    assert.equal("", out)
+    assert_prints("fetch " .. fx.base .. "/list.html -o " .. path, "")
     assert.equal(page, helpers.read(path))
     os.remove(path)
-    out, _, code = forage_cli("fetch " .. fx.base .. "/list.html --css 'h2::text' --output " .. path)
-    assert.equal(0, code)
-    assert.equal("", out)
+    assert_prints("fetch " .. fx.base .. "/list.html --css 'h2::text' --output " .. path, "")
     assert.equal("Farewell My Concubine\nTitanic\n", helpers.read(path))
     os.remove(path)
     for _, failing in ipairs { "/missing.html", "/missing.html --headers", "/list.html --css h3" } do
-      out, _, code = forage_cli("fetch " .. fx.base .. failing .. " -o " .. path)
+      local out, _, code = forage_cli("fetch " .. fx.base .. failing .. " -o " .. path)
       assert.equal(1, code, failing)
       assert.is_nil(io.open(path), failing)
       -- the headers asked for still print, on stdout
@@ -285,11 +285,8 @@ describe("forage fetch", function()
         assert.equal("", out, failing)
       end
     end
-    local err
-    out, err, code = forage_cli("fetch " .. fx.base .. "/list.html -o /nonexistent-dir/out.html")
-    assert.equal(1, code)
-    assert.equal("", out)
-    assert.equal("forage: cannot write '/nonexistent-dir/out.html': No such file or directory\n", err)
+    assert_fails("fetch " .. fx.base .. "/list.html -o /nonexistent-dir/out.html", 1,
+      "cannot write '/nonexistent-dir/out.html': No such file or directory")
   end)
 
   it("goes through a proxy", function()
@@ -335,44 +332,32 @@ describe("forage fetch on a saved page", function()
       assert.equal(0, code, target .. ": " .. err)
       assert.equal("Farewell My Concubine\nTitanic\n", out, target)
     end
-    local out, _, code = forage_cli("fetch list.html", nil, dir)
-    assert.equal(0, code)
-    assert.equal(page, out)
+    assert_prints("fetch list.html", page, dir)
   end)
 
   it("resolves the links of a saved page against its file:// URL", function()
-    local out, _, code = forage_cli("shell list.html", "page.url\npage:links()[1]\n", dir)
-    assert.equal(0, code)
-    assert.equal("file://" .. dir .. "/list.html\nfile:///detail/1\n", out)
+    assert_prints("shell list.html", "file://" .. dir .. "/list.html\nfile:///detail/1\n", dir,
+      "page.url\npage:links()[1]\n")
   end)
 
   it("prints no status line for a file, only its length, with --headers", function()
-    local out, _, code = forage_cli("fetch list.html --headers", nil, dir)
-    assert.equal(0, code)
-    assert.equal("content-length: " .. #page .. "\n\n" .. page, out)
+    assert_prints("fetch list.html --headers", "content-length: " .. #page .. "\n\n" .. page, dir)
   end)
 
   it("exits 1 when the file cannot be read, and 2 for a file:// URL of another host", function()
-    local out, err, code = forage_cli("fetch nothere.html", nil, dir)
-    assert.equal(1, code)
-    assert.equal("", out)
-    assert.equal("forage: cannot read 'nothere.html': No such file or directory\n", err)
-    out, err, code = forage_cli("fetch file://elsewhere/list.html", nil, dir)
-    assert.equal(2, code)
-    assert.equal("", out)
-    assert.truthy(err:find("file:///path", 1, true), err)
+    assert_fails("fetch nothere.html", 1,
+      "cannot read 'nothere.html': No such file or directory (a URL starts with http:// or https://)", dir)
+    assert_fails("fetch ./nothere.html", 1, "cannot read './nothere.html': No such file or directory", dir)
+    assert_fails("fetch gopher://127.0.0.1/", 2,
+      "bad URL: forage reads http://, https:// and file:// URLs, got 'gopher://127.0.0.1/'", dir)
+    assert_fails("fetch file://elsewhere/list.html", 2, "bad URL: a file:// URL names a local path (file:///path), "
+      .. "got 'file://elsewhere/list.html'", dir)
   end)
 end)
 
 describe("forage shell", function()
   local fx = {}
-
-  setup(function()
-    fixtures.start(fx)
-    helpers.write(fx.dir .. "/www/list.html", page)
-  end)
-
-  teardown(function() fixtures.stop(fx) end)
+  serve_list_page(fx)
 
   it("binds page, prints expressions' values, runs statements, and no prompt from a pipe", function()
     local out, err, code = forage_cli("shell " .. fx.base .. "/list.html", table.concat({
@@ -462,11 +447,8 @@ describe("forage shell", function()
   end)
 
   it("starts with no page, and exits 1 when the first fetch fails", function()
-    local out, _, code = forage_cli("shell", "page\nfetch('" .. fx.base .. "/list.html').status\n")
-    assert.equal(0, code)
-    assert.equal("nil\n200\n", out)
-    local err
-    out, err, code = forage_cli("shell http://127.0.0.1:" .. fx.dead_port .. "/", "1\n")
+    assert_prints("shell", "nil\n200\n", nil, "page\nfetch('" .. fx.base .. "/list.html').status\n")
+    local out, err, code = forage_cli("shell http://127.0.0.1:" .. fx.dead_port .. "/", "1\n")
     assert.equal(1, code)
     assert.equal("", out)
     assert.truthy(err:find("forage: fetch failed (connect)", 1, true), err)

@@ -66,13 +66,8 @@ function M.run(parsed, cli)
   local options, bad = page_loader.http_options(parsed)
   if not options then return cli.fail(cli.USAGE, bad) end
 
-  local ok, page, message, kind = pcall(page_loader.load, parsed.url_or_file, options)
-  if not ok then return cli.fail(cli.USAGE, cli.clean_error(page)) end
-  if not page then
-    if kind == "file" then return cli.fail(cli.FAILED, message) end
-    return cli.fail(kind == "malformed" and cli.USAGE or cli.FAILED,
-      string.format("fetch failed (%s): %s", kind, message))
-  end
+  local page, code = page_loader.load_or_fail(parsed.url_or_file, options, cli)
+  if not page then return code end
 
   -- Everything is decided before the output file is opened, so a failure never leaves an
   -- empty or half-written file behind.

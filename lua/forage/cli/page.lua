@@ -177,6 +177,12 @@ local function read_file(path, url)
                         body = body }, Page)
 end
 
+local function exists(path)
+  local f = io.open(path)
+  if f then f:close() end
+  return f ~= nil
+end
+
 -- The local path of a file:// URL, or nil and a message.
 local function file_path(url)
   local rest = url:sub(8)
@@ -191,8 +197,19 @@ end
 -- returns a page, or nil, message, kind (forage.http's kinds, "file" for an unreadable file,
 -- "malformed" for a bad file:// URL). Raises what forage.http raises on a bad option.
 function M.load(target, options)
-  if not has_scheme(target) then return read_file(target) end
-  if target:sub(1, 7):lower() == "file://" then
+  if not has_scheme(target) then
+    local page, message, kind = read_file(target)
+    -- "example.com/x" is more likely a URL without its scheme than a missing file
+    if not page and not target:find("^[/.]") and not exists(target:match("^[^/]*")) then
+      message = message .. " (a URL starts with http:// or https://)"
+    end
+    return page, message, kind
+  end
+  local scheme = target:match("^(%a[%w+.-]*):"):lower()
+  if scheme ~= "http" and scheme ~= "https" and scheme ~= "file" then
+    return nil, "forage reads http://, https:// and file:// URLs, got " .. show(target), "malformed"
+  end
+  if scheme == "file" then
     local path, err = file_path(target)
     if not path then return nil, err, "malformed" end
     return read_file(path, target)
@@ -206,6 +223,17 @@ function M.load(target, options)
   return setmetatable({ url = response.url, status = response.status, headers = response.headers,
                         body = response.body, reason = response.reason,
                         http_version = response.http_version }, Page)
+end
+
+-- M.load for a command: the page, or nil and the exit code after saying why on stderr
+-- (2 for what the command line got wrong: a bad option value, a malformed URL).
+function M.load_or_fail(target, options, cli)
+  local ok, page, message, kind = pcall(M.load, target, options)
+  if not ok then return nil, cli.fail(cli.USAGE, cli.clean_error(page)) end
+  if page then return page end
+  if kind == "file" then return nil, cli.fail(cli.FAILED, message) end
+  if kind == "malformed" then return nil, cli.fail(cli.USAGE, "bad URL: " .. message) end
+  return nil, cli.fail(cli.FAILED, string.format("fetch failed (%s): %s", kind, message))
 end
 
 -- The page's URL for a message: at most 60 bytes, and no user:password@ part.

@@ -165,12 +165,8 @@ function M.run(parsed, cli)
   local interactive = stdin_is_terminal()
   local env = make_env(options)
   if parsed.url_or_file then
-    local ok, page, message, kind = pcall(page_loader.load, parsed.url_or_file, options)
-    if not ok then return cli.fail(cli.USAGE, cli.clean_error(page)) end
-    if not page then
-      if kind == "file" then return cli.fail(cli.FAILED, message) end
-      return cli.fail(cli.FAILED, string.format("fetch failed (%s): %s", kind, message))
-    end
+    local page, code = page_loader.load_or_fail(parsed.url_or_file, options, cli)
+    if not page then return code end
     env.page = page
   end
   if interactive then
