@@ -3,7 +3,8 @@
 -- command line's business only: the library's http stays http/https, so a page of a crawl
 -- can never make it read the disk.
 local forage = require "forage"
-local show = require("forage.args").show
+local args = require "forage.args"
+local show = args.show
 
 local M = {}
 
@@ -118,6 +119,7 @@ end
 
 -- page:urljoin(ref) -> ref made absolute against the page's URL (nil, message when it cannot).
 function Page:urljoin(ref)
+  args.check(1, ref, "string", "urljoin")
   return forage.url.join(self.url, ref)
 end
 
@@ -218,6 +220,8 @@ function M.load(target, options)
   if not response then
     kind = kind or (type(err) == "table" and err.kind) or "http"
     local message = type(err) == "table" and err.message or tostring(err)
+    -- the kind is said once, by whoever prints it
+    if message:sub(1, #kind + 2) == kind .. ": " then message = message:sub(#kind + 3) end
     return nil, message, kind
   end
   return setmetatable({ url = response.url, status = response.status, headers = response.headers,
