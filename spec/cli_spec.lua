@@ -192,11 +192,14 @@ describe("forage fetch", function()
     assert.falsy(err:find(".lua", 1, true), err)
   end)
 
-  it("cuts a long selector to 60 bytes in its message", function()
-    local long = "//a[@" .. ("x"):rep(200)
-    local _, err, code = forage_cli("fetch " .. fx.base .. "/list.html --xpath '" .. long .. "'")
-    assert.equal(2, code)
-    assert.falsy(err:find(("x"):rep(61), 1, true), err)
+  it("repeats a long selector once, cut to 60 bytes, in its message", function()
+    local long = ("x"):rep(200)
+    for _, option in ipairs { "--xpath '//a[@", "--css 'a[" } do
+      local _, err, code = forage_cli("fetch " .. fx.base .. "/list.html " .. option .. long .. "'")
+      assert.equal(2, code)
+      assert.falsy(err:find(("x"):rep(61), 1, true), err)
+      assert.equal(1, select(2, err:gsub(("x"):rep(50), "")), err)
+    end
   end)
 
   it("treats a non-2xx status as a failure (exit 1) with or without a selector", function()

@@ -39,8 +39,10 @@ local function select(doc, parsed)
   local reason = require("forage.cli").clean_error(found)
   reason = reason:gsub("^xpath: ", ""):gsub("^css: ", "")
   local given = parsed.xpath or parsed.css
-  local quoted = reason:find(" '" .. given .. "'", 1, true)
-  if quoted then reason = reason:sub(1, quoted - 1) .. reason:sub(quoted + #given + 3) end
+  for _, quoted in ipairs { " " .. show(given), " '" .. given .. "'" } do
+    local at = reason:find(quoted, 1, true)
+    if at then return nil, reason:sub(1, at - 1) .. reason:sub(at + #quoted) end
+  end
   return nil, reason
 end
 
