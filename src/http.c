@@ -18,6 +18,7 @@
 #include "core.h"
 #include "lauxlib.h"
 #include "luatype.h"
+#include "url.h"
 
 #define REQUEST_TYPE "forage.http.Request"
 #define CLIENT_TYPE "forage.http.Client"
@@ -52,57 +53,6 @@ typedef struct http_request {
 } http_request;
 
 /* ---- credentials ---- */
-
-/* Where the password of u's userinfo lies: [*from, *to), or 0 when u has none. The usual
-   authority ends at the first '/', '?' or '#'; a password may hold those too
-   ("http://user:s3cr/t@host"), which no parser reads as a password but which is one all the
-   same: when the authority has no '@' but one comes later, the text after "user:" is taken
-   as a password unless it reads as a port (digits only). Erring this way masks too much,
-   never too little. */
-static int find_password(const char *u, size_t *from, size_t *to) {
-    const char *scheme_end = strstr(u, "://");
-    const char *auth = scheme_end != NULL ? scheme_end + 3 : u;
-    size_t auth_len = strcspn(auth, "/?#");
-    const char *at = NULL;
-    for (const char *p = auth; p < auth + auth_len; p++)
-        if (*p == '@') at = p;
-    if (at == NULL) {
-        at = strrchr(auth + auth_len, '@');
-        if (at == NULL) return 0;
-        const char *colon = memchr(auth, ':', auth_len);
-        if (colon == NULL) return 0;
-        size_t digits = strspn(colon + 1, "0123456789");
-        if (colon + 1 + digits == auth + auth_len) return 0;   /* host:port/...@... */
-    }
-    const char *colon = memchr(auth, ':', (size_t)(at - auth));
-    if (colon == NULL) return 0;
-    *from = (size_t)(colon + 1 - u);
-    *to = (size_t)(at - u);
-    return 1;
-}
-
-/* Returns a malloc'd copy of u with its password replaced by "***", or NULL on out of
-   memory. When secret is not NULL it receives a malloc'd copy of the password (NULL when
-   there is none, or on out of memory: then the result is NULL too). */
-static char *mask_credentials(const char *u, char **secret) {
-    if (secret != NULL) *secret = NULL;
-    size_t from, to;
-    if (!find_password(u, &from, &to)) return strdup(u);
-    size_t tail = strlen(u + to);
-    char *out = malloc(from + 3 + tail + 1);
-    if (out == NULL) return NULL;
-    memcpy(out, u, from);
-    memcpy(out + from, "***", 3);
-    memcpy(out + from + 3, u + to, tail + 1);
-    if (secret != NULL && to > from) {
-        *secret = strndup(u + from, to - from);
-        if (*secret == NULL) {
-            free(out);
-            return NULL;
-        }
-    }
-    return out;
-}
 
 static int hex_digit(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -344,12 +294,12 @@ static void request_setup(lua_State *L, http_request *r, int t, const char *fnam
     size_t body_len = 0;
     const char *body = args_opt_string(L, t, fname, "body", NULL, &body_len);
 
-    r->url = mask_credentials(url, &r->url_secret);
+    r->url = url_mask_password(url, &r->url_secret);
     if (r->url == NULL) luaL_error(L, "not enough memory");
     if (splits_request(url, url_len)) r->refused = "URL contains a line break or a NUL byte";
     else if (url_len > MAX_URL_BYTES) r->refused = "URL longer than libcurl takes (8 MB)";
     if (proxy != NULL && proxy[0] != '\0') {
-        r->proxy = mask_credentials(proxy, &r->proxy_secret);
+        r->proxy = url_mask_password(proxy, &r->proxy_secret);
         if (r->proxy == NULL) luaL_error(L, "not enough memory");
         r->has_proxy = 1;
         r->tunnel = strncasecmp(url, "https:", 6) == 0 && strncasecmp(proxy, "socks", 5) != 0;
@@ -633,7 +583,7 @@ static int request_push_result(lua_State *L, http_request *r, CURLcode rc) {
     lua_setfield(L, -2, "status");
     if (final_url != NULL) {
         free(r->final_url);
-        r->final_url = mask_credentials(final_url, NULL);
+        r->final_url = url_mask_password(final_url, NULL);
         if (r->final_url == NULL) return luaL_error(L, "not enough memory");
     }
     lua_pushstring(L, r->final_url != NULL ? r->final_url : r->url);
