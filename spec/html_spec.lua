@@ -269,8 +269,11 @@ describe("forage.html", function()
       assert.equal("descendant-or-self::p[preceding-sibling::*[1][self::h1]]", css.compile("h1 + p"))
       assert.equal("descendant-or-self::a[ancestor::li[preceding-sibling::h1[parent::ul]]]",
         css.compile("ul > h1 ~ li a"))
-      -- from a node, left to right: the leftmost compound lies inside the node
-      assert.equal("descendant-or-self::div/p", css.compile("div > p", true))
+      -- from a node, the leftmost compound must lie inside it: at least as deep as the node,
+      -- or, when a sibling combinator could leave the subtree sideways, left to right
+      assert.equal("descendant-or-self::p[parent::div[count(ancestor::node()) >= $forage_depth]]",
+        css.compile("div > p", true))
+      assert.equal("descendant-or-self::p", css.compile("p", true))
       assert.equal("descendant-or-self::h1/following-sibling::*[1]/self::p", css.compile("h1 + p", true))
       assert.equal("descendant-or-self::a/@href | descendant-or-self::p/text()",
         css.compile("a::attr(href), p::text"))
@@ -295,6 +298,22 @@ describe("forage.html", function()
       local ul = doc:css("ul")[1]
       assert.same({}, ul:css("div li"))
       assert.same({ "b" }, texts(ul:css("ul li.x")))
+      assert.same({ "b" }, texts(ul:css("ul > li.x")))
+      local nested = html.parse("<div id=o><div id=i><p><a>1</a></p></div><a>2</a></div>")
+      local inner = nested:css("#i")[1]
+      assert.same({ "1" }, texts(inner:css("div a")))
+      assert.same({ "1" }, texts(inner:css("div p a")))
+      assert.same({}, texts(inner:css("#o a")))
+      assert.same({ "1", "2" }, texts(nested:css("#o")[1]:css("div a")))
+    end)
+
+    it("matches the descendant combinator from a node in time linear in its subtree", function()
+      local rows = {}
+      for i = 1, 80000 do rows[i] = ("<div><a href='/%d'>x</a></div>"):format(i) end
+      local body = html.parse("<body>" .. table.concat(rows) .. "</body>"):css("body")[1]
+      local t = os.clock()
+      assert.equal(80000, #body:css("div a"))
+      assert.is_true(os.clock() - t < 5, "div a took " .. (os.clock() - t) .. " s")
     end)
 
     it("matches the descendant combinator in time linear in the page", function()

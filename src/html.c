@@ -14,6 +14,7 @@
 #include <libxml/uri.h>
 #include <libxml/xmlerror.h>
 #include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
 
 #include "args.h"
 #include "core.h"
@@ -424,10 +425,19 @@ static int node_xpath(lua_State *L) {
     return xpath_query(L, lua_gettop(L), n->node, expr);
 }
 
-/* node:css(selector) -> as doc:css, relative to the node (the node itself included). */
+/* node:css(selector) -> as doc:css, relative to the node (the node itself included). The
+   translation asks for the node's depth as $forage_depth (see forage.css). */
 static int node_css(lua_State *L) {
     node *n = check_node(L, 1);
     const char *expr = css_to_xpath(L, 2, 1);
+    double depth = 0;
+    for (xmlNodePtr p = n->node->parent; p != NULL; p = p->parent) depth++;
+    xmlXPathObjectPtr value = xmlXPathNewFloat(depth);
+    if (value == NULL || xmlXPathRegisterVariable(document_context(L, n->owner), (const xmlChar *)"forage_depth",
+                                                  value) != 0) {
+        xmlXPathFreeObject(value);
+        return luaL_error(L, "not enough memory");
+    }
     lua_getiuservalue(L, 1, 1);
     return xpath_query(L, lua_gettop(L), n->node, expr);
 }

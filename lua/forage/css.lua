@@ -11,8 +11,12 @@
 -- a walk up from each candidate. The left-to-right form, descendant-or-self::div/descendant::a,
 -- is quadratic in libxml2, which merges the result of every div into the set so far with a
 -- duplicate check against all of it (10 s for 80,000 rows). From a node (compile(s, true)),
--- the left-to-right form is kept: the leftmost compound must lie inside the node, which the
--- right-to-left form cannot say in XPath 1.0; there the cost is bounded by the node's subtree.
+-- the leftmost compound must lie inside the node: in a chain of descendant and child
+-- combinators it is an ancestor of the element matched, so it lies inside when it is at
+-- least as deep as the node, which the caller gives as the variable $forage_depth (the
+-- node's number of ancestors). A chain with a sibling combinator can leave the node's
+-- subtree sideways: from a node it keeps the left-to-right form, its cost bounded by the
+-- node's subtree.
 
 local args = require "forage.args"
 
@@ -230,7 +234,9 @@ local LEFT_TO_RIGHT = { [" "] = "/descendant::", [">"] = "/", ["~"] = "/followin
 -- The path of a chain: compounds[i] = { name, predicates }, combinators[i] between i and i+1.
 local function chain_path(compounds, combinators, from_node)
   local n = #compounds
-  if from_node then
+  local sideways = false
+  for _, c in ipairs(combinators) do sideways = sideways or c == "+" or c == "~" end
+  if from_node and sideways then
     local path = "descendant-or-self::" .. compounds[1][1] .. compounds[1][2]
     for i = 2, n do
       local c, name, predicates = combinators[i - 1], compounds[i][1], compounds[i][2]
@@ -245,6 +251,7 @@ local function chain_path(compounds, combinators, from_node)
   local condition = ""
   for i = 1, n - 1 do
     local c, name, predicates = combinators[i], compounds[i][1], compounds[i][2]
+    if i == 1 and from_node then predicates = predicates .. "[count(ancestor::node()) >= $forage_depth]" end
     local step
     if c == "+" then
       step = "preceding-sibling::*[1][self::" .. name .. "]" .. predicates
