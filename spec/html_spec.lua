@@ -409,6 +409,19 @@ describe("forage.html", function()
       assert.equal(20000 * 11 + 18, #deep:xpath("//div")[1]:html())
     end)
 
+    it("reports a page libxml2 gives up on instead of passing it off as empty", function()
+      -- "<\0\0\0" reads as UCS-4 to libxml2's encoding guess, which then stops on the rest:
+      -- it used to give an empty document without a word
+      local body = "<\0\0\0\0base href='/x'><a href='/y'>y</a>"
+      local doc, err, kind = html.parse(body, "http://h/")
+      if doc then
+        assert.same({ "http://h/y" }, doc:links())   -- a libxml2 that reads it whole
+      else
+        assert.equal("malformed", kind)
+        assert.matches("^html: libxml2 stopped before the end of the page", err)
+      end
+    end)
+
     it("parses a huge page", function()
       local rows = {}
       for i = 1, 50000 do rows[i] = ('<tr><td class="n">%d</td><td>%s</td></tr>'):format(i, ("x"):rep(40)) end
