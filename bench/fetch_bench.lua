@@ -24,7 +24,7 @@ function trials.fetch(forage)
   local c = forage.http.client { max = CONCURRENCY }
   local ok, bad, bytes, first_err = 0, 0, 0, nil
   local deadline -- nil while warming up
-  local function on_response(r, err)
+  local function on_response(r, message)
     if r and r.status == 200 then
       if deadline then
         ok = ok + 1
@@ -32,7 +32,7 @@ function trials.fetch(forage)
       end
     else
       bad = bad + 1
-      first_err = first_err or (r and ("status " .. r.status)) or tostring(err)
+      first_err = first_err or (r and ("status " .. r.status)) or message
     end
     -- keep CONCURRENCY in flight until the clock runs out
     if not deadline or forage.now() < deadline then
@@ -42,11 +42,11 @@ function trials.fetch(forage)
   -- Warm-up: one round of CONCURRENCY requests opens the connections, untimed.
   local warm = 0
   for _ = 1, CONCURRENCY do
-    c:submit({ url = url }, function(r, err)
+    c:submit({ url = url }, function(r, message)
       warm = warm + 1
       if not (r and r.status == 200) then
         bad = bad + 1
-        first_err = first_err or (r and ("status " .. r.status)) or tostring(err)
+        first_err = first_err or (r and ("status " .. r.status)) or message
       end
     end)
   end

@@ -68,6 +68,7 @@ http {
     location = /tofile { return 302 file:///etc/passwd; }
     location = /setcookie { add_header Set-Cookie "seen=1; Path=/"; return 302 /echocookie; }
     location = /echocookie { return 200 "cookie=$http_cookie"; }
+    location = /echoua { return 200 "ua=$http_user_agent"; }
     location = /headers { add_header X-Twice a; add_header X-Twice b; return 200 "ok"; }
   }
   server {
@@ -145,6 +146,33 @@ function M.start(fx)
   fx.tls = "https://127.0.0.1:" .. fx.https_port
   fx.proxy = "http://127.0.0.1:" .. fx.proxy_port
   return fx
+end
+
+-- A one-trick server on 127.0.0.1 in a child process: for every connection it reads the
+-- request head, then sends `answer` (nothing when nil) and closes. Returns its port and a
+-- function that stops it (by its pid) and reaps it. No timing: a client that connects is
+-- served whenever the child gets to it.
+function M.serve(answer)
+  local forage = require "forage"
+  local server = assert(socket.bind("127.0.0.1", 0))
+  local port = tonumber((select(2, server:getsockname())))
+  local child = forage.process(function()
+    while true do
+      local conn = server:accept()
+      if conn then
+        conn:settimeout(10)
+        repeat local line = conn:receive("*l") until line == "" or line == nil
+        if answer then conn:send(answer) end
+        conn:close()
+      end
+    end
+  end)
+  child:start()
+  server:close()
+  return port, function()
+    child:kill()
+    child:join(10)
+  end
 end
 
 -- Stops every server fx started and removes its files; safe on a partial fx.

@@ -117,6 +117,14 @@ describe("forage.html", function()
       assert.equal(div, div:xpath("..")[1]:xpath("div[2]")[1])
     end)
 
+    it("raises on an expression holding a NUL byte instead of running its prefix", function()
+      assert.has_error(function() doc:xpath("//p\0[@nosuch]") end,
+        "bad argument #1 to 'xpath' (expression contains a NUL byte)")
+      local node = doc:xpath("//div")[1]
+      assert.has_error(function() node:xpath(".//p\0") end)
+      assert.has_error(function() doc:xpath(42) end)
+    end)
+
     it("raises quoting an invalid expression", function()
       assert.has_error(function() doc:xpath("//a[@") end, "xpath: invalid expression '//a[@'")
       assert.has_error(function() doc:xpath("nosuch(1)") end, "xpath: invalid expression 'nosuch(1)'")
@@ -188,11 +196,14 @@ describe("forage.html", function()
       doc:close()
       doc:close()
       assert.equal("forage.Document (closed)", tostring(doc))
-      assert.has_error(function() doc:xpath("//p") end, "attempt to use a closed document")
+      assert.has_error(function() doc:xpath("//p") end, "attempt to use a closed forage.Document")
     end)
 
     it("parse checks its arguments", function()
       assert.has_error(function() html.parse() end)
+      assert.has_error(function() html.parse(42) end, "bad argument #1 to 'parse' (string expected, got number)")
+      assert.has_error(function() html.parse("<p>", 42) end)
+      assert.has_error(function() html.parse("<p>", "http://h/\0x") end)
       assert.has_error(function() html.parse("<p>", nil, "no-such-charset") end,
         "bad argument #3 to 'parse' (unknown encoding 'no-such-charset')")
     end)
@@ -252,8 +263,18 @@ describe("forage.html", function()
     it("compiles to the documented XPath", function()
       assert.equal("descendant-or-self::*[contains(concat(' ', normalize-space(@class), ' '), ' c ')]",
         css.compile(".c"))
-      assert.equal("descendant-or-self::div/p", css.compile("div > p"))
-      assert.equal("descendant-or-self::h1/following-sibling::*[1]/self::p", css.compile("h1 + p"))
+      -- from a document, chains are matched right to left (linear in the page)
+      assert.equal("descendant-or-self::p[parent::div]", css.compile("div > p"))
+      assert.equal("descendant-or-self::a[ancestor::div]", css.compile("div a"))
+      assert.equal("descendant-or-self::p[preceding-sibling::*[1][self::h1]]", css.compile("h1 + p"))
+      assert.equal("descendant-or-self::a[ancestor::li[preceding-sibling::h1[parent::ul]]]",
+        css.compile("ul > h1 ~ li a"))
+      -- from a node, the leftmost compound must lie inside it: at least as deep as the node,
+      -- or, when a sibling combinator could leave the subtree sideways, left to right
+      assert.equal("descendant-or-self::p[parent::div[count(ancestor::node()) >= $forage_depth]]",
+        css.compile("div > p", true))
+      assert.equal("descendant-or-self::p", css.compile("p", true))
+      assert.equal("descendant-or-self::h1/following-sibling::*[1]/self::p", css.compile("h1 + p", true))
       assert.equal("descendant-or-self::a/@href | descendant-or-self::p/text()",
         css.compile("a::attr(href), p::text"))
     end)
@@ -265,6 +286,68 @@ describe("forage.html", function()
       local a = doc:css("a")[2]
       assert.same({ "/local" }, a:css("::attr(href)"))
       assert.same({ "local" }, a:css("::text"))
+    end)
+
+    it("gives the same answers from a document and from its root node", function()
+      local root = doc:root()
+      for _, sel in ipairs { "div p", "div > p", "h1 + p", "h1 ~ p", "div li:nth-child(2)", "#main a::attr(href)",
+                              "body div ul > li", "div.box p, li.x" } do
+        assert.same(texts(doc:css(sel)), texts(root:css(sel)), sel)
+      end
+      -- the leftmost compound must lie inside the node: the outer div is not
+      local ul = doc:css("ul")[1]
+      assert.same({}, ul:css("div li"))
+      assert.same({ "b" }, texts(ul:css("ul li.x")))
+      assert.same({ "b" }, texts(ul:css("ul > li.x")))
+      local nested = html.parse("<div id=o><div id=i><p><a>1</a></p></div><a>2</a></div>")
+      local inner = nested:css("#i")[1]
+      assert.same({ "1" }, texts(inner:css("div a")))
+      assert.same({ "1" }, texts(inner:css("div p a")))
+      assert.same({}, texts(inner:css("#o a")))
+      assert.same({ "1", "2" }, texts(nested:css("#o")[1]:css("div a")))
+    end)
+
+    it("matches the descendant combinator from a node in time linear in its subtree", function()
+      local rows = {}
+      for i = 1, 80000 do rows[i] = ("<div><a href='/%d'>x</a></div>"):format(i) end
+      local body = html.parse("<body>" .. table.concat(rows) .. "</body>"):css("body")[1]
+      local t = os.clock()
+      assert.equal(80000, #body:css("div a"))
+      assert.is_true(os.clock() - t < 5, "div a took " .. (os.clock() - t) .. " s")
+    end)
+
+    it("matches the descendant combinator in time linear in the page", function()
+      local rows = {}
+      for i = 1, 80000 do rows[i] = ("<div><a href='/%d'>x</a></div>"):format(i) end
+      local page = html.parse("<body>" .. table.concat(rows) .. "</body>")
+      local t = os.clock()
+      assert.equal(80000, #page:css("div a"))
+      local hrefs = page:css("div a::attr(href)")
+      assert.equal(80000, #hrefs)
+      assert.equal("/1", hrefs[1])
+      assert.equal("/80000", hrefs[80000])
+      -- a generous bound: the quadratic form took 10 s here, the linear one a few hundredths
+      assert.is_true(os.clock() - t < 5, "div a took " .. (os.clock() - t) .. " s")
+    end)
+
+    it("raises a clear error for an :nth-child number too large, naming the selector", function()
+      local ok, err = pcall(doc.css, doc, "a:nth-child(99999999999999999999n+1)")
+      assert.is_false(ok)
+      assert.matches("^css: invalid selector 'a:nth%-child%(99999999999999999999n%+1%)' %(number too large", err)
+      ok, err = pcall(doc.css, doc, "a:nth-child(99999999999999999999)")
+      assert.is_false(ok)
+      assert.matches("number too large", err)
+    end)
+
+    it("never repeats more than 60 bytes of a selector or an expression", function()
+      local long = ("a"):rep(10 * 1024 * 1024)
+      local ok, err = pcall(doc.css, doc, long .. "[")
+      assert.is_false(ok)
+      assert.is_true(#err < 200, #err)
+      ok, err = pcall(doc.xpath, doc, "//" .. long .. "[")
+      assert.is_false(ok)
+      assert.is_true(#err < 200, #err)
+      assert.matches("^xpath: invalid expression '//aaa", err)
     end)
 
     it("raises quoting an invalid selector", function()
@@ -312,6 +395,31 @@ describe("forage.html", function()
       assert.equal(3, #ps)
       assert.equal("d", ps[3]:text())
       assert.truthy(ps[1]:text():find("^a.b$"))
+    end)
+
+    it("parses deeply nested pages whole: nothing after level 256 is lost", function()
+      local doc = html.parse(("<font size=2>"):rep(300) .. "<p>text</p><a href='/next'>next</a>", "http://h/")
+      assert.same({ "http://h/next" }, doc:links())
+      assert.same({ "text" }, doc:xpath("//p/text()"))
+      local deep = html.parse(("<div>"):rep(20000) .. "<a href='/x'>x</a>" .. ("</div>"):rep(20000), "http://h/")
+      assert.same({ "http://h/x" }, deep:links())
+      assert.same({ 20000 }, deep:xpath("count(//div)"))
+      assert.same({ "x" }, deep:css("div a::text"))
+      assert.equal("x", deep:root():text())
+      assert.equal(20000 * 11 + 18, #deep:xpath("//div")[1]:html())
+    end)
+
+    it("reports a page libxml2 gives up on instead of passing it off as empty", function()
+      -- "<\0\0\0" reads as UCS-4 to libxml2's encoding guess, which then stops on the rest:
+      -- it used to give an empty document without a word
+      local body = "<\0\0\0\0base href='/x'><a href='/y'>y</a>"
+      local doc, err, kind = html.parse(body, "http://h/")
+      if doc then
+        assert.same({ "http://h/y" }, doc:links())   -- a libxml2 that reads it whole
+      else
+        assert.equal("malformed", kind)
+        assert.matches("^html: libxml2 stopped before the end of the page", err)
+      end
     end)
 
     it("parses a huge page", function()

@@ -10,20 +10,28 @@
 #include <libxml/HTMLtree.h>
 #include <libxml/encoding.h>
 #include <libxml/parser.h>
+#include <libxml/parserInternals.h>
 #include <libxml/uri.h>
 #include <libxml/xmlerror.h>
 #include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
 
+#include "args.h"
 #include "core.h"
 #include "lauxlib.h"
+#include "luatype.h"
 
 #define DOCUMENT_TYPE "forage.Document"
 #define NODE_TYPE "forage.Node"
 #define CSS_COMPILE_KEY "forage.html.css_compile"
 
 /* Tolerant and offline: no network, no error output, recover from broken markup.
-   Blank text nodes are kept (NOBLANKS would drop the spaces between inline elements). */
-#define PARSE_OPTIONS (HTML_PARSE_NONET | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING | HTML_PARSE_RECOVER)
+   Blank text nodes are kept (NOBLANKS would drop the spaces between inline elements).
+   HUGE lifts libxml2's nesting cap of 256 levels, past which it dropped the rest of the page
+   without a word (real pages nest hundreds of unclosed <font>): the work stays bounded by
+   the size of the body (http's max_bytes), and every walk of the tree used here
+   (XPath axes, text, serialising, freeing) is iterative in libxml2, not recursive. */
+#define PARSE_OPTIONS (HTML_PARSE_NONET | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING | HTML_PARSE_RECOVER | XML_PARSE_HUGE)
 
 typedef struct document {
     htmlDocPtr doc;             /* NULL once closed */
@@ -48,7 +56,7 @@ static void silent_structured_error(void *ctx, xmlErrorPtr err) {
 
 static document *check_document(lua_State *L, int i) {
     document *d = luaL_checkudata(L, i, DOCUMENT_TYPE);
-    if (d->doc == NULL) luaL_error(L, "attempt to use a closed document");
+    if (d->doc == NULL) type_closed_error(L, DOCUMENT_TYPE);
     return d;
 }
 
@@ -174,7 +182,10 @@ static xmlXPathObjectPtr xpath_eval(lua_State *L, document *d, xmlNodePtr at, co
 static int xpath_query(lua_State *L, int doc_index, xmlNodePtr at, const char *expr) {
     document *d = lua_touserdata(L, doc_index);
     xmlXPathObjectPtr obj = xpath_eval(L, d, at, expr);
-    if (obj == NULL) return luaL_error(L, "xpath: invalid expression '%s'", expr);
+    if (obj == NULL) {
+        lua_pushstring(L, expr);
+        return luaL_error(L, "xpath: invalid expression %s", args_show(L, -1));
+    }
     lua_pushcfunction(L, push_xpath_results);
     lua_pushlightuserdata(L, obj);
     lua_pushvalue(L, doc_index);
@@ -184,9 +195,19 @@ static int xpath_query(lua_State *L, int doc_index, xmlNodePtr at, const char *e
     return 1;
 }
 
-/* Replaces the CSS selector at index i by its XPath translation (forage.css, cached there). */
-static const char *css_to_xpath(lua_State *L, int i) {
-    luaL_checkstring(L, i);
+/* The XPath expression at i: a string without NUL (libxml2 would run the part before it). */
+static const char *check_expression(lua_State *L, int i) {
+    luaL_checktype(L, i, LUA_TSTRING);
+    size_t len;
+    const char *expr = lua_tolstring(L, i, &len);
+    luaL_argcheck(L, strlen(expr) == len, i, "expression contains a NUL byte");
+    return expr;
+}
+
+/* Replaces the CSS selector at index i by its XPath translation (forage.css, cached there),
+   for a query from a node when from_node is set, else from the document. */
+static const char *css_to_xpath(lua_State *L, int i, int from_node) {
+    luaL_checktype(L, i, LUA_TSTRING);
     if (lua_getfield(L, LUA_REGISTRYINDEX, CSS_COMPILE_KEY) != LUA_TFUNCTION) {
         lua_pop(L, 1);
         lua_getglobal(L, "require");
@@ -199,27 +220,70 @@ static const char *css_to_xpath(lua_State *L, int i) {
         lua_setfield(L, LUA_REGISTRYINDEX, CSS_COMPILE_KEY);
     }
     lua_pushvalue(L, i);
-    lua_call(L, 1, 1);
+    lua_pushboolean(L, from_node);
+    lua_call(L, 2, 1);
     if (!lua_isstring(L, -1)) luaL_error(L, "css: compiler returned no string");
     lua_replace(L, i);
     return lua_tostring(L, i);
 }
 
+/* The string argument at i, or NULL when it is none or nil; raises for another type (a
+   number is not read as a string) or an embedded NUL (libxml2 would cut it there). */
+static const char *opt_string_arg(lua_State *L, int i) {
+    if (lua_isnoneornil(L, i)) return NULL;
+    luaL_checktype(L, i, LUA_TSTRING);
+    size_t len;
+    const char *s = lua_tolstring(L, i, &len);
+    luaL_argcheck(L, strlen(s) == len, i, "string contains a NUL byte");
+    return s;
+}
+
 /* html.parse(body [, url [, encoding]]) -> document. The encoding defaults to the page's
-   <meta charset>, else UTF-8. Never fails on bad markup: at worst the document is empty. */
+   <meta charset>, else UTF-8. Never fails on bad markup: at worst the document is empty.
+   Returns nil, message, "malformed" when libxml2 gives up before the end of the page (a
+   nesting cap of libxml2 2.11 and later, even with HUGE): a part of a page is never
+   passed off as the whole. */
 static int html_parse(lua_State *L) {
     size_t len;
-    const char *body = luaL_checklstring(L, 1, &len);
-    const char *url = luaL_optstring(L, 2, NULL);
-    const char *encoding = luaL_optstring(L, 3, NULL);
+    luaL_checktype(L, 1, LUA_TSTRING);
+    const char *body = lua_tolstring(L, 1, &len);
+    const char *url = opt_string_arg(L, 2);
+    const char *encoding = opt_string_arg(L, 3);
     luaL_argcheck(L, len <= INT_MAX, 1, "body too large");
     if (encoding != NULL) {
         xmlCharEncodingHandlerPtr handler = xmlFindCharEncodingHandler(encoding);
-        if (handler == NULL) return luaL_argerror(L, 3, lua_pushfstring(L, "unknown encoding '%s'", encoding));
+        if (handler == NULL)
+            return luaL_argerror(L, 3, lua_pushfstring(L, "unknown encoding %s", args_show(L, 3)));
         xmlCharEncCloseFunc(handler);
     }
     document *d = new_document(L);
-    if (len > 0) d->doc = htmlReadMemory(body, (int)len, url, encoding, PARSE_OPTIONS);
+    if (len > 0) {
+        /* htmlReadMemory's steps, keeping the context to ask whether the parser stopped */
+        htmlParserCtxtPtr ctxt = xmlCreateMemoryParserCtxt(body, (int)len);
+        if (ctxt == NULL) return luaL_error(L, "not enough memory");
+        if (ctxt->sax != NULL) memcpy(ctxt->sax, &htmlDefaultSAXHandler, sizeof(xmlSAXHandlerV1));
+        htmlCtxtUseOptions(ctxt, PARSE_OPTIONS);
+        if (encoding != NULL) {
+            xmlCharEncodingHandlerPtr handler = xmlFindCharEncodingHandler(encoding);
+            if (handler != NULL) {
+                xmlSwitchToEncoding(ctxt, handler);
+                if (ctxt->input->encoding != NULL) xmlFree((xmlChar *)ctxt->input->encoding);
+                ctxt->input->encoding = xmlStrdup((const xmlChar *)encoding);
+            }
+        }
+        if (url != NULL && ctxt->input->filename == NULL)
+            ctxt->input->filename = (char *)xmlStrdup((const xmlChar *)url);
+        htmlParseDocument(ctxt);
+        d->doc = ctxt->myDoc;
+        ctxt->myDoc = NULL;
+        int halted = ctxt->disableSAX != 0;   /* xmlHaltParser: the rest of the input was dropped */
+        htmlFreeParserCtxt(ctxt);
+        if (halted) {
+            xmlFreeDoc(d->doc);
+            d->doc = NULL;
+            return args_fail(L, "malformed", "html: libxml2 stopped before the end of the page (%d bytes)", (int)len);
+        }
+    }
     if (d->doc == NULL) {   /* empty input, or nothing libxml2 could make a tree of */
         d->doc = htmlNewDocNoDtD(NULL, NULL);
         if (d->doc == NULL) return luaL_error(L, "not enough memory");
@@ -232,14 +296,14 @@ static int html_parse(lua_State *L) {
    string/number/boolean an expression like count() yields. */
 static int document_xpath(lua_State *L) {
     document *d = check_document(L, 1);
-    const char *expr = luaL_checkstring(L, 2);
+    const char *expr = check_expression(L, 2);
     return xpath_query(L, 1, (xmlNodePtr)d->doc, expr);
 }
 
 /* doc:css(selector) -> as doc:xpath, for the selector's XPath translation. */
 static int document_css(lua_State *L) {
     document *d = check_document(L, 1);
-    const char *expr = css_to_xpath(L, 2);
+    const char *expr = css_to_xpath(L, 2, 0);
     return xpath_query(L, 1, (xmlNodePtr)d->doc, expr);
 }
 
@@ -356,15 +420,24 @@ static int document_tostring(lua_State *L) {
 /* node:xpath(expr) -> as doc:xpath, relative to the node. */
 static int node_xpath(lua_State *L) {
     node *n = check_node(L, 1);
-    const char *expr = luaL_checkstring(L, 2);
+    const char *expr = check_expression(L, 2);
     lua_getiuservalue(L, 1, 1);
     return xpath_query(L, lua_gettop(L), n->node, expr);
 }
 
-/* node:css(selector) -> as doc:css, relative to the node (the node itself included). */
+/* node:css(selector) -> as doc:css, relative to the node (the node itself included). The
+   translation asks for the node's depth as $forage_depth (see forage.css). */
 static int node_css(lua_State *L) {
     node *n = check_node(L, 1);
-    const char *expr = css_to_xpath(L, 2);
+    const char *expr = css_to_xpath(L, 2, 1);
+    double depth = 0;
+    for (xmlNodePtr p = n->node->parent; p != NULL; p = p->parent) depth++;
+    xmlXPathObjectPtr value = xmlXPathNewFloat(depth);
+    if (value == NULL || xmlXPathRegisterVariable(document_context(L, n->owner), (const xmlChar *)"forage_depth",
+                                                  value) != 0) {
+        xmlXPathFreeObject(value);
+        return luaL_error(L, "not enough memory");
+    }
     lua_getiuservalue(L, 1, 1);
     return xpath_query(L, lua_gettop(L), n->node, expr);
 }
@@ -481,14 +554,10 @@ void forage_open_html(lua_State *L) {
     xmlSetGenericErrorFunc(NULL, silent_generic_error);
     xmlSetStructuredErrorFunc(NULL, silent_structured_error);
 
-    luaL_newmetatable(L, DOCUMENT_TYPE);
-    luaL_setfuncs(L, document_meta, 0);
-    luaL_newlib(L, document_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, NODE_TYPE);
-    luaL_setfuncs(L, node_meta, 0);
+    type_register(L, DOCUMENT_TYPE, document_methods, document_meta, 0);
+    type_register(L, NODE_TYPE, NULL, node_meta, 0);
+    /* a node's __index is a function (node.tag), with the methods as its upvalue */
+    luaL_getmetatable(L, NODE_TYPE);
     luaL_newlib(L, node_methods);
     lua_pushcclosure(L, node_index, 1);
     lua_setfield(L, -2, "__index");

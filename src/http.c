@@ -3,16 +3,22 @@
    callbacks only fill C buffers, and a client's Lua callbacks run under lua_pcall after
    curl_multi_perform has returned. Every easy handle lives in a request box (a userdata
    with __gc) that records the pid that made it: a forked child never touches it. */
+#include <ctype.h>
 #include <curl/curl.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "buf.h"
 #include "core.h"
 #include "lauxlib.h"
+#include "luatype.h"
+#include "url.h"
 
 #define REQUEST_TYPE "forage.http.Request"
 #define CLIENT_TYPE "forage.http.Client"
@@ -20,6 +26,7 @@
 
 #define DEFAULT_MAX_BYTES ((size_t)10 << 20)
 #define MAX_HEADER_BYTES ((size_t)1 << 20)
+#define MAX_URL_BYTES ((size_t)8000000)   /* libcurl's CURL_MAX_INPUT_LENGTH */
 
 typedef struct http_request {
     CURL *easy;                  /* NULL once released */
@@ -39,45 +46,48 @@ typedef struct http_request {
     char *url;                   /* as asked, credentials masked */
     char *proxy;                 /* masked, or NULL */
     char *proxy_secret;          /* the proxy password, scrubbed from messages, or NULL */
+    char *url_secret;            /* a password in the request URL, the same */
+    char *final_url;             /* the URL of the response, credentials masked, or NULL */
+    const char *refused;         /* why the request was not sent (a bad URL), or NULL */
     char error[CURL_ERROR_SIZE];
 } http_request;
 
 /* ---- credentials ---- */
 
-/* Returns a malloc'd copy of u with the password of its userinfo replaced by "***", or NULL
-   on out of memory. When secret is not NULL it receives a malloc'd copy of the password
-   (NULL when there is none). */
-static char *mask_credentials(const char *u, char **secret) {
-    if (secret != NULL) *secret = NULL;
-    const char *scheme_end = strstr(u, "://");
-    const char *auth = scheme_end != NULL ? scheme_end + 3 : u;
-    size_t auth_len = strcspn(auth, "/?#");
-    const char *at = NULL;
-    for (const char *p = auth; p < auth + auth_len; p++)
-        if (*p == '@') at = p;
-    const char *colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-    if (colon == NULL) return strdup(u);
-    size_t head = (size_t)(colon + 1 - u), tail = strlen(at);
-    char *out = malloc(head + 3 + tail + 1);
-    if (out == NULL) return NULL;
-    memcpy(out, u, head);
-    memcpy(out + head, "***", 3);
-    memcpy(out + head + 3, at, tail + 1);
-    if (secret != NULL && at > colon + 1) {
-        *secret = strndup(colon + 1, (size_t)(at - colon - 1));
-        if (*secret == NULL) {
-            free(out);
-            return NULL;
-        }
-    }
-    return out;
+static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
 }
 
-/* Replaces in place every occurrence of secret in s by '*'s. */
+/* Replaces in place every occurrence of needle[0 .. n) in s by '*'s. */
+static void scrub_bytes(char *s, const char *needle, size_t n) {
+    if (n == 0) return;
+    for (char *p = s; *p != '\0'; p++)
+        if (strncmp(p, needle, n) == 0) {
+            memset(p, '*', n);
+            p += n - 1;
+        }
+}
+
+/* Replaces in place every occurrence of secret in s by '*'s: as written, and percent-decoded
+   (curl decodes the userinfo before it may quote it back). */
 static void scrub(char *s, const char *secret) {
     if (secret == NULL || secret[0] == '\0') return;
-    size_t n = strlen(secret);
-    for (char *p = strstr(s, secret); p != NULL; p = strstr(p + n, secret)) memset(p, '*', n);
+    scrub_bytes(s, secret, strlen(secret));
+    char decoded[CURL_ERROR_SIZE];
+    size_t n = 0;
+    for (const char *p = secret; *p != '\0' && n < sizeof decoded; p++) {
+        int hi = p[0] == '%' ? hex_digit(p[1]) : -1, lo = hi >= 0 ? hex_digit(p[2]) : -1;
+        if (hi >= 0 && lo >= 0) {
+            decoded[n++] = (char)(hi * 16 + lo);
+            p += 2;
+        } else {
+            decoded[n++] = *p;
+        }
+    }
+    if (n < sizeof decoded && memchr(decoded, '\0', n) == NULL) scrub_bytes(s, decoded, n);
 }
 
 /* ---- the request box ---- */
@@ -94,7 +104,9 @@ static void request_release(http_request *r) {
     free(r->url);
     free(r->proxy);
     free(r->proxy_secret);
-    r->url = r->proxy = r->proxy_secret = NULL;
+    free(r->url_secret);
+    free(r->final_url);
+    r->url = r->proxy = r->proxy_secret = r->url_secret = r->final_url = NULL;
 }
 
 static int request_gc(lua_State *L) {
@@ -137,102 +149,167 @@ static size_t on_header(char *data, size_t size, size_t count, void *userdata) {
 
 /* ---- options ---- */
 
-static double opt_number(lua_State *L, int t, const char *name, double fallback) {
-    double v = fallback;
-    int type = lua_getfield(L, t, name);
-    if (type != LUA_TNIL) {
-        int ok;
-        v = (double)lua_tonumberx(L, -1, &ok);
-        if (!ok || v < 0) luaL_error(L, "http: option '%s' must be a non-negative number", name);
-    }
-    lua_pop(L, 1);
-    return v;
+/* The options of http.request and client:submit; http.get takes the same but url. */
+static const char *const request_options[] = {
+    "url", "method", "headers", "body", "proxy", "timeout", "connect_timeout", "max_bytes",
+    "follow", "cookies", "insecure", "cainfo", "user_agent", NULL,
+};
+static const char *const get_options[] = {
+    "method", "headers", "body", "proxy", "timeout", "connect_timeout", "max_bytes",
+    "follow", "cookies", "insecure", "cainfo", "user_agent", NULL,
+};
+
+#define DEFAULT_TIMEOUT 30.0
+#define DEFAULT_CONNECT_TIMEOUT 10.0
+
+/* Returns 1 when s[0 .. len) would break out of its line of the request: a CR, LF or NUL
+   (a NUL would also cut the string where libcurl reads it). */
+static int splits_request(const char *s, size_t len) {
+    return strlen(s) != len || strpbrk(s, "\r\n") != NULL;
 }
 
-/* Returns the string option (kept alive by the options table) or NULL when absent. */
-static const char *opt_string(lua_State *L, int t, const char *name) {
-    int type = lua_getfield(L, t, name);
-    const char *s = NULL;
-    if (type != LUA_TNIL) {
-        if (type != LUA_TSTRING) luaL_error(L, "http: option '%s' must be a string", name);
-        size_t len;
-        s = lua_tolstring(L, -1, &len);
-        if (strlen(s) != len) luaL_error(L, "http: option '%s' contains a NUL byte", name);
-    }
-    lua_pop(L, 1);
+/* A string option that becomes part of the request, or NULL when absent. Raises on a line
+   break or a NUL (request splitting); the value is not repeated: it may hold a password. */
+static const char *opt_request_line(lua_State *L, int t, const char *fname, const char *key) {
+    size_t len;
+    const char *s = args_opt_string(L, t, fname, key, NULL, &len);
+    if (s != NULL && splits_request(s, len))
+        luaL_error(L, "%s: option '%s' contains a line break or a NUL byte", fname, key);
     return s;
 }
 
-/* Appends "Name: value" to the box's header list; raises on a line break (header injection). */
+/* A timeout option in milliseconds for libcurl: def seconds when absent, 0 (libcurl's "no
+   limit") for math.huge or anything over ARGS_FOREVER, at least 1 ms otherwise (a timeout
+   of 0 allows no time, as everywhere in forage). Raises on a negative number or NaN. */
+static long opt_timeout_ms(lua_State *L, int t, const char *fname, const char *key, double def) {
+    lua_getfield(L, t, key);
+    int absent = lua_isnil(L, -1);
+    lua_pop(L, 1);
+    double seconds = absent ? def : args_opt_timeout(L, t, fname, key);
+    if (seconds < 0) return 0;
+    double ms = ceil(seconds * 1000);
+    return ms < 1 ? 1 : (long)ms;
+}
+
+/* max_bytes: a number of bytes >= 0 (math.huge: no cap). */
+static size_t opt_max_bytes(lua_State *L, int t, const char *fname) {
+    if (lua_getfield(L, t, "max_bytes") == LUA_TNIL) {
+        lua_pop(L, 1);
+        return DEFAULT_MAX_BYTES;
+    }
+    double v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1;
+    if (!(v >= 0))   /* NaN too */
+        luaL_error(L, "%s: option 'max_bytes' must be a non-negative number of bytes, got %s", fname,
+                   args_show(L, -1));
+    lua_pop(L, 1);
+    return v >= (double)SIZE_MAX ? SIZE_MAX : (size_t)v;
+}
+
+/* Appends "Name: value" to the box's header list. */
 static void add_header(lua_State *L, http_request *r, const char *line) {
-    if (strpbrk(line, "\r\n") != NULL) luaL_error(L, "http: header contains a line break: %s", line);
     struct curl_slist *grown = curl_slist_append(r->headers, line);
     if (grown == NULL) luaL_error(L, "not enough memory");
     r->headers = grown;
 }
 
-/* headers = { ["Name"] = "v" } or { "Name: v", ... }. */
-static void set_headers(lua_State *L, http_request *r, int t) {
+/* headers = { ["Name"] = "v" } or { "Name: v", ... }. Raises on a line break or a NUL in a
+   name or a value (header injection), naming the header but not showing its value. */
+static void set_headers(lua_State *L, http_request *r, int t, const char *fname) {
     if (lua_getfield(L, t, "headers") == LUA_TNIL) {
         lua_pop(L, 1);
         return;
     }
-    if (!lua_istable(L, -1)) luaL_error(L, "http: option 'headers' must be a table");
+    if (!lua_istable(L, -1))
+        luaL_error(L, "%s: option 'headers' must be a table, got %s", fname, luaL_typename(L, -1));
     int h = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, h) != 0) {
+        int key_is_name = lua_type(L, -2) == LUA_TSTRING;
         if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "http: header values must be strings");
-        if (lua_type(L, -2) == LUA_TSTRING) {
+            luaL_error(L, "%s: header values must be strings, got %s", fname, luaL_typename(L, -1));
+        if (!key_is_name && lua_type(L, -2) != LUA_TNUMBER)
+            luaL_error(L, "%s: header names must be strings, got %s", fname, luaL_typename(L, -2));
+        if (key_is_name) {
             lua_pushvalue(L, -2);
             lua_pushliteral(L, ": ");
             lua_pushvalue(L, -3);
             lua_concat(L, 3);
-            add_header(L, r, lua_tostring(L, -1));
-            lua_pop(L, 1);
         } else {
-            add_header(L, r, lua_tostring(L, -1));
+            lua_pushvalue(L, -1);
         }
-        lua_pop(L, 1);
+        size_t len;
+        const char *line = lua_tolstring(L, -1, &len);
+        if (splits_request(line, len)) {
+            const char *name = key_is_name ? lua_tostring(L, -3) : line;
+            lua_pushlstring(L, name, strcspn(name, ":\r\n"));
+            luaL_error(L, "%s: header %s contains a line break or a NUL byte", fname, args_show(L, -1));
+        }
+        add_header(L, r, line);
+        lua_pop(L, 2);
     }
     lua_pop(L, 1);
+}
+
+/* An HTTP method is a token (RFC 9110): no space, no separator. */
+static int is_method_token(const char *m) {
+    if (*m == '\0') return 0;
+    for (; *m; m++)
+        if (!(isalnum((unsigned char)*m) || strchr("!#$%&'*+-.^_`|~", *m) != NULL)) return 0;
+    return 1;
 }
 
 #define SETOPT(opt, value) \
     do { if (curl_easy_setopt(r->easy, opt, value) != CURLE_OK) bad = #opt; } while (0)
 
-/* Makes the box's easy handle and configures it from the options table at t. Raises on a bad
-   option (a programmer error); the box owns everything made so far. */
-static void request_setup(lua_State *L, http_request *r, int t) {
+/* Makes the box's easy handle and configures it from the options table at t (whose keys
+   are checked by the caller). Raises on a bad option (a programmer error); the box owns
+   everything made so far. A URL that cannot be sent leaves r->refused set. */
+static void request_setup(lua_State *L, http_request *r, int t, const char *fname) {
     const char *bad = NULL;
-    const char *url = opt_string(L, t, "url");
-    if (url == NULL) luaL_error(L, "http: option 'url' is required");
-    const char *method = opt_string(L, t, "method");
-    const char *proxy = opt_string(L, t, "proxy");
-    const char *cainfo = opt_string(L, t, "cainfo");
-    double timeout = opt_number(L, t, "timeout", 30);
-    double connect_timeout = opt_number(L, t, "connect_timeout", 10);
-    double max_bytes = opt_number(L, t, "max_bytes", (double)DEFAULT_MAX_BYTES);
-    double follow = opt_number(L, t, "follow", 5);
-    lua_getfield(L, t, "insecure");
-    int insecure = lua_toboolean(L, -1);
+    size_t url_len;
+    const char *url = args_opt_string(L, t, fname, "url", NULL, &url_len);
+    if (url == NULL) luaL_error(L, "%s: option 'url' is required", fname);
+    size_t method_len;
+    const char *method = args_opt_string(L, t, fname, "method", NULL, &method_len);
+    if (method != NULL && (strlen(method) != method_len || !is_method_token(method))) {
+        lua_getfield(L, t, "method");
+        luaL_error(L, "%s: option 'method' must be an HTTP method (a token), got %s", fname, args_show(L, -1));
+    }
+    const char *proxy = opt_request_line(L, t, fname, "proxy");
+    const char *cainfo = opt_request_line(L, t, fname, "cainfo");
+    const char *user_agent = opt_request_line(L, t, fname, "user_agent");
+    long timeout_ms = opt_timeout_ms(L, t, fname, "timeout", DEFAULT_TIMEOUT);
+    long connect_timeout_ms = opt_timeout_ms(L, t, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+    r->max_bytes = opt_max_bytes(L, t, fname);
+    long follow = (long)args_opt_integer(L, t, fname, "follow", 5, 0, INT_MAX);
+    int insecure = args_opt_boolean(L, t, fname, "insecure", 0);
+    const char *cookies = NULL;
+    int cookie_engine = 0;
+    int cookie_type = lua_getfield(L, t, "cookies");
+    if (cookie_type == LUA_TBOOLEAN) cookie_engine = lua_toboolean(L, -1);
+    else if (cookie_type != LUA_TNIL && cookie_type != LUA_TSTRING)
+        luaL_error(L, "%s: option 'cookies' must be a string or a boolean, got %s", fname, args_show(L, -1));
     lua_pop(L, 1);
+    if (cookie_type == LUA_TSTRING) cookies = opt_request_line(L, t, fname, "cookies");
+    size_t body_len = 0;
+    const char *body = args_opt_string(L, t, fname, "body", NULL, &body_len);
 
-    r->max_bytes = max_bytes >= (double)SIZE_MAX ? SIZE_MAX : (size_t)max_bytes;
-    r->url = mask_credentials(url, NULL);
+    r->url = url_mask_password(url, &r->url_secret);
     if (r->url == NULL) luaL_error(L, "not enough memory");
+    if (splits_request(url, url_len)) r->refused = "URL contains a line break or a NUL byte";
+    else if (url_len > MAX_URL_BYTES) r->refused = "URL longer than libcurl takes (8 MB)";
     if (proxy != NULL && proxy[0] != '\0') {
-        r->proxy = mask_credentials(proxy, &r->proxy_secret);
+        r->proxy = url_mask_password(proxy, &r->proxy_secret);
         if (r->proxy == NULL) luaL_error(L, "not enough memory");
         r->has_proxy = 1;
         r->tunnel = strncasecmp(url, "https:", 6) == 0 && strncasecmp(proxy, "socks", 5) != 0;
     }
-    set_headers(L, r, t);
+    set_headers(L, r, t, fname);
 
     r->pid = getpid();
     r->easy = curl_easy_init();
-    if (r->easy == NULL) luaL_error(L, "http: cannot make a curl handle");
-    SETOPT(CURLOPT_URL, url);
+    if (r->easy == NULL) luaL_error(L, "forage.http: cannot make a curl handle");
+    SETOPT(CURLOPT_URL, r->refused != NULL ? "" : url);   /* "": curl fails it, sending nothing */
     SETOPT(CURLOPT_PRIVATE, (void *)r);
     SETOPT(CURLOPT_ERRORBUFFER, r->error);
     SETOPT(CURLOPT_NOSIGNAL, 1L);
@@ -243,11 +320,11 @@ static void request_setup(lua_State *L, http_request *r, int t) {
     SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
     SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     SETOPT(CURLOPT_ACCEPT_ENCODING, "");
-    SETOPT(CURLOPT_USERAGENT, "forage");
-    SETOPT(CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
-    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
+    SETOPT(CURLOPT_USERAGENT, user_agent != NULL ? user_agent : "forage");
+    SETOPT(CURLOPT_TIMEOUT_MS, timeout_ms);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms);
     SETOPT(CURLOPT_FOLLOWLOCATION, follow >= 1 ? 1L : 0L);
-    SETOPT(CURLOPT_MAXREDIRS, (long)follow);
+    SETOPT(CURLOPT_MAXREDIRS, follow);
     if (r->headers != NULL) SETOPT(CURLOPT_HTTPHEADER, r->headers);
     if (r->has_proxy) SETOPT(CURLOPT_PROXY, proxy);
     else SETOPT(CURLOPT_PROXY, "");   /* no proxy from the environment either */
@@ -261,18 +338,9 @@ static void request_setup(lua_State *L, http_request *r, int t) {
 
     /* cookies: a string is sent as the Cookie header; either a string or true turns the cookie
        engine on for this request, so cookies set along a redirect chain are kept. */
-    int cookie_type = lua_getfield(L, t, "cookies");
-    if (cookie_type == LUA_TSTRING) SETOPT(CURLOPT_COOKIE, lua_tostring(L, -1));
-    else if (cookie_type != LUA_TNIL && cookie_type != LUA_TBOOLEAN)
-        luaL_error(L, "http: option 'cookies' must be a string or true");
-    if (cookie_type == LUA_TSTRING || lua_toboolean(L, -1)) SETOPT(CURLOPT_COOKIEFILE, "");
-    lua_pop(L, 1);
+    if (cookies != NULL) SETOPT(CURLOPT_COOKIE, cookies);
+    if (cookies != NULL || cookie_engine) SETOPT(CURLOPT_COOKIEFILE, "");
 
-    size_t body_len = 0;
-    const char *body = NULL;
-    int body_type = lua_getfield(L, t, "body");
-    if (body_type == LUA_TSTRING) body = lua_tolstring(L, -1, &body_len);
-    else if (body_type != LUA_TNIL) luaL_error(L, "http: option 'body' must be a string");
     if (method == NULL) method = body != NULL ? "POST" : "GET";
     if (body != NULL) {
         SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
@@ -283,16 +351,15 @@ static void request_setup(lua_State *L, http_request *r, int t) {
     } else if (strcmp(method, "GET") != 0) {
         SETOPT(CURLOPT_CUSTOMREQUEST, method);
     }
-    lua_pop(L, 1);
-    if (bad != NULL) luaL_error(L, "http: curl refused %s", bad);
+    if (bad != NULL) luaL_error(L, "forage.http: curl refused %s", bad);
 }
 
 /* A new, empty request box on the stack top, configured from the options at t. */
-static http_request *request_new(lua_State *L, int t) {
+static http_request *request_new(lua_State *L, int t, const char *fname) {
     http_request *r = lua_newuserdatauv(L, sizeof *r, 1);
     memset(r, 0, sizeof *r);
     luaL_setmetatable(L, REQUEST_TYPE);
-    request_setup(L, r, t);
+    request_setup(L, r, t, fname);
     return r;
 }
 
@@ -318,6 +385,18 @@ static int request_should_retry(http_request *r, CURLcode rc) {
 }
 
 /* ---- results ---- */
+
+/* Returns 1 when a transfer through a CONNECT tunnel failed on a new connection before the
+   TLS session with the origin was up: while the proxy was answering CONNECT (closing, or
+   speaking garbage), or in the TLS handshake just after (whose own failures are classed
+   tls before this is asked). A reused connection's tunnel was up already. */
+static int tunnel_unfinished(http_request *r) {
+    long new_connections = 0;
+    curl_off_t appconnect = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &new_connections);
+    curl_easy_getinfo(r->easy, CURLINFO_APPCONNECT_TIME_T, &appconnect);
+    return new_connections > 0 && appconnect == 0;
+}
 
 /* The kind of a failed transfer, for the crawl to tell a bad proxy from a bad origin. */
 static const char *error_kind(http_request *r, CURLcode rc) {
@@ -375,36 +454,55 @@ static const char *error_kind(http_request *r, CURLcode rc) {
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
+    case CURLE_WEIRD_SERVER_REPLY: {
         /* Through a plain HTTP proxy the connection is to the proxy, and an origin failure
-           comes back as the proxy's 5xx response: a broken connection is the proxy's. Inside
-           an established CONNECT tunnel it is ambiguous, and blamed on the origin. */
-        return r->has_proxy && !r->tunnel ? "proxy" : "http";
+           comes back as the proxy's 5xx response: a broken connection or garbage is the
+           proxy's. Through a tunnel, a failure before the proxy answered CONNECT on a new
+           connection is the proxy's too (it closed or spoke garbage); inside an established
+           tunnel (answered, or a reused connection) it is ambiguous, and blamed on the origin. */
+        if (!r->has_proxy) return "http";
+        return !r->tunnel || tunnel_unfinished(r) ? "proxy" : "http";
+    }
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        /* what curl says of an answer that is not HTTP at all: through a plain proxy, the
+           proxy's garbage (otherwise a refused scheme, the origin's) */
+        return r->has_proxy && !r->tunnel && strstr(r->error, "HTTP/0.9") != NULL ? "proxy" : "http";
     case CURLE_TOO_MANY_REDIRECTS:
         return "too_many_redirects";
     default:
-        return "http";
+        return r->tunnel && tunnel_unfinished(r) ? "proxy" : "http";
     }
 }
 
-/* Pushes an error object { kind, message, url } with __tostring. */
-static void push_error(lua_State *L, const char *kind, const char *message, const char *url) {
+/* Pushes the failure of a request: nil, the message "kind: what (url)" (the URL cut to 60
+   bytes, its password masked), the kind, and an error object { kind, message = what, url }
+   whose tostring is the same message. Returns 4. */
+static int push_failure(lua_State *L, const char *kind, const char *what, const char *url) {
+    int top = lua_gettop(L);
+    lua_pushstring(L, url);
+    const char *shown = args_show(L, -1);
+    args_fail(L, kind, "%s: %s (%s)", kind, what, shown);
     lua_createtable(L, 0, 3);
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "kind");
-    lua_pushstring(L, message);
+    lua_pushstring(L, what);
     lua_setfield(L, -2, "message");
-    lua_pushstring(L, url);
+    lua_pushvalue(L, top + 1);
     lua_setfield(L, -2, "url");
     luaL_setmetatable(L, ERROR_TYPE);
+    lua_rotate(L, top + 1, -2);   /* the url and its shown form to the top, then gone */
+    lua_pop(L, 2);
+    return 4;
 }
 
+/* tostring(err) -> "kind: message (url)", as the message returned with it. */
 static int error_tostring(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_getfield(L, 1, "kind");
     lua_getfield(L, 1, "message");
     lua_getfield(L, 1, "url");
-    lua_pushfstring(L, "%s: %s (%s)", luaL_optstring(L, 2, "?"), luaL_optstring(L, 3, "?"),
-                    luaL_optstring(L, 4, "?"));
+    const char *shown = args_show(L, 4);
+    lua_pushfstring(L, "%s: %s (%s)", luaL_optstring(L, 2, "?"), luaL_optstring(L, 3, "?"), shown);
     return 1;
 }
 
@@ -462,21 +560,20 @@ static int request_push_result(lua_State *L, http_request *r, CURLcode rc) {
         /* Only a proxy answers 407. tinyproxy answers wrong credentials with a 401 of its own:
            told apart from an origin's 401 by its Server header (a heuristic: other proxies
            that do this are reported as the response they sent). */
-        luaL_pushfail(L);
-        push_error(L, "proxy", status == 407 ? "proxy authentication required (407)"
-                                             : "proxy refused the credentials (401)", r->url);
-        return 2;
+        return push_failure(L, "proxy", status == 407 ? "proxy authentication required (407)"
+                                                      : "proxy refused the credentials (401)", r->url);
     }
     if (rc != CURLE_OK) {
         char message[CURL_ERROR_SIZE + 64];
+        if (r->refused != NULL)
+            return push_failure(L, "http", r->refused, r->url);
         if (r->too_large)
             snprintf(message, sizeof message, "response larger than max_bytes (%zu)", r->max_bytes);
         else
             snprintf(message, sizeof message, "%s", r->error[0] != '\0' ? r->error : curl_easy_strerror(rc));
         scrub(message, r->proxy_secret);
-        luaL_pushfail(L);
-        push_error(L, error_kind(r, rc), message, r->url);
-        return 2;
+        scrub(message, r->url_secret);
+        return push_failure(L, error_kind(r, rc), message, r->url);
     }
     char *final_url = NULL;
     curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &final_url);
@@ -484,7 +581,12 @@ static int request_push_result(lua_State *L, http_request *r, CURLcode rc) {
     lua_createtable(L, 0, 7);
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
-    lua_pushstring(L, final_url != NULL ? final_url : r->url);
+    if (final_url != NULL) {
+        free(r->final_url);
+        r->final_url = url_mask_password(final_url, NULL);
+        if (r->final_url == NULL) return luaL_error(L, "not enough memory");
+    }
+    lua_pushstring(L, r->final_url != NULL ? r->final_url : r->url);
     lua_setfield(L, -2, "url");
     push_headers(L, r);
     lua_setfield(L, -2, "headers");
@@ -510,12 +612,8 @@ static void request_add_time(http_request *r) {
 
 /* ---- one at a time ---- */
 
-/* http.request(opts) -> response, or nil, err ({ kind, message, url }). A 4xx/5xx is a
-   response. Raises on bad options. */
-static int http_request_fn(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    http_request *r = request_new(L, 1);
+/* Runs the request of the box on the stack top to its end, then frees the box's handle. */
+static int request_run(lua_State *L, http_request *r) {
     CURLcode rc;
     do {
         request_reset(r);
@@ -528,11 +626,22 @@ static int http_request_fn(lua_State *L) {
     return n;
 }
 
-/* Replaces the stack by one options table: a copy of the table at 2 (or none) with url = arg 1. */
-static void options_with_url(lua_State *L) {
-    luaL_checkstring(L, 1);
+/* http.request(opts) -> response, or nil, message, kind, err (an error object { kind,
+   message, url }). A 4xx/5xx is a response. Raises on bad options. */
+static int http_request_fn(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    args_check_options(L, 1, "forage.http.request", request_options);
+    return request_run(L, request_new(L, 1, "forage.http.request"));
+}
+
+/* http.get(url [, opts]) -> as http.request. */
+static int http_get(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TSTRING);
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
+    args_check_options(L, 2, "forage.http.get", get_options);
+    /* the options, copied, with url = arg 1 */
     lua_newtable(L);
     if (lua_istable(L, 2)) {
         lua_pushnil(L);
@@ -544,14 +653,7 @@ static void options_with_url(lua_State *L) {
     }
     lua_pushvalue(L, 1);
     lua_setfield(L, 3, "url");
-    lua_replace(L, 1);
-    lua_settop(L, 1);
-}
-
-/* http.get(url [, opts]) -> as http.request. */
-static int http_get(lua_State *L) {
-    options_with_url(L);
-    return http_request_fn(L);
+    return request_run(L, request_new(L, 3, "forage.http.get"));
 }
 
 /* ---- many at once: the client ---- */
@@ -569,8 +671,8 @@ typedef struct http_client {
    A box's uservalue 1 is its callback. */
 
 static http_client *check_client(lua_State *L, int i) {
-    http_client *c = luaL_checkudata(L, i, CLIENT_TYPE);
-    if (c->multi == NULL) luaL_error(L, "attempt to use a closed http client");
+    http_client *c = type_check_fast(L, i, CLIENT_TYPE);
+    if (c->multi == NULL) type_closed_error(L, CLIENT_TYPE);
     if (c->pid != getpid()) luaL_error(L, "http client used in a process other than the one that made it");
     return c;
 }
@@ -584,7 +686,7 @@ static void client_start(lua_State *L, http_client *c, int self) {
     lua_pop(L, 2);
     request_reset(r);
     r->attempts++;
-    if (curl_multi_add_handle(c->multi, r->easy) != CURLM_OK) luaL_error(L, "http: cannot add a transfer");
+    if (curl_multi_add_handle(c->multi, r->easy) != CURLM_OK) luaL_error(L, "forage.http: cannot add a transfer");
     r->in_multi = 1;
     c->active++;
 }
@@ -604,14 +706,10 @@ static void client_fill(lua_State *L, http_client *c, int self) {
 
 /* http.client{ max = 100 } -> a client running up to max transfers at once. */
 static int http_client_new(lua_State *L) {
-    lua_Integer max = 100;
-    if (!lua_isnoneornil(L, 1)) {
-        luaL_checktype(L, 1, LUA_TTABLE);
-        lua_getfield(L, 1, "max");
-        max = luaL_optinteger(L, -1, 100);
-        lua_pop(L, 1);
-        luaL_argcheck(L, max >= 1 && max <= 100000, 1, "max must be between 1 and 100000");
-    }
+    static const char *const client_options[] = {"max", NULL};
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+    args_check_options(L, 1, "forage.http.client", client_options);
+    lua_Integer max = args_opt_integer(L, 1, "forage.http.client", "max", 100, 1, 100000);
     http_client *c = lua_newuserdatauv(L, sizeof *c, 2);
     memset(c, 0, sizeof *c);
     luaL_setmetatable(L, CLIENT_TYPE);
@@ -623,7 +721,7 @@ static int http_client_new(lua_State *L) {
     c->head = c->tail = 1;
     c->pid = getpid();
     c->multi = curl_multi_init();
-    if (c->multi == NULL) return luaL_error(L, "http: cannot make a curl multi handle");
+    if (c->multi == NULL) return luaL_error(L, "forage.http.client: cannot make a curl multi handle");
     curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)max);
     return 1;
 }
@@ -635,7 +733,8 @@ static int client_submit(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checktype(L, 3, LUA_TFUNCTION);
     lua_settop(L, 3);
-    request_new(L, 2);
+    args_check_options(L, 2, "forage.http.Client:submit", request_options);
+    request_new(L, 2, "forage.http.Client:submit");
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, 4, 1);
     if (c->active < c->max && c->head == c->tail) {
@@ -711,16 +810,18 @@ static int client_round(lua_State *L, http_client *c, int timeout_ms) {
     return failed;
 }
 
-/* Milliseconds of a timeout in seconds at i (default fallback); raises when negative. */
-static int check_timeout_ms(lua_State *L, int i, double fallback) {
-    double t = luaL_optnumber(L, i, fallback);
-    luaL_argcheck(L, t >= 0, i, "timeout must be non-negative");
-    return t > 86400 ? 86400000 : (int)(t * 1000);
+/* Milliseconds of the timeout argument at i: none waits not at all (step's default), a
+   timeout as everywhere in forage otherwise, forever (or anything over a day) a day. */
+static int check_timeout_ms(lua_State *L, int i) {
+    if (lua_isnoneornil(L, i)) return 0;
+    double t = args_timeout(L, i);
+    return t < 0 || t > 86400 ? 86400000 : (int)ceil(t * 1000);
 }
 
 /* Runs a round under the re-entry guard; raises the first callback error after it. */
 static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms) {
-    if (c->running) luaL_error(L, "http client is already running (step or run called from a callback)");
+    if (c->running)
+        luaL_error(L, "forage.http.Client: step() or run() inside a callback of the same client would wait for itself");
     c->running = 1;
     int failed = client_round(L, c, timeout_ms);
     c->running = 0;
@@ -731,7 +832,7 @@ static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms) {
    seconds for activity. Re-raises the first callback error of the round. */
 static int client_step(lua_State *L) {
     http_client *c = check_client(L, 1);
-    int timeout_ms = check_timeout_ms(L, 2, 0);
+    int timeout_ms = check_timeout_ms(L, 2);
     lua_settop(L, 1);
     client_guarded_round(L, c, timeout_ms);
     lua_pushinteger(L, c->active + (int)(c->tail - c->head));
@@ -751,7 +852,7 @@ static int client_run(lua_State *L) {
 /* __gc and __close, idempotent: drops every transfer (their callbacks never run). In a forked
    child it only forgets the handles. */
 static int client_close(lua_State *L) {
-    http_client *c = luaL_checkudata(L, 1, CLIENT_TYPE);
+    http_client *c = type_check_fast(L, 1, CLIENT_TYPE);
     if (c->multi == NULL) return 0;
     int mine = c->pid == getpid();
     lua_getiuservalue(L, 1, 1);
@@ -779,31 +880,18 @@ void forage_open_http(lua_State *L) {
         {"submit", client_submit}, {"step", client_step}, {"run", client_run},
         {"pending", client_pending}, {"close", client_close}, {NULL, NULL},
     };
+    static const luaL_Reg client_meta[] = {{"__gc", client_close}, {"__close", client_close}, {NULL, NULL}};
+    static const luaL_Reg request_meta[] = {{"__gc", request_gc}, {NULL, NULL}};
+    static const luaL_Reg error_meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
     /* once per process, before any fork: libcurl's global state is not fork-safe to set up */
     static int curl_ready = 0;
     if (!curl_ready) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) luaL_error(L, "http: curl_global_init failed");
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) luaL_error(L, "forage.http: curl_global_init failed");
         curl_ready = 1;
     }
-    if (luaL_newmetatable(L, REQUEST_TYPE)) {
-        lua_pushcfunction(L, request_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, ERROR_TYPE)) {
-        lua_pushcfunction(L, error_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, CLIENT_TYPE)) {
-        luaL_newlib(L, client_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, client_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, client_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
+    type_register(L, REQUEST_TYPE, NULL, request_meta, 0);
+    type_register(L, ERROR_TYPE, NULL, error_meta, 0);
+    type_register(L, CLIENT_TYPE, client_methods, client_meta, 1);
     luaL_newlib(L, functions);
     lua_setfield(L, -2, "http");
 }

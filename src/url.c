@@ -8,9 +8,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include "args.h"
 #include "buf.h"
 #include "core.h"
+#include "hash.h"
 #include "lauxlib.h"
+#include "luatype.h"
+#include "url.h"
 
 #define URL_WORK_TYPE "forage.url.work"
 
@@ -53,6 +57,56 @@ typedef struct canonical_opts {
 
 static const drop_pattern default_drop[] = {{"utm_", 4, 1}};
 
+/* ---- credentials ---- */
+
+/* Where the password of u's userinfo lies: [*from, *to), or 0 when u has none. The usual
+   authority ends at the first '/', '?' or '#'; a password may hold those too
+   ("http://user:s3cr/t@host"), which no parser reads as a password but which is one all the
+   same: when the authority has no '@' but one comes later, the text after "user:" is taken
+   as a password unless it reads as a port (digits only). Erring this way masks too much,
+   never too little. */
+static int find_password(const char *u, size_t *from, size_t *to) {
+    const char *scheme_end = strstr(u, "://");
+    const char *auth = scheme_end != NULL ? scheme_end + 3 : u;
+    size_t auth_len = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *p = auth; p < auth + auth_len; p++)
+        if (*p == '@') at = p;
+    if (at == NULL) {
+        at = strrchr(auth + auth_len, '@');
+        if (at == NULL) return 0;
+        const char *colon = memchr(auth, ':', auth_len);
+        if (colon == NULL) return 0;
+        size_t digits = strspn(colon + 1, "0123456789");
+        if (colon + 1 + digits == auth + auth_len) return 0;   /* host:port/...@... */
+    }
+    const char *colon = memchr(auth, ':', (size_t)(at - auth));
+    if (colon == NULL) return 0;
+    *from = (size_t)(colon + 1 - u);
+    *to = (size_t)(at - u);
+    return 1;
+}
+
+char *url_mask_password(const char *u, char **secret) {
+    if (secret != NULL) *secret = NULL;
+    size_t from, to;
+    if (!find_password(u, &from, &to)) return strdup(u);
+    size_t tail = strlen(u + to);
+    char *out = malloc(from + 3 + tail + 1);
+    if (out == NULL) return NULL;
+    memcpy(out, u, from);
+    memcpy(out + from, "***", 3);
+    memcpy(out + from + 3, u + to, tail + 1);
+    if (secret != NULL && to > from) {
+        *secret = strndup(u + from, to - from);
+        if (*secret == NULL) {
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 /* __gc and explicit release: frees whatever the box still holds; idempotent. */
 static void work_release(url_work *w) {
     if (w->handle != NULL) curl_url_cleanup(w->handle);
@@ -84,18 +138,31 @@ static url_work *work_new(lua_State *L) {
     return w;
 }
 
-/* Returns nil, "bad url: <reason> (<u>)" for the caller to return. */
-static int push_bad_url(lua_State *L, const char *reason, const char *u) {
-    luaL_pushfail(L);
-    lua_pushfstring(L, "bad url: %s (%s)", reason, u);
-    return 2;
+/* Pushes nil, "bad url: <reason> (<the URL at idx>)", "malformed" for the caller to return:
+   the URL with its password masked, cut to 60 bytes. Returns 3. */
+static int push_bad_url(lua_State *L, const char *reason, int idx) {
+    size_t len, from, to;
+    const char *u = lua_tolstring(L, idx, &len);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    if (find_password(u, &from, &to)) {
+        luaL_addlstring(&b, u, from);
+        luaL_addstring(&b, "***");
+        luaL_addlstring(&b, u + to, len - to);
+    } else {
+        luaL_addlstring(&b, u, len);
+    }
+    luaL_pushresult(&b);
+    const char *shown = args_show(L, -1);
+    return args_fail(L, "malformed", "bad url: %s (%s)", reason, shown);
 }
 
-/* Returns the string at i, raising for a non-string and failing softly (NULL) on an
-   embedded NUL, which curl would silently cut the URL at. */
+/* Returns the string at i, raising for a non-string (a number is no URL) and failing
+   softly (NULL) on an embedded NUL, which curl would silently cut the URL at. */
 static const char *check_url_arg(lua_State *L, int i) {
+    luaL_checktype(L, i, LUA_TSTRING);
     size_t len;
-    const char *u = luaL_checklstring(L, i, &len);
+    const char *u = lua_tolstring(L, i, &len);
     return strlen(u) == len ? u : NULL;
 }
 
@@ -321,8 +388,10 @@ static CURLUcode canonicalize(url_work *w, const char *u, const canonical_opts *
 }
 
 /* Reads canonical's options from the table at i (or none). Returns them; the drop patterns
-   live in a userdata pushed on the stack, and point into strings held by the table at i. */
-static canonical_opts check_canonical_opts(lua_State *L, int i) {
+   live in a userdata pushed on the stack, and point into strings held by the table at i.
+   fname names the function for errors. */
+static canonical_opts check_canonical_opts(lua_State *L, int i, const char *fname) {
+    static const char *const names[] = {"drop", "keep_fragment", "sort_query", NULL};
     canonical_opts o = {default_drop, 1, 0, 1};
     lua_settop(L, i);
     if (lua_isnil(L, i)) {
@@ -330,14 +399,12 @@ static canonical_opts check_canonical_opts(lua_State *L, int i) {
         return o;
     }
     luaL_checktype(L, i, LUA_TTABLE);
-    lua_getfield(L, i, "keep_fragment");
-    o.keep_fragment = lua_toboolean(L, -1);
-    lua_getfield(L, i, "sort_query");
-    o.sort_query = lua_isnil(L, -1) || lua_toboolean(L, -1);
-    lua_pop(L, 2);
+    args_check_options(L, i, fname, names);
+    o.keep_fragment = args_opt_boolean(L, i, fname, "keep_fragment", 0);
+    o.sort_query = args_opt_boolean(L, i, fname, "sort_query", 1);
     lua_getfield(L, i, "drop");
     if (lua_isnil(L, -1)) return o;
-    if (!lua_istable(L, -1)) luaL_argerror(L, i, "opts.drop must be a table of strings");
+    if (!lua_istable(L, -1)) luaL_error(L, "%s: option 'drop' must be a table of strings, got %s", fname, args_show(L, -1));
     int drop_at = lua_gettop(L);
     size_t count = (size_t)luaL_len(L, drop_at);
     drop_pattern *drop = lua_newuserdatauv(L, (count > 0 ? count : 1) * sizeof *drop, 1);
@@ -345,7 +412,7 @@ static canonical_opts check_canonical_opts(lua_State *L, int i) {
     lua_setiuservalue(L, -2, 1);   /* the patterns' strings stay alive with the array */
     for (size_t k = 0; k < count; k++) {
         if (lua_geti(L, drop_at, (lua_Integer)k + 1) != LUA_TSTRING)
-            luaL_argerror(L, i, "opts.drop must be a table of strings");
+            luaL_error(L, "%s: option 'drop' must be a table of strings, got a %s in it", fname, luaL_typename(L, -1));
         size_t len;
         const char *text = lua_tolstring(L, -1, &len);
         lua_pop(L, 1);   /* still referenced by the drop table */
@@ -359,17 +426,17 @@ static canonical_opts check_canonical_opts(lua_State *L, int i) {
 }
 
 /* Returns the canonical form of the URL at 1 on the stack top, or pushes nil, message and
-   returns 2. Options at 2. */
-static int push_canonical(lua_State *L) {
+   returns 3 (nil, message, "malformed"). Options at 2. */
+static int push_canonical(lua_State *L, const char *fname) {
     const char *u = check_url_arg(L, 1);
-    canonical_opts o = check_canonical_opts(L, 2);
-    if (u == NULL) return push_bad_url(L, "contains a NUL byte", lua_tostring(L, 1));
+    canonical_opts o = check_canonical_opts(L, 2, fname);
+    if (u == NULL) return push_bad_url(L, "contains a NUL byte", 1);
     url_work *w = work_new(L);
     CURLUcode rc = canonicalize(w, u, &o);
     if (rc == CURLUE_OUT_OF_MEMORY) return luaL_error(L, "not enough memory");
     if (rc != CURLUE_OK) {
         work_release(w);
-        return push_bad_url(L, curl_url_strerror(rc), u);
+        return push_bad_url(L, curl_url_strerror(rc), 1);
     }
     lua_pushlstring(L, w->out.data, w->out.len);
     work_release(w);
@@ -393,71 +460,30 @@ static int push_canonical(lua_State *L) {
     return 1;
 }
 
-/* url.canonical(u [, opts]) -> the canonical string, or nil, "bad url: ...". */
+/* url.canonical(u [, opts]) -> the canonical string, or nil, "bad url: ...", "malformed". */
 static int url_canonical(lua_State *L) {
-    return push_canonical(L);
+    return push_canonical(L, "forage.url.canonical");
 }
 
 /* ---- fingerprint: SipHash-2-4 with 128-bit output ---- */
-
-#define ROTL64(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                        \
-    do {                                                                \
-        v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);   \
-        v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                        \
-        v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                        \
-        v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);   \
-    } while (0)
-
-static uint64_t load_le64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
-
-static void store_le64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-/* Writes to out the 16-byte SipHash-2-4-128 of in under key (the reference algorithm of
-   Aumasson and Bernstein; same results as its published vectors). */
-static void siphash128(const unsigned char *in, size_t n, const unsigned char key[16], unsigned char out[16]) {
-    uint64_t k0 = load_le64(key), k1 = load_le64(key + 8);
-    uint64_t v0 = UINT64_C(0x736f6d6570736575) ^ k0, v1 = UINT64_C(0x646f72616e646f6d) ^ k1;
-    uint64_t v2 = UINT64_C(0x6c7967656e657261) ^ k0, v3 = UINT64_C(0x7465646279746573) ^ k1;
-    v1 ^= 0xee;
-    const unsigned char *end = in + (n - n % 8);
-    for (; in != end; in += 8) {
-        uint64_t m = load_le64(in);
-        v3 ^= m;
-        SIPROUND; SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t last = (uint64_t)n << 56;
-    for (size_t i = 0; i < n % 8; i++) last |= (uint64_t)in[i] << (8 * i);
-    v3 ^= last;
-    SIPROUND; SIPROUND;
-    v0 ^= last;
-    v2 ^= 0xee;
-    SIPROUND; SIPROUND; SIPROUND; SIPROUND;
-    store_le64(out, v0 ^ v1 ^ v2 ^ v3);
-    v1 ^= 0xdd;
-    SIPROUND; SIPROUND; SIPROUND; SIPROUND;
-    store_le64(out + 8, v0 ^ v1 ^ v2 ^ v3);
-}
 
 /* The fixed key: fingerprints are stable across processes, runs and machines. It is the
    key of the reference test vectors (bytes 0..15): a fingerprint names, it does not protect. */
 static const unsigned char fingerprint_key[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-/* url.fingerprint(u [, opts]) -> 16 bytes: SipHash-2-4-128 of canonical(u, opts); or nil, err. */
+/* url.fingerprint(u [, opts]) -> 16 bytes: SipHash-2-4-128 of canonical(u, opts), the
+   digest's two halves written little-endian; or nil, message, "malformed". */
 static int url_fingerprint(lua_State *L) {
-    int n = push_canonical(L);
+    int n = push_canonical(L, "forage.url.fingerprint");
     if (n != 1) return n;
     size_t len;
     const char *canonical = lua_tolstring(L, -1, &len);
+    const uint64_t key[2] = {load_le64(fingerprint_key), load_le64(fingerprint_key + 8)};
+    uint64_t halves[2];
+    siphash128(key, canonical, len, halves);
     unsigned char digest[16];
-    siphash128((const unsigned char *)canonical, len, fingerprint_key, digest);
+    store_le64(digest, halves[0]);
+    store_le64(digest + 8, halves[1]);
     lua_pushlstring(L, (const char *)digest, sizeof digest);
     return 1;
 }
@@ -478,16 +504,16 @@ static void set_part_field(lua_State *L, url_work *w, CURLUPart which, const cha
 }
 
 /* url.parse(u) -> { scheme, user, password, host, zoneid, port, path, query, fragment }
-   (absent parts nil, port an integer), or nil, "bad url: <reason> (<u>)". */
+   (absent parts nil, port an integer), or nil, "bad url: <reason> (<u>)", "malformed". */
 static int url_parse(lua_State *L) {
     const char *u = check_url_arg(L, 1);
-    if (u == NULL) return push_bad_url(L, "contains a NUL byte", lua_tostring(L, 1));
+    if (u == NULL) return push_bad_url(L, "contains a NUL byte", 1);
     url_work *w = work_new(L);
     CURLUcode rc = work_set(w, u);
     if (rc == CURLUE_OUT_OF_MEMORY) return luaL_error(L, "not enough memory");
     if (rc != CURLUE_OK) {
         work_release(w);
-        return push_bad_url(L, curl_url_strerror(rc), u);
+        return push_bad_url(L, curl_url_strerror(rc), 1);
     }
     lua_createtable(L, 0, 9);
     set_part_field(L, w, CURLUPART_SCHEME, "scheme");
@@ -521,17 +547,18 @@ static CURLUcode resolve(url_work *w, const char *href) {
     return work_set(w, href);   /* on a handle holding a URL, a relative one is resolved */
 }
 
-/* url.join(base, href) -> href resolved against base (RFC 3986 section 5.2), or nil, err. */
+/* url.join(base, href) -> href resolved against base (RFC 3986 section 5.2), or nil,
+   "bad url: ...", "malformed" naming the side that is bad. */
 static int url_join(lua_State *L) {
     const char *base = check_url_arg(L, 1);
     const char *href = check_url_arg(L, 2);
-    if (base == NULL) return push_bad_url(L, "contains a NUL byte", lua_tostring(L, 1));
-    if (href == NULL) return push_bad_url(L, "contains a NUL byte", lua_tostring(L, 2));
+    if (base == NULL) return push_bad_url(L, "contains a NUL byte", 1);
+    if (href == NULL) return push_bad_url(L, "contains a NUL byte", 2);
     url_work *w = work_new(L);
     CURLUcode rc = work_set(w, base);
-    const char *culprit = base;
+    int culprit = 1;
     if (rc == CURLUE_OK) {
-        culprit = href;
+        culprit = 2;
         rc = resolve(w, href);
     }
     if (rc == CURLUE_OK) rc = curl_url_get(w->handle, CURLUPART_URL, &w->parts[P_PATH], 0);
@@ -550,11 +577,8 @@ void forage_open_url(lua_State *L) {
         {"parse", url_parse}, {"join", url_join}, {"canonical", url_canonical},
         {"fingerprint", url_fingerprint}, {NULL, NULL},
     };
-    if (luaL_newmetatable(L, URL_WORK_TYPE)) {
-        lua_pushcfunction(L, work_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    static const luaL_Reg work_meta[] = {{"__gc", work_gc}, {NULL, NULL}};
+    type_register(L, URL_WORK_TYPE, NULL, work_meta, 0);
     luaL_newlib(L, functions);
     lua_setfield(L, -2, "url");
 }

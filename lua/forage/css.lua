@@ -5,11 +5,26 @@
 -- :nth-child(an+b | odd | even), comma groups, and the pseudo-elements ::text and
 -- ::attr(name). Each selector is relative: it matches the context node and its
 -- descendants (descendant-or-self::), as in Scrapy.
+--
+-- Two translations. From a document, a chain of compounds is matched right to left, as
+-- browsers do: "div a" is descendant-or-self::a[ancestor::div], one walk of the page with
+-- a walk up from each candidate. The left-to-right form, descendant-or-self::div/descendant::a,
+-- is quadratic in libxml2, which merges the result of every div into the set so far with a
+-- duplicate check against all of it (10 s for 80,000 rows). From a node (compile(s, true)),
+-- the leftmost compound must lie inside the node: in a chain of descendant and child
+-- combinators it is an ancestor of the element matched, so it lies inside when it is at
+-- least as deep as the node, which the caller gives as the variable $forage_depth (the
+-- node's number of ancestors). A chain with a sibling combinator can leave the node's
+-- subtree sideways: from a node it keeps the left-to-right form, its cost bounded by the
+-- node's subtree.
+
+local args = require "forage.args"
 
 local M = {}
 
-local cache, cached = {}, 0
+local caches, cached = { [false] = {}, [true] = {} }, 0
 local CACHE_MAX = 1024
+local NTH_MAX = 2 ^ 31   -- an+b beyond this matches nothing a page holds; refused as a typo
 
 -- An XPath string literal for s (XPath 1.0 has no escapes: concat() when both quotes occur).
 local function literal(s)
@@ -29,7 +44,7 @@ local function parser(selector)
   local p = {}
 
   function p.fail(why)
-    error(("css: invalid selector '%s' (%s at %d)"):format(selector, why, pos), 0)
+    error(("css: invalid selector %s (%s at %d)"):format(args.show(selector), why, pos), 0)
   end
 
   function p.peek(pattern) return selector:match("^" .. pattern, pos) end
@@ -108,12 +123,20 @@ local function nth_arguments(p, text)
   local s = text:gsub("%s+", ""):lower()
   if s == "odd" then return 2, 1 end
   if s == "even" then return 2, 0 end
-  if s:match("^[+-]?%d+$") then return 0, tonumber(s) end
+  if s:match("^[+-]?%d+$") then
+    local b = math.tointeger(tonumber(s))
+    if not b or math.abs(b) > NTH_MAX then p.fail("number too large in :nth-child") end
+    return 0, b
+  end
   local a, b = s:match("^([+-]?%d*)n([+-]%d+)$")
   if not a then a, b = s:match("^([+-]?%d*)n$"), "0" end
   if not a then p.fail("bad :nth-child argument") end
   if a == "" or a == "+" then a = "1" elseif a == "-" then a = "-1" end
-  return tonumber(a), tonumber(b)
+  a, b = math.tointeger(tonumber(a)), math.tointeger(tonumber(b))
+  if not a or not b or math.abs(a) > NTH_MAX or math.abs(b) > NTH_MAX then
+    p.fail("number too large in :nth-child")
+  end
+  return a, b
 end
 
 local ATTRIBUTE_TESTS = {
@@ -203,20 +226,55 @@ local function pseudo_element(p)
   p.fail("unsupported pseudo-element ::" .. what)
 end
 
+-- The XPath step that finds, from a compound's element, the element the combinator
+-- before it connects it to (right to left), and the left-to-right step for the same.
+local RIGHT_TO_LEFT = { [" "] = "ancestor::", [">"] = "parent::", ["~"] = "preceding-sibling::" }
+local LEFT_TO_RIGHT = { [" "] = "/descendant::", [">"] = "/", ["~"] = "/following-sibling::" }
+
+-- The path of a chain: compounds[i] = { name, predicates }, combinators[i] between i and i+1.
+local function chain_path(compounds, combinators, from_node)
+  local n = #compounds
+  local sideways = false
+  for _, c in ipairs(combinators) do sideways = sideways or c == "+" or c == "~" end
+  if from_node and sideways then
+    local path = "descendant-or-self::" .. compounds[1][1] .. compounds[1][2]
+    for i = 2, n do
+      local c, name, predicates = combinators[i - 1], compounds[i][1], compounds[i][2]
+      if c == "+" then
+        path = path .. "/following-sibling::*[1]/self::" .. name .. predicates
+      else
+        path = path .. LEFT_TO_RIGHT[c] .. name .. predicates
+      end
+    end
+    return path
+  end
+  local condition = ""
+  for i = 1, n - 1 do
+    local c, name, predicates = combinators[i], compounds[i][1], compounds[i][2]
+    if i == 1 and from_node then predicates = predicates .. "[count(ancestor::node()) >= $forage_depth]" end
+    local step
+    if c == "+" then
+      step = "preceding-sibling::*[1][self::" .. name .. "]" .. predicates
+    else
+      step = RIGHT_TO_LEFT[c] .. name .. predicates
+    end
+    condition = "[" .. step .. condition .. "]"
+  end
+  return "descendant-or-self::" .. compounds[n][1] .. compounds[n][2] .. condition
+end
+
 -- Parses one selector of a group into an XPath path.
-local function selector_path(p)
+local function selector_path(p, from_node)
   p.space()
   local name, predicates = compound(p)
-  local path
-  if name then
-    path = "descendant-or-self::" .. name .. predicates
-  else
+  if not name then
     -- A bare pseudo-element: ::text is every text below, ::attr(x) the node's own attribute.
     local suffix = pseudo_element(p) or p.fail("expected a selector")
     p.space()
     if suffix == "/text()" then return "descendant-or-self::text()" end
     return suffix:sub(2)
   end
+  local compounds, combinators, suffix = { { name, predicates } }, {}, ""
   while true do
     local spaced = p.space()
     local combinator = p.take("[>+~]")
@@ -227,41 +285,38 @@ local function selector_path(p)
     end
     if p.peek("::") then
       if spaced or combinator then p.fail("misplaced pseudo-element") end
-      path = path .. pseudo_element(p)
+      suffix = pseudo_element(p)
       p.space()
       break
     end
     if not spaced and not combinator then p.fail("unexpected character") end
     name, predicates = compound(p)
     if not name then p.fail("expected a selector after a combinator") end
-    if combinator == ">" then
-      path = path .. "/" .. name .. predicates
-    elseif combinator == "+" then
-      path = path .. "/following-sibling::*[1]/self::" .. name .. predicates
-    elseif combinator == "~" then
-      path = path .. "/following-sibling::" .. name .. predicates
-    else
-      path = path .. "/descendant::" .. name .. predicates
-    end
+    combinators[#combinators + 1] = combinator or " "
+    compounds[#compounds + 1] = { name, predicates }
   end
-  return path
+  return chain_path(compounds, combinators, from_node) .. suffix
 end
 
--- compile(selector) -> the XPath expression for selector; raises when it is invalid.
-function M.compile(selector)
-  if type(selector) ~= "string" then
-    error(("css: selector must be a string, got %s"):format(type(selector)), 2)
-  end
+-- compile(selector [, from_node]) -> the XPath expression for selector, evaluated from a
+-- document, or from a node when from_node is true; raises when it is invalid.
+function M.compile(selector, from_node)
+  args.check(1, selector, "string", "compile")
+  from_node = from_node == true
+  local cache = caches[from_node]
   local xpath = cache[selector]
   if xpath then return xpath end
   local p = parser(selector)
   local paths = {}
   repeat
-    paths[#paths + 1] = selector_path(p)
+    paths[#paths + 1] = selector_path(p, from_node)
     if not p.done() and not p.take(",") then p.fail("unexpected character") end
   until p.done() and #paths > 0 and not selector:match(",%s*$")
   xpath = table.concat(paths, " | ")
-  if cached >= CACHE_MAX then cache, cached = {}, 0 end
+  if cached >= CACHE_MAX then
+    caches, cached = { [false] = {}, [true] = {} }, 0
+    cache = caches[from_node]
+  end
   cache[selector], cached = xpath, cached + 1
   return xpath
 end
