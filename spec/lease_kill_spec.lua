@@ -238,6 +238,35 @@ describe("a pool worker killed inside swap_resource or retire_resource", functio
   end)
 end)
 
+describe("the lease table's options and type", function()
+  it("refuses unknown options, values out of range and NaN, naming the option", function()
+    assert.has_error(function() core.leases { count = 1, slots = 1, cooldwn = 1 } end,
+      "forage.pool resource: unknown option 'cooldwn' (known: count, slots, "
+      .. "max_failures, cooldown, max_cooldown, retire_after)")
+    for _, bad in ipairs {
+      { cooldown = 0 / 0 }, { cooldown = -1 }, { max_cooldown = math.huge }, { max_failures = 0 },
+      { max_failures = 2.5 }, { retire_after = -1 }, { count = 0 }, { slots = 4097 }, { cooldown = "1" },
+    } do
+      local key = next(bad)
+      local o = { count = 1, slots = 1 }
+      o[key] = bad[key]
+      local ok, err = pcall(core.leases, o)
+      assert.is_false(ok)
+      assert.truthy(err:find("forage.pool resource: option '" .. key .. "' must be ", 1, true), err)
+    end
+    assert.has_error(function() core.leases { slots = 1 } end,
+      "forage.pool resource: options 'count' and 'slots' are required")
+  end)
+
+  it("raises in Lua's words on a bad slot, a wrong type or a closed table", function()
+    local t = core.leases { count = 1, slots = 2 }
+    assert.has_error(function() t:acquire(3) end, "bad argument #1 to 'acquire' (slot must be from 1 to 2)")
+    assert.has_error(function() t.held("x", 1) end, "bad argument #1 to 'held' (forage.Leases expected, got string)")
+    getmetatable(t).__close(t)
+    assert.has_error(function() t:acquire(1) end, "attempt to use a closed forage.Leases")
+  end)
+end)
+
 describe("lease_kill_spec itself", function()
   it("killed at least 50 times, at every pause point of src/lease.c", function()
     assert.is_true(kills >= 50, "only " .. kills .. " kills")
