@@ -13,8 +13,8 @@ typedef struct lease_table lease_table;
 lease_table *lease_check(lua_State *L, int i);
 
 int32_t lease_slots(lease_table *t);
-/* The resource slot holds, or -1 (no lock: a slot's own entry is written by the parent
-   while the worker is idle, or by the worker itself). */
+/* The resource slot holds, or -1. Takes the lock, so that an entry left half-written by a
+   process killed mid-operation is repaired before anyone acts on it. */
 int32_t lease_held(lease_table *t, int32_t slot);
 /* Gives slot a free resource if it has none; returns what it holds, or -1. */
 int32_t lease_acquire(lease_table *t, int32_t slot);
