@@ -4,7 +4,7 @@ version = "scm-1"
 -- There is no public repository yet: this URL is a placeholder to replace when forage
 -- is published. `luarocks make` builds from the checkout and never fetches it.
 source = {
-   url = "git+https://github.com/forage-lua/forage.git",
+   url = "git+https://github.com/forage-placeholder/forage.git",
    branch = "main",
 }
 description = {
@@ -15,7 +15,7 @@ multiprocessing.Pool API, robust to killed workers), shares queues, locks, value
 a seen-set and a dict between processes (robust to SIGKILL), and fetches and
 parses pages with forage.http (libcurl), forage.html (libxml2) and forage.url.
 ]],
-   homepage = "https://github.com/forage-lua/forage",
+   homepage = "https://github.com/forage-placeholder/forage",
    license = "MIT",
 }
 dependencies = {
