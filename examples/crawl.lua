@@ -49,31 +49,25 @@ local site = forage.process(serve, server):start()
 server:close()                                    -- the site's process has its own copy
 local base = "http://127.0.0.1:" .. port
 
--- Tasks: they run in the workers.
-local function fetch(url)
+-- Tasks: they run in the workers. scrape(url, xpath) fetches a page and returns what the
+-- XPath finds in it, and the page's final URL.
+local function scrape(url, xpath)
   local r, err = forage.http.get(url, { timeout = 10 })
   if not r then error("fetch " .. url .. ": " .. tostring(err)) end
   if r.status ~= 200 then error("fetch " .. url .. ": status " .. r.status) end
-  return r
+  local doc <close> = forage.html.parse(r.body, r.url)
+  return doc:xpath(xpath), r.url
 end
 
 local function list_page(url)
-  local r = fetch(url)
-  local doc <close> = forage.html.parse(r.body, r.url)
-  local urls = {}
-  for _, href in ipairs(doc:xpath('//a[@class="name"]/@href')) do
-    urls[#urls + 1] = forage.url.join(r.url, href)
-  end
-  return urls
+  local hrefs, final_url = scrape(url, '//a[@class="name"]/@href')
+  for i, href in ipairs(hrefs) do hrefs[i] = forage.url.join(final_url, href) end
+  return hrefs
 end
 
 local function detail_page(url)
-  local r = fetch(url)
-  local doc <close> = forage.html.parse(r.body, r.url)
-  local directors = {}
-  for _, text in ipairs(doc:xpath('//div[@class="directors el-row"]//p/text()')) do
-    directors[#directors + 1] = text:match("^%s*(.-)%s*$")
-  end
+  local directors = scrape(url, '//div[@class="directors el-row"]//p/text()')
+  for i, text in ipairs(directors) do directors[i] = text:match("^%s*(.-)%s*$") end
   return url .. "," .. table.concat(directors, "|")
 end
 
