@@ -34,7 +34,8 @@ FUZZ_PKGS  = clang libclang-rt-14-dev
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/?.so;;
-# Nested makes (and `eval "$$(make -s env)"` run from a recipe) print only what they are asked.
+# A make started from a recipe (the specs run `make -s env` under make test) prints no
+# "Entering directory" lines into the output it is asked for.
 MAKEFLAGS += --no-print-directory
 
 .PHONY: all deps bench-deps fuzz-deps test check lint rock-check demo bench fuzz clean env
