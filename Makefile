@@ -24,15 +24,21 @@ HDR  = $(wildcard src/*.h)
 SO   = forage/core.so forage/web.so
 
 # Debian packages: what building and testing need; what benchmarks and fuzzing add.
-DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check \
+DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check lua-argparse \
              libcurl4-openssl-dev libxml2-dev nginx-light tinyproxy openssl lua-socket
-BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy
+BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy wrk
+# Packages whose service Debian starts at install (package:service): the specs run their own
+# nginx and tinyproxy on 127.0.0.1, so none is left running system-wide.
+SERVICE_PKGS = nginx-light:nginx tinyproxy:tinyproxy
 FUZZ_PKGS  = clang libclang-rt-14-dev
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/?.so;;
+# A make started from a recipe (the specs run `make -s env` under make test) prints no
+# "Entering directory" lines into the output it is asked for.
+MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps bench-deps fuzz-deps test check lint rock-check demo bench fuzz clean
+.PHONY: all deps bench-deps fuzz-deps test check lint rock-check demo bench fuzz clean env
 
 all: $(SO)
 
@@ -44,14 +50,28 @@ forage/web.so: $(WEB_SRC) $(HDR) Makefile
 	@mkdir -p forage
 	$(CC) $(ALL_CFLAGS) -shared -o $@ $(WEB_SRC) $(WEB_LIBS)
 
-# Installs what is missing, and nothing when all is present.
+# Installs what is missing, and nothing when all is present. A policy-rc.d that says 101
+# ("not allowed") keeps the packages' services from starting during the install; it is
+# removed afterwards (when it was ours), and any service of a package installed here that
+# started all the same is stopped.
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    trap '$$SUDO rm -f /usr/sbin/policy-rc.d' EXIT; \
+	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $$SUDO chmod 755 /usr/sbin/policy-rc.d; \
+	  fi; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; rc=$$?; \
+	  for ps in $(SERVICE_PKGS); do \
+	    case " $$(echo $$missing) " in *" $${ps%%:*} "*) \
+	      $$SUDO service $${ps#*:} status >/dev/null 2>&1 && $$SUDO service $${ps#*:} stop >/dev/null 2>&1; \
+	    esac; \
+	  done; \
+	  exit $$rc; \
 	fi
 endef
 
@@ -71,7 +91,7 @@ define run_specs
 	@mkdir -p build
 	$(1) -o utfTerminal 2>&1 | tee build/specs.log; rc=$${PIPESTATUS[0]}; \
 	  sed 's/\x1b\[[0-9;]*m//g' build/specs.log | \
-	  awk '/successes \/ .* failures \/ .* errors/ { print "$(2): " $$1 " passed, " $$4 + $$7 " failed" }'; \
+	  awk '/[0-9]+ success(es)? \/ [0-9]+ failures? \/ [0-9]+ errors? / { print "$(2): " $$1 " passed, " $$4 + $$7 " failed" }'; \
 	  exit $$rc
 endef
 
@@ -83,15 +103,30 @@ test: deps all lint
 lint: deps
 	luacheck --quiet lua spec bench examples fuzz bin/forage
 
-# Installs the rock offline into a private tree and loads it from another directory.
+# Runs the README's own install commands (the blocks between its rock-install and rock-use
+# markers, as a user would paste them) with HOME in a fresh directory, so that a --local
+# install lands there, and none of this checkout's paths in the environment; then loads the
+# rock from another directory. Fails first when a C file or a Lua module is not in the rockspec.
+ROCKSPEC  = rockspec/forage-scm-1.rockspec
+ROCK_HOME = $(CURDIR)/build/rockhome
+readme_block = sed -n '/<!-- $(1):begin -->/,/<!-- $(1):end -->/p' $(CURDIR)/README.md | grep -v '^<!--' | grep -v '^```'
+ROCK_LOAD_CHECK = local f = require "forage"; assert(f.pool and f.process and f.http and f.html and f.url, "incomplete rock"); \
+  local so = package.searchpath("forage.core", package.cpath); \
+  assert(so and so:find(os.getenv("HOME"), 1, true) == 1, "forage.core is not from the rock: " .. tostring(so)); \
+  print("rock ok:", so, f.version)
 rock-check: deps
-	@for f in $(SRC); do grep -q "\"$$f\"" rockspec/forage-scm-1.rockspec || { echo "$$f is missing from the rockspec"; exit 1; }; done
-	rm -rf build/rocktree
-	luarocks --lua-version 5.4 make --tree=build/rocktree --deps-mode=none rockspec/forage-scm-1.rockspec \
-	  CURL_INCDIR=/usr/include/$$(gcc -print-multiarch) >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
-	cd /tmp && LUA_PATH='$(CURDIR)/build/rocktree/share/lua/5.4/?.lua;$(CURDIR)/build/rocktree/share/lua/5.4/?/init.lua;;' \
-	  LUA_CPATH='$(CURDIR)/build/rocktree/lib/lua/5.4/?.so;;' \
-	  $(LUA) -e 'local f = require "forage"; assert(f.pool and f.process, "incomplete rock"); print("rock ok:", f, f.version)'
+	@for f in $(SRC) $$(find lua -name '*.lua' | sort); do \
+	  grep -qF "\"$$f\"" $(ROCKSPEC) || { echo "$$f is missing from $(ROCKSPEC)"; exit 1; }; \
+	done
+	@test -n "$$($(call readme_block,rock-install))" || { echo "README.md: no rock-install block"; exit 1; }
+	rm -rf $(ROCK_HOME) && mkdir -p $(ROCK_HOME)
+	@echo "README's install commands:"; $(call readme_block,rock-install)
+	@env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_INIT HOME=$(ROCK_HOME) \
+	  bash -euo pipefail -c "$$($(call readme_block,rock-install))" >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	@echo "README's commands to use it, from $(ROCK_HOME):"; $(call readme_block,rock-use)
+	@cd $(ROCK_HOME) && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_INIT HOME=$(ROCK_HOME) \
+	  ROCK_LOAD_CHECK='$(ROCK_LOAD_CHECK)' \
+	  bash -euo pipefail -c "$$($(call readme_block,rock-use))"$$'\n''lua5.4 -e "$$ROCK_LOAD_CHECK"; test -x "$$HOME/.luarocks/bin/forage"'
 
 # The sanitizer build: one shared object, and the whole suite run against it.
 ASAN_SO = build/asan/forage/core.so build/asan/forage/web.so
@@ -111,6 +146,13 @@ SANITIZER_ENV = LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
 
 check: deps $(ASAN_SO)
 	$(call run_specs,$(SANITIZER_ENV) $(BUSTED) --cpath='$(CURDIR)/build/asan/?.so',sanitized specs)
+
+# Prints the exports that make this checkout's forage (and bin/forage) usable from any
+# directory: eval "$$(make -s env)".
+env: all
+	@echo "export LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;'"
+	@echo "export LUA_CPATH='$(CURDIR)/?.so;;'"
+	@echo "export PATH='$(CURDIR)/bin:'\"\$$PATH\""
 
 demo: deps all
 	$(LUA) examples/demo.lua

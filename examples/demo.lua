@@ -1,5 +1,6 @@
--- The examples of the blog post in shared/seed (multiprocessing, process pools, a crawl
--- that chains list pages into detail pages), rewritten for forage. `make demo` runs it.
+-- The examples of a blog post on Python's multiprocessing (processes, pools, a crawl that
+-- chains list pages into detail pages through sticky proxies), rewritten for forage.
+-- `make demo` runs it; so does `lua5.4 examples/demo.lua` after eval "$(make -s env)".
 --
 -- Until the crawl layer lands, the "site" is a function that answers like the blog's
 -- practice site would (ten movies a page, a director each), so the chaining, the
@@ -54,42 +55,8 @@ do
   p:join()
 end
 
-section("the ways to give a pool work")
-do
-  local function f(x, y) return x * (y or 666) end
-  local pool <close> = forage.pool(4)
-
-  local res = pool:apply_async(f, { 20 })
-  print(res:get(1))                                   -- 13320
-
-  res = pool:apply_async(forage.sleep, { 5 })
-  local value, err = res:get(1)
-  if value == nil and err == "timeout" then print("timed out: the function is still running") end
-
-  local pids = {}
-  for i = 1, 4 do pids[i] = pool:apply_async(forage.getpid, {}) end
-  for i = 1, 4 do pids[i] = pids[i]:get() end
-  print("apply_async pids:", show(pids))
-
-  local range = {}
-  for i = 0, 9 do range[#range + 1] = i end
-  print("map: ", show(pool:map(f, range)))
-
-  local ordered = {}
-  for i, r in pool:imap(f, range) do ordered[i] = r end
-  print("imap: ", show(ordered))
-
-  local unordered = {}
-  for _, r in pool:imap_unordered(f, range) do unordered[#unordered + 1] = r end
-  table.sort(unordered)
-  print("imap_unordered (sorted): ", show(unordered))
-
-  print("starmap: ", show(pool:starmap(f, { { 1, 1 }, { 2, 2 }, { 3, 3 } })))
-
-  local later = pool:map_async(f, range, nil, { on_done = function(x) print("map_async: ", show(x)) end })
-  later:wait()      -- the callback runs in this process, inside a pool call
-  pool:terminate()  -- the sleeping task need not finish: terminate, as the blog's `with` does
-end
+section("the ways to give a pool work (examples/pool_basics.lua)")
+dofile(((arg and arg[0] or ""):match("^(.*/)") or "./") .. "pool_basics.lua")
 
 section("the blog's crawl: 20 workers, 8 sticky proxies, list -> detail pages")
 do

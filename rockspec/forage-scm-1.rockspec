@@ -1,26 +1,36 @@
 rockspec_format = "3.0"
 package = "forage"
 version = "scm-1"
+-- There is no public repository yet: this URL is a placeholder to replace when forage
+-- is published. `luarocks make` builds from the checkout and never fetches it.
 source = {
-   url = "git+file:///dev/null",
+   url = "git+https://github.com/forage-placeholder/forage.git",
+   branch = "main",
 }
 description = {
    summary = "Fork pools, shared objects and sticky proxies for crawling, with a C core",
    detailed = [[
 forage runs Lua functions in a pool of forked workers (the whole of Python's
-multiprocessing.Pool API, robust to killed workers), moves Lua values between
-processes with a versioned wire format, and is the base of a proxy-aware crawler.
+multiprocessing.Pool API, robust to killed workers), shares queues, locks, values,
+a seen-set and a dict between processes (robust to SIGKILL), and fetches and
+parses pages with forage.http (libcurl), forage.html (libxml2) and forage.url.
 ]],
+   homepage = "https://github.com/forage-placeholder/forage",
    license = "MIT",
 }
 dependencies = {
    "lua >= 5.4",
+   "argparse",
 }
--- Debian keeps curl's headers under /usr/include/<multiarch>: pass
--- CURL_INCDIR=/usr/include/$(gcc -print-multiarch) to luarocks (make rock-check does).
+-- CURL is declared by its library only: Debian keeps curl/curl.h under
+-- /usr/include/<multiarch>, where the compiler looks by itself but luarocks' header check
+-- does not. CURL_DIR or CURL_INCDIR still point luarocks at a curl installed elsewhere.
 external_dependencies = {
-   CURL = { header = "curl/curl.h", library = "curl" },
+   CURL = { library = "curl" },
    LIBXML2 = { header = "libxml2/libxml/HTMLparser.h", library = "xml2" },
+}
+test = {
+   type = "busted",
 }
 build = {
    type = "builtin",
@@ -30,11 +40,10 @@ build = {
    modules = {
       ["forage.core"] = {
          sources = {
-            "src/args.c", "src/buf.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c", "src/hash.c",
-            "src/clock.c",
-            "src/lease.c", "src/luatype.c",
-            "src/pause.c", "src/pipe.c", "src/pool.c", "src/proc.c", "src/queue.c", "src/set.c", "src/shm.c",
-            "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c", "src/worker.c",
+            "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
+            "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/proc.c",
+            "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
+            "src/worker.c",
          },
          defines = { "_GNU_SOURCE" },
       },

@@ -1,0 +1,63 @@
+rockspec_format = "3.0"
+package = "forage"
+version = "0.1.0-1"
+-- The release: the repository at tag v0.1.0. There is no public repository yet: the URL
+-- is a placeholder to replace when forage is published.
+source = {
+   url = "git+https://github.com/forage-placeholder/forage.git",
+   tag = "v0.1.0",
+}
+description = {
+   summary = "Fork pools, shared objects and sticky proxies for crawling, with a C core",
+   detailed = [[
+forage runs Lua functions in a pool of forked workers (the whole of Python's
+multiprocessing.Pool API, robust to killed workers), shares queues, locks, values,
+a seen-set and a dict between processes (robust to SIGKILL), and fetches and
+parses pages with forage.http (libcurl), forage.html (libxml2) and forage.url.
+]],
+   homepage = "https://github.com/forage-placeholder/forage",
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.4",
+}
+-- CURL is declared by its library only: Debian keeps curl/curl.h under
+-- /usr/include/<multiarch>, where the compiler looks by itself but luarocks' header check
+-- does not. CURL_DIR or CURL_INCDIR still point luarocks at a curl installed elsewhere.
+external_dependencies = {
+   CURL = { library = "curl" },
+   LIBXML2 = { header = "libxml2/libxml/HTMLparser.h", library = "xml2" },
+}
+test = {
+   type = "busted",
+}
+build = {
+   type = "builtin",
+   install = {
+      bin = { forage = "bin/forage" },
+   },
+   modules = {
+      ["forage.core"] = {
+         sources = {
+            "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
+            "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/proc.c",
+            "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
+            "src/worker.c",
+         },
+         defines = { "_GNU_SOURCE" },
+      },
+      ["forage.web"] = {
+         sources = { "src/web.c", "src/url.c", "src/html.c", "src/http.c", "src/buf.c", "src/args.c", "src/hash.c",
+                     "src/luatype.c", "src/clock.c" },
+         defines = { "_GNU_SOURCE" },
+         incdirs = { "$(CURL_INCDIR)", "$(LIBXML2_INCDIR)/libxml2" },
+         libdirs = { "$(CURL_LIBDIR)", "$(LIBXML2_LIBDIR)" },
+         libraries = { "curl", "xml2" },
+      },
+      ["forage"] = "lua/forage/init.lua",
+      ["forage.pool"] = "lua/forage/pool.lua",
+      ["forage.worker"] = "lua/forage/worker.lua",
+      ["forage.css"] = "lua/forage/css.lua",
+      ["forage.args"] = "lua/forage/args.lua",
+   },
+}
