@@ -60,5 +60,11 @@ build = {
       ["forage.worker"] = "lua/forage/worker.lua",
       ["forage.css"] = "lua/forage/css.lua",
       ["forage.args"] = "lua/forage/args.lua",
+      ["forage.cli"] = "lua/forage/cli/init.lua",
+      ["forage.cli.fetch"] = "lua/forage/cli/fetch.lua",
+      ["forage.cli.help"] = "lua/forage/cli/help.lua",
+      ["forage.cli.page"] = "lua/forage/cli/page.lua",
+      ["forage.cli.shell"] = "lua/forage/cli/shell.lua",
+      ["forage.cli.version"] = "lua/forage/cli/version.lua",
    },
 }
