@@ -405,6 +405,10 @@ describe("wire", function()
       local long = ("k"):rep(10 * 1000 * 1000)
       local err = refusal({ [long] = print }, { root = long })
       assert.are.equal(("k"):rep(60) .. '...["' .. ("k"):rep(40) .. '..."]: cannot send function in data mode', err)
+      local u = io.tmpfile()
+      u:close()   -- before its metatable goes: nothing is left open
+      debug.setmetatable(u, { __name = ("n"):rep(1000) })
+      assert.are.equal("value: cannot send userdata (" .. ("n"):rep(60) .. ")", refusal(u))
       local mod = {}
       local name = ("m"):rep(100000)
       package.loaded[name] = mod

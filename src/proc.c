@@ -138,10 +138,8 @@ static int process_kill(lua_State *L) { return process_signal(L, SIGKILL); }
    (upvalue 2). */
 static int process_index(lua_State *L) {
     process *p = check_process(L, 1);
-    const char *key = lua_tostring(L, 2);
-    if (key == NULL || lua_type(L, 2) != LUA_TSTRING) {
-        lua_pushnil(L);
-    } else if (strcmp(key, "pid") == 0) {
+    const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
+    if (strcmp(key, "pid") == 0) {
         if (p->pid == 0) lua_pushnil(L);
         else lua_pushinteger(L, p->pid);
     } else if (strcmp(key, "exitcode") == 0) {

@@ -716,11 +716,11 @@ static int encode_value(encoder *e, int idx) {
             const char *name = lua_tostring(L, -1);
             char reason[128];
             if (strncmp(name, "forage.", 7) == 0 && !e->code)
-                snprintf(reason, sizeof reason, "cannot send %s in data mode (only inside the process tree)", name);
+                snprintf(reason, sizeof reason, "cannot send %.60s in data mode (only inside the process tree)", name);
             else if (strncmp(name, "forage.", 7) == 0)
-                snprintf(reason, sizeof reason, "cannot send %s", name);
+                snprintf(reason, sizeof reason, "cannot send %.60s", name);
             else
-                snprintf(reason, sizeof reason, "cannot send userdata (%s)", name);
+                snprintf(reason, sizeof reason, "cannot send userdata (%.60s)", name);
             lua_pop(L, 1);
             return refuse(e, reason);
         }
