@@ -4,14 +4,24 @@ local show = require("forage.args").show
 -- This file's name as Lua reports it in error positions.
 local SOURCE = debug.getinfo(1, "S").short_src
 
+-- Starts fn in a child that is killed and reaped when the test ends, passed or failed.
+local function start_reaped(fn)
+  local p = forage.process(fn):start()
+  finally(function()
+    if p:alive() then p:kill() end
+    p:join(5)
+  end)
+  return p
+end
+
 describe("forage.pipe", function()
   it("carries values between processes, both ways", function()
     local parent, child = forage.pipe()
-    local p = forage.process(function()
+    local p = start_reaped(function()
       local v = child:recv()
       child:send({ got = v, answer = 42, list = { 1, 2.5, "three", true } })
       child:close()
-    end):start()
+    end)
     parent:send({ 42, nil, "hello" })
     local reply = parent:recv(5)
     assert.same({ 42, nil, "hello" }, reply.got)
@@ -88,7 +98,7 @@ describe("forage.pipe", function()
   it("carries a message larger than the pipe's buffer", function()
     local a, b = forage.pipe()
     local big = string.rep("0123456789", 500000)   -- 5 MB
-    local p = forage.process(function() b:send(big) end):start()
+    local p = start_reaped(function() b:send(big) end)
     assert.equal(big, a:recv(10))
     assert.equal(0, p:join(5))
   end)

@@ -6,11 +6,21 @@ local show = require("forage.args").show
 -- This file's name as Lua reports it in error positions.
 local SOURCE = debug.getinfo(1, "S").short_src
 
+-- Kills and reaps p when the test ends, passed or failed: a failed assertion never
+-- leaves a child behind (holding busted's output open).
+local function reaped(p)
+  finally(function()
+    if p:alive() then p:kill() end
+    p:join(5)
+  end)
+  return p
+end
+
 -- A started child that blocks until told to go (go(), then it exits 0) or killed: a
 -- process whose state the spec decides, never a timed busy loop.
 local function blocked_child()
   local r, w = forage.pipe(false)
-  local p = forage.process(function() r:recv() end):start()
+  local p = reaped(forage.process(function() r:recv() end):start())
   return p, function() w:send("go") end
 end
 
