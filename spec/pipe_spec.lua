@@ -1,13 +1,27 @@
 local forage = require "forage"
+local show = require("forage.args").show
+
+-- This file's name as Lua reports it in error positions.
+local SOURCE = debug.getinfo(1, "S").short_src
+
+-- Starts fn in a child that is killed and reaped when the test ends, passed or failed.
+local function start_reaped(fn)
+  local p = forage.process(fn):start()
+  finally(function()
+    if p:alive() then p:kill() end
+    p:join(5)
+  end)
+  return p
+end
 
 describe("forage.pipe", function()
   it("carries values between processes, both ways", function()
     local parent, child = forage.pipe()
-    local p = forage.process(function()
+    local p = start_reaped(function()
       local v = child:recv()
       child:send({ got = v, answer = 42, list = { 1, 2.5, "three", true } })
       child:close()
-    end):start()
+    end)
     parent:send({ 42, nil, "hello" })
     local reply = parent:recv(5)
     assert.same({ 42, nil, "hello" }, reply.got)
@@ -16,20 +30,55 @@ describe("forage.pipe", function()
     assert.equal(0, p:join(5))
   end)
 
-  it("recv times out, and says closed once the far end is gone", function()
+  it("recv times out, and says closed once the far end is gone, with kinds", function()
     local a, b = forage.pipe()
-    local v, err = a:recv(0.02)
-    assert.is_nil(v)
-    assert.equal("timeout", err)
+    assert.same({ nil, "timeout", "timeout" }, { a:recv(0.02) })
+    assert.same({ nil, "timeout", "timeout" }, { a:recv(0) })
     b:close()
-    v, err = a:recv(1)
-    assert.is_nil(v)
-    assert.equal("closed", err)
+    assert.same({ nil, "closed", "closed" }, { a:recv(1) })
+    assert.same({ nil, "closed", "closed" }, { a:recv() })
+  end)
+
+  it("recv waits forever for nil, math.huge and timeouts over 1e9 seconds", function()
+    local a, b = forage.pipe()
+    for _, forever in ipairs { math.huge, 1e300, 1e10, 1e9 } do
+      b:send(forever)
+      assert.equal(forever, a:recv(forever))
+    end
+    b:send("nil")
+    assert.equal("nil", a:recv(nil))
+    b:close()
+    assert.same({ nil, "closed", "closed" }, { a:recv(1e300) })
+  end)
+
+  it("recv and poll raise on a negative, NaN or non-number timeout, at the caller's line", function()
+    local a, b = forage.pipe()
+    -- A message is waiting: a recv that wrongly accepted the timeout returns it at once.
+    b:send("waiting")
+    local function expect(method, bad, ok, err, line)
+      assert.is_false(ok)
+      assert.equal(SOURCE .. ":" .. line .. ": bad argument #1 to '" .. method .. "' (timeout must be nil or a "
+        .. "non-negative number of seconds, got " .. show(bad) .. ")", err)
+    end
+    for _, bad in ipairs { -1, -math.huge, 0 / 0, "1", {} } do
+      local ok, err = pcall(function() a:recv(bad) end) local line = debug.getinfo(1, "l").currentline
+      expect("recv", bad, ok, err, line)
+      ok, err = pcall(function() a:poll(bad) end) line = debug.getinfo(1, "l").currentline
+      expect("poll", bad, ok, err, line)
+    end
+    assert.equal("waiting", a:recv(0))
+  end)
+
+  it("send says closed, with its kind, once the far end is gone", function()
+    local a, b = forage.pipe()
+    b:close()
+    assert.same({ nil, "closed", "closed" }, { a:send("lost") })
   end)
 
   it("poll tells whether recv would block, without taking the message", function()
     local a, b = forage.pipe()
     assert.is_false(a:poll(0))
+    assert.is_false(a:poll())
     b:send("x")
     assert.is_true(a:poll(1))
     assert.is_true(a:poll(0))
@@ -37,10 +86,19 @@ describe("forage.pipe", function()
     assert.is_false(a:poll(0))
   end)
 
+  it("poll(nil) waits forever, as Python's poll(None)", function()
+    local a, b = forage.pipe()
+    b:send("x")
+    assert.is_true(a:poll(nil))
+    assert.equal("x", a:recv(0))
+    b:close()
+    assert.is_true(a:poll(nil))   -- the far end's close: recv would not block
+  end)
+
   it("carries a message larger than the pipe's buffer", function()
     local a, b = forage.pipe()
     local big = string.rep("0123456789", 500000)   -- 5 MB
-    local p = forage.process(function() b:send(big) end):start()
+    local p = start_reaped(function() b:send(big) end)
     assert.equal(big, a:recv(10))
     assert.equal(0, p:join(5))
   end)
@@ -53,6 +111,17 @@ describe("forage.pipe", function()
     assert.has_error(function() w:recv(0) end, "connection is send-only")
   end)
 
+  it("checks the type of duplex", function()
+    local ok, err = pcall(function() forage.pipe("no") end) local line = debug.getinfo(1, "l").currentline
+    assert.is_false(ok)
+    assert.equal(SOURCE .. ":" .. line .. ": bad argument #1 to 'pipe' (boolean expected, got string)", err)
+    local a, b = forage.pipe(nil)
+    b:send(1)
+    assert.equal(1, a:recv(0))
+    a:send(2)   -- duplex by default
+    assert.equal(2, b:recv(0))
+  end)
+
   it("refuses a userdata, naming where it sits", function()
     local a = forage.pipe()
     assert.has_error(function() a:send({ conn = io.tmpfile() }) end, "value.conn: cannot send userdata (FILE*)")
@@ -62,6 +131,13 @@ describe("forage.pipe", function()
     local a = forage.pipe()
     a:close()
     a:close()
-    assert.has_error(function() a:send(1) end, "attempt to use a closed connection")
+    assert.has_error(function() a:send(1) end, "attempt to use a closed forage.Connection")
+    assert.has_error(function() a:recv(0) end, "attempt to use a closed forage.Connection")
+    assert.equal("forage.Connection (closed)", tostring(a))
+  end)
+
+  it("rejects a method called on another type", function()
+    local a = forage.pipe()
+    assert.has_error(function() a.recv(42) end, "bad argument #1 to 'recv' (forage.Connection expected, got number)")
   end)
 end)

@@ -1,6 +1,28 @@
 local forage = require "forage"
 local helpers = require "helpers"
 local slurp = helpers.read
+local show = require("forage.args").show
+
+-- This file's name as Lua reports it in error positions.
+local SOURCE = debug.getinfo(1, "S").short_src
+
+-- Kills and reaps p when the test ends, passed or failed: a failed assertion never
+-- leaves a child behind (holding busted's output open).
+local function reaped(p)
+  finally(function()
+    if p:alive() then p:kill() end
+    p:join(5)
+  end)
+  return p
+end
+
+-- A started child that blocks until told to go (go(), then it exits 0) or killed: a
+-- process whose state the spec decides, never a timed busy loop.
+local function blocked_child()
+  local r, w = forage.pipe(false)
+  local p = reaped(forage.process(function() r:recv() end):start())
+  return p, function() w:send("go") end
+end
 
 describe("forage.process", function()
   it("runs a function with its arguments in a child and joins it", function()
@@ -33,20 +55,51 @@ describe("forage.process", function()
     assert.truthy(out:find("exit 1", 1, true))
   end)
 
-  it("join with a timeout returns nil, 'timeout' while the child runs", function()
-    local p = forage.process(function() local t = forage.now() + 5 while forage.now() < t do end end)
-    p:start()
-    local code, err = p:join(0.05)
+  it("join with a timeout returns nil, 'timeout', 'timeout' while the child runs", function()
+    local p = blocked_child()
+    local code, err, kind = p:join(0.05)
     assert.is_nil(code)
     assert.equal("timeout", err)
+    assert.equal("timeout", kind)
     assert.is_true(p:alive())
     p:kill()
     assert.equal(-9, p:join(5))
     assert.equal(-9, p.exitcode)
   end)
 
+  it("join(0) does not wait", function()
+    local p = blocked_child()
+    assert.same({ nil, "timeout", "timeout" }, { p:join(0) })
+    p:kill()
+    assert.equal(-9, p:join(5))
+  end)
+
+  it("join waits forever for nil, math.huge and any timeout over 1e9 seconds", function()
+    for _, forever in ipairs { false, math.huge, 1e300, 1e10 } do
+      local p, go = blocked_child()
+      go()
+      if forever then
+        assert.equal(0, p:join(forever))
+      else
+        assert.equal(0, p:join(nil))
+      end
+    end
+  end)
+
+  it("join raises on a negative, NaN or non-number timeout, at the caller's line", function()
+    -- An exited child: a join that wrongly accepted the timeout returns at once.
+    local p = forage.process(function() end):start()
+    assert.equal(0, p:join(5))
+    for _, bad in ipairs { -1, -math.huge, 0 / 0, "1", {} } do
+      local ok, err = pcall(function() p:join(bad) end) local line = debug.getinfo(1, "l").currentline
+      assert.is_false(ok)
+      assert.equal(SOURCE .. ":" .. line .. ": bad argument #1 to 'join' (timeout must be nil or a "
+        .. "non-negative number of seconds, got " .. show(bad) .. ")", err)
+    end
+  end)
+
   it("terminate sends SIGTERM", function()
-    local p = forage.process(function() local t = forage.now() + 5 while forage.now() < t do end end):start()
+    local p = blocked_child()
     p:terminate()
     assert.equal(-15, p:join(5))
   end)
@@ -75,7 +128,28 @@ describe("forage.process", function()
     p:join()
   end)
 
-  it("rejects a non-function", function()
-    assert.has_error(function() forage.process(42) end, "forage.process: expected a function, got number")
+  it("rejects a non-function in Lua's words, at the caller's line", function()
+    local ok, err = pcall(function() forage.process(42) end) local line = debug.getinfo(1, "l").currentline
+    assert.is_false(ok)
+    assert.equal(SOURCE .. ":" .. line .. ": bad argument #1 to 'process' (function expected, got number)", err)
+    assert.falsy(err:find("init.lua", 1, true))
+    ok, err = pcall(function() forage.process() end)
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to 'process' %(function expected, got no value%)$", err)
+  end)
+
+  it("has the fields pid and exitcode, and nil for other keys", function()
+    local p = forage.process(function() end)
+    assert.is_nil(p.nonexistent)
+    assert.is_nil(p[1])
+    assert.equal("function", type(p.start))
+    p:start()
+    assert.equal(0, p:join(5))
+    assert.equal(0, p.exitcode)
+  end)
+
+  it("rejects a method called on another type", function()
+    local p = forage.process(function() end)
+    assert.has_error(function() p.join(42) end, "bad argument #1 to 'join' (forage.Process expected, got number)")
   end)
 end)

@@ -363,16 +363,107 @@ describe("wire", function()
       collectgarbage()
     end)
 
-    it("tells a decoded nil from a failure by the second value", function()
+    it("tells a decoded nil from a failure: nil, message, \"malformed\"", function()
       assert.are.equal(1, select("#", decode(encode(nil))))
-      assert.are.equal(2, select("#", decode("")))
+      assert.are.same({ nil, "wire: truncated input at byte 0", "malformed" }, { decode("") })
     end)
 
-    it("checks its arguments", function()
-      assert.has_error(function() encode() end)
-      assert.has_error(function() encode(1, 2) end)
-      assert.has_error(function() encode(1, { root = 3 }) end)
-      assert.has_error(function() decode(123) end)
+    it("checks its arguments in Lua's words", function()
+      assert.has_error(function() encode() end, "bad argument #1 to 'encode' (value expected)")
+      assert.has_error(function() encode(1, 2) end, "bad argument #2 to 'encode' (table expected, got number)")
+      assert.has_error(function() decode(123) end, "bad argument #1 to 'decode' (string expected, got number)")
+      assert.has_error(function() decode("", "code") end, "bad argument #2 to 'decode' (table expected, got string)")
+    end)
+
+    it("rejects unknown options, naming the key and the function", function()
+      assert.has_error(function() encode(1, { cod = true }) end,
+                       "forage.encode: unknown option 'cod' (known: code, root)")
+      assert.has_error(function() decode(encode(1), { root = "x" }) end,
+                       "forage.decode: unknown option 'root' (known: code)")
+      assert.has_error(function() encode(1, { [1] = true }) end, "forage.encode: unknown option 1 (known: code, root)")
+      assert.has_error(function() core.decode_into(encode { 1 }, {}, 1, { coed = true }) end,
+                       "decode_into: unknown option 'coed' (known: code)")
+    end)
+
+    it("checks the types of option values", function()
+      assert.has_error(function() encode(1, { root = 3 }) end, "forage.encode: option 'root' must be a string, got 3")
+      assert.has_error(function() encode(1, { code = "yes" }) end,
+                       "forage.encode: option 'code' must be a boolean, got 'yes'")
+      assert.has_error(function() decode(encode(1), { code = 1 }) end,
+                       "forage.decode: option 'code' must be a boolean, got 1")
+      assert.are.equal(1, decode(encode(1, { code = false }), { code = false }))
+    end)
+
+    it("raises a refusal at the caller's line, never inside forage", function()
+      local source = debug.getinfo(1, "S").short_src
+      local ok, err = pcall(function() encode(print) end) local line = debug.getinfo(1, "l").currentline
+      assert.is_false(ok)
+      assert.are.equal(source .. ":" .. line .. ": value: cannot send function in data mode", err)
+    end)
+
+    it("cuts long names in its messages", function()
+      local long = ("k"):rep(10 * 1000 * 1000)
+      local err = refusal({ [long] = print }, { root = long })
+      assert.are.equal(("k"):rep(60) .. '...["' .. ("k"):rep(40) .. '..."]: cannot send function in data mode', err)
+      local u = io.tmpfile()
+      u:close()   -- before its metatable goes: nothing is left open
+      debug.setmetatable(u, { __name = ("n"):rep(1000) })
+      assert.are.equal("value: cannot send userdata (" .. ("n"):rep(60) .. ")", refusal(u))
+      local mod = {}
+      local name = ("m"):rep(100000)
+      package.loaded[name] = mod
+      local s = encode(function() return mod end, CODE)
+      package.loaded[name] = nil
+      local v, msg, kind = decode(s, CODE)
+      assert.is_nil(v)
+      assert.are.equal("malformed", kind)
+      assert.is_true(#msg < 200, msg)
+    end)
+  end)
+
+  describe("decode_into", function()
+    local decode_into = core.decode_into
+
+    it("stores a list's items from an offset on", function()
+      local t = { "kept" }
+      assert.are.equal(t, decode_into(encode { "a", "b" }, t, 2))
+      assert.are.same({ "kept", "a", "b" }, t)
+      -- The general path (a hash part, references) follows the same rule.
+      local shared = {}
+      t = decode_into(encode { shared, shared, x = 1 }, {}, 5)
+      assert.are.equal(t[5], t[6])
+      assert.is_nil(t.x)
+    end)
+
+    it("uses every index up to math.maxinteger, and negative ones", function()
+      local t = decode_into(encode { 1, 2 }, {}, math.maxinteger - 1)
+      assert.are.equal(1, t[math.maxinteger - 1])
+      assert.are.equal(2, t[math.maxinteger])
+      t = decode_into(encode { 1, 2 }, {}, math.mininteger)
+      assert.are.equal(1, t[math.mininteger])
+      assert.are.equal(2, t[math.mininteger + 1])
+      t = decode_into(encode { [math.maxinteger] = "last" }, {}, 1)
+      assert.are.equal("last", t[math.maxinteger])
+    end)
+
+    it("raises, storing nothing, when the items would pass math.maxinteger", function()
+      local t = {}
+      assert.has_error(function() decode_into(encode { 1, 2 }, t, math.maxinteger) end,
+        "bad argument #3 to 'decode_into' (a list of 2 items does not fit in a table from index "
+        .. math.maxinteger .. ")")
+      assert.has_error(function() decode_into(encode { 1, 2, x = 3 }, t, math.maxinteger) end,
+        "bad argument #3 to 'decode_into' (a list of 2 items does not fit in a table from index "
+        .. math.maxinteger .. ")")
+      assert.has_error(function() decode_into(encode { [math.maxinteger] = 1 }, t, 2) end)
+      assert.is_nil(next(t))
+    end)
+
+    it("returns nil, message, \"malformed\" on bad bytes", function()
+      local v, err, kind = decode_into("\1\0\198\2\0\1", {}, 1)
+      assert.is_nil(v)
+      assert.matches("^wire: ", err)
+      assert.are.equal("malformed", kind)
+      assert.are.same({ nil, "wire: a list was expected", "malformed" }, { decode_into(encode(1), {}, 1) })
     end)
   end)
 
@@ -394,9 +485,10 @@ describe("wire", function()
     it("returns nil and an error for every truncation", function()
       for _, s in ipairs(samples) do
         for len = 0, #s - 1 do
-          local v, err = decode(s:sub(1, len))
+          local v, err, kind = decode(s:sub(1, len))
           assert.is_nil(v)
           assert.matches("^wire: .* at byte %d+$", err)
+          assert.are.equal("malformed", kind)
         end
       end
       assert.are.equal("wire: truncated input at byte 0", select(2, decode("")))

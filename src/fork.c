@@ -5,16 +5,16 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/pidfd.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "frame.h"
 #include "lauxlib.h"
-
-#include <stdlib.h>
-#include <string.h>
 
 /* The registry is per process: a child that forks again only knows its own pools. */
 static int *parent_fds;
@@ -134,7 +134,7 @@ int reap_child(pid_t pid, int pidfd, double timeout, int *status) {
             } else {
                 /* No pidfd: poll the child with a growing nap. */
                 double d = timeout >= 0 && left < nap ? left : nap;
-                struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+                struct timespec ts = seconds_to_timespec(d);
                 nanosleep(&ts, NULL);
                 if (nap < 0.05) nap *= 2;
             }

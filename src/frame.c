@@ -1,6 +1,7 @@
 #include "frame.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <string.h>
 #include <time.h>
@@ -12,13 +13,15 @@ int fd_wait(int fd, short events, double timeout) {
         int ms = -1;
         if (timeout >= 0) {
             double left = deadline - now_seconds();
-            ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
+            /* poll takes an int of milliseconds: a longer wait is made of several. */
+            double want = left <= 0 ? 0 : left * 1000.0 + 0.999;
+            ms = want < INT_MAX ? (int)want : INT_MAX;
         }
         struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
         int rc = poll(&pfd, 1, ms);
         if (rc > 0) return 1;
-        if (rc == 0) return 0;
-        if (errno != EINTR) return -1;
+        if (rc == 0 && (ms < INT_MAX || now_seconds() >= deadline)) return 0;
+        if (rc < 0 && errno != EINTR) return -1;
     }
 }
 

@@ -6,10 +6,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "core.h"
 #include "fork.h"
 #include "frame.h"
 #include "lauxlib.h"
+#include "luatype.h"
 #include "wire.h"
 
 #define CONNECTION_TYPE "forage.Connection"
@@ -23,8 +25,8 @@ typedef struct connection {
 } connection;
 
 static connection *check_open(lua_State *L, int i) {
-    connection *c = luaL_checkudata(L, i, CONNECTION_TYPE);
-    if (c->fd < 0) luaL_error(L, "attempt to use a closed connection");
+    connection *c = type_check_fast(L, i, CONNECTION_TYPE);
+    if (c->fd < 0) type_closed_error(L, CONNECTION_TYPE);
     return c;
 }
 
@@ -40,7 +42,11 @@ static connection *new_connection(lua_State *L) {
 /* pipe([duplex = true]) -> conn1, conn2. With duplex false, conn1 only receives and
    conn2 only sends, as Python's Pipe(duplex=False). */
 static int pipe_new(lua_State *L) {
-    int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
+    int duplex = 1;
+    if (!lua_isnoneornil(L, 1)) {
+        luaL_checktype(L, 1, LUA_TBOOLEAN);
+        duplex = lua_toboolean(L, 1);
+    }
     connection *a = new_connection(L);
     connection *b = new_connection(L);
     int fds[2];
@@ -56,7 +62,8 @@ static int pipe_new(lua_State *L) {
     return 2;
 }
 
-/* conn:send(v) -> true; raises when v cannot travel, nil, "closed" when the far end is gone. */
+/* conn:send(v) -> true; raises when v cannot travel; nil, "closed", "closed" when the far
+   end is gone. */
 static int connection_send(lua_State *L) {
     connection *c = check_open(L, 1);
     luaL_checkany(L, 2);
@@ -68,11 +75,7 @@ static int connection_send(lua_State *L) {
     if (wire_encode(L, 2, &c->out, WIRE_CODE, "value", err, sizeof err) != 0) return luaL_error(L, "%s", err);
     if (frame_end(&c->out, header_at) != 0) return luaL_error(L, "value too large to send (%zu bytes)", c->out.len);
     if (fd_write_all(c->fd, c->out.data, c->out.len) != 0) {
-        if (errno == EPIPE || errno == ECONNRESET) {
-            luaL_pushfail(L);
-            lua_pushliteral(L, "closed");
-            return 2;
-        }
+        if (errno == EPIPE || errno == ECONNRESET) return args_fail(L, "closed", "closed");
         return luaL_error(L, "cannot send: %s", strerror(errno));
     }
     if (c->out.cap > (1u << 20)) buf_free(&c->out);   /* do not keep a huge buffer around */
@@ -101,10 +104,10 @@ static int await_frame(connection *c, double timeout, const char **p, size_t *n)
     }
 }
 
-/* conn:recv([timeout]) -> value, or nil, "timeout" / nil, "closed". */
+/* conn:recv([timeout]) -> value, or nil, "timeout", "timeout" / nil, "closed", "closed". */
 static int connection_recv(lua_State *L) {
     connection *c = check_open(L, 1);
-    double timeout = luaL_optnumber(L, 2, -1);
+    double timeout = args_timeout(L, 2);
     if (!c->readable) return luaL_error(L, "connection is send-only");
     const char *p;
     size_t n;
@@ -115,16 +118,15 @@ static int connection_recv(lua_State *L) {
         return 1;
     }
     if (rc == -1) return luaL_error(L, "cannot receive: %s", strerror(errno));
-    luaL_pushfail(L);
-    if (rc == 0) lua_pushliteral(L, "timeout");
-    else lua_pushliteral(L, "closed");
-    return 2;
+    if (rc == 0) return args_fail(L, "timeout", "timeout");
+    return args_fail(L, "closed", "closed");
 }
 
-/* conn:poll([timeout = 0]) -> true when recv would not block (a message or the far end's close). */
+/* conn:poll([timeout]) -> true when recv would not block (a message or the far end's
+   close). No timeout: do not wait; nil waits forever, as Python's poll(None). */
 static int connection_poll(lua_State *L) {
     connection *c = check_open(L, 1);
-    double timeout = luaL_optnumber(L, 2, 0);
+    double timeout = lua_isnone(L, 2) ? 0 : args_timeout(L, 2);
     if (!c->readable) return luaL_error(L, "connection is send-only");
     const char *p;
     size_t n;
@@ -144,7 +146,7 @@ static int connection_fileno(lua_State *L) {
 
 /* conn:close(), __gc and __close: idempotent. */
 static int connection_close(lua_State *L) {
-    connection *c = luaL_checkudata(L, 1, CONNECTION_TYPE);
+    connection *c = type_check_fast(L, 1, CONNECTION_TYPE);
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     frame_reader_free(&c->in);
@@ -153,7 +155,7 @@ static int connection_close(lua_State *L) {
 }
 
 static int connection_tostring(lua_State *L) {
-    connection *c = luaL_checkudata(L, 1, CONNECTION_TYPE);
+    connection *c = type_check_fast(L, 1, CONNECTION_TYPE);
     if (c->fd < 0) lua_pushliteral(L, "forage.Connection (closed)");
     else lua_pushfstring(L, "forage.Connection (fd %d)", c->fd);
     return 1;
@@ -168,11 +170,7 @@ void forage_open_pipe(lua_State *L) {
         {"__gc", connection_close}, {"__close", connection_close},
         {"__tostring", connection_tostring}, {NULL, NULL},
     };
-    luaL_newmetatable(L, CONNECTION_TYPE);
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    type_register(L, CONNECTION_TYPE, methods, meta, 1);
     lua_pushcfunction(L, pipe_new);
     lua_setfield(L, -2, "pipe");
 }

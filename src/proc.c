@@ -5,9 +5,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "core.h"
 #include "fork.h"
 #include "lauxlib.h"
+#include "luatype.h"
 
 #define PROCESS_TYPE "forage.Process"
 
@@ -20,7 +22,7 @@ typedef struct process {
 } process;
 
 static process *check_process(lua_State *L, int i) {
-    return luaL_checkudata(L, i, PROCESS_TYPE);
+    return type_check_fast(L, i, PROCESS_TYPE);
 }
 
 static void close_pidfd(process *p) {
@@ -96,21 +98,17 @@ static int process_start(lua_State *L) {
     return 1;
 }
 
-/* p:join([timeout]) -> exitcode, or nil, "timeout". */
+/* p:join([timeout]) -> exitcode, or nil, "timeout", "timeout". */
 static int process_join(lua_State *L) {
     process *p = check_process(L, 1);
-    double timeout = luaL_optnumber(L, 2, -1);
+    double timeout = args_timeout(L, 2);
     if (p->pid == 0) return luaL_error(L, "cannot join a process that was not started");
     if (!p->exited) {
         if (p->owner != getpid()) return luaL_error(L, "cannot join a process started by another process");
         int status;
         int rc = reap_child(p->pid, p->pidfd, timeout, &status);
         if (rc < 0) return luaL_error(L, "cannot wait for process %d: %s", (int)p->pid, strerror(errno));
-        if (rc == 0) {
-            luaL_pushfail(L);
-            lua_pushliteral(L, "timeout");
-            return 2;
-        }
+        if (rc == 0) return args_fail(L, "timeout", "timeout");
         set_exited(p, status);
     }
     lua_pushinteger(L, p->exitcode);
@@ -136,10 +134,11 @@ static int process_signal(lua_State *L, int sig) {
 static int process_terminate(lua_State *L) { return process_signal(L, SIGTERM); }
 static int process_kill(lua_State *L) { return process_signal(L, SIGKILL); }
 
-/* Fields: pid (nil before start), exitcode (nil while running), then methods. */
+/* Fields: pid (nil before start), exitcode (nil while running), then the methods
+   (upvalue 2). */
 static int process_index(lua_State *L) {
     process *p = check_process(L, 1);
-    const char *key = luaL_checkstring(L, 2);
+    const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
     if (strcmp(key, "pid") == 0) {
         if (p->pid == 0) lua_pushnil(L);
         else lua_pushinteger(L, p->pid);
@@ -147,9 +146,7 @@ static int process_index(lua_State *L) {
         if (poll_exit(p)) lua_pushinteger(L, p->exitcode);
         else lua_pushnil(L);
     } else {
-        lua_getmetatable(L, 1);
-        lua_getfield(L, -1, "methods");
-        lua_getfield(L, -1, key);
+        lua_getfield(L, lua_upvalueindex(2), key);
     }
     return 1;
 }
@@ -177,13 +174,16 @@ void forage_open_proc(lua_State *L) {
         {"terminate", process_terminate}, {"kill", process_kill}, {NULL, NULL},
     };
     static const luaL_Reg meta[] = {
-        {"__index", process_index}, {"__tostring", process_tostring},
-        {"__gc", process_gc}, {"__close", process_gc}, {NULL, NULL},
+        {"__tostring", process_tostring}, {"__gc", process_gc}, {"__close", process_gc}, {NULL, NULL},
     };
-    luaL_newmetatable(L, PROCESS_TYPE);
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "methods");
+    type_register(L, PROCESS_TYPE, methods, meta, 1);
+    /* The fields pid and exitcode are computed: __index becomes a function that falls
+       back on the methods table type_register made. */
+    luaL_getmetatable(L, PROCESS_TYPE);
+    lua_pushvalue(L, -1);
+    lua_getfield(L, -2, "__index");
+    lua_pushcclosure(L, process_index, 2);
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     lua_pushcfunction(L, process_new);
     lua_setfield(L, -2, "process");

@@ -4,8 +4,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "core.h"
-#include "frame.h"
 #include "lauxlib.h"
 
 /* cpu_count() -> the number of online processors. */
@@ -34,7 +34,7 @@ static int new_table(lua_State *L) {
 static int sleep_seconds(lua_State *L) {
     double d = luaL_checknumber(L, 1);
     luaL_argcheck(L, d >= 0 && d < 1e9, 1, "seconds out of range");
-    struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+    struct timespec ts = seconds_to_timespec(d);
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
     return 0;
 }

@@ -15,8 +15,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "args.h"
 #include "lauxlib.h"
 #include "lua.h"
+#include "luatype.h"
 #include "shm.h"
 
 _Static_assert(sizeof(lua_Number) == 8, "the wire carries floats as IEEE 754 binary64");
@@ -49,8 +51,10 @@ enum { FLAG_REFS = 1, FLAG_CODE = 2, FLAGS_KNOWN = FLAG_REFS | FLAG_CODE };
 #define VARINT_MAX 10
 #define SEEN_INLINE 32
 
-/* Shown key strings and upvalue names are cut to this many bytes in error paths. */
+/* Shown key strings and upvalue names are cut to this many bytes in error paths, and
+   the caller's root name to ROOT_SHOWN. */
 #define PATH_NAME_MAX 40
+#define ROOT_SHOWN 60
 
 /* The registry key of the reverse index of loaded modules (value -> name). */
 static const char names_key = 0;
@@ -712,11 +716,11 @@ static int encode_value(encoder *e, int idx) {
             const char *name = lua_tostring(L, -1);
             char reason[128];
             if (strncmp(name, "forage.", 7) == 0 && !e->code)
-                snprintf(reason, sizeof reason, "cannot send %s in data mode (only inside the process tree)", name);
+                snprintf(reason, sizeof reason, "cannot send %.60s in data mode (only inside the process tree)", name);
             else if (strncmp(name, "forage.", 7) == 0)
-                snprintf(reason, sizeof reason, "cannot send %s", name);
+                snprintf(reason, sizeof reason, "cannot send %.60s", name);
             else
-                snprintf(reason, sizeof reason, "cannot send userdata (%s)", name);
+                snprintf(reason, sizeof reason, "cannot send userdata (%.60s)", name);
             lua_pop(L, 1);
             return refuse(e, reason);
         }
@@ -862,7 +866,8 @@ static void format_refusal(encoder *e, const char *root, char *err, size_t errsz
         o += len;
     }
     path[o] = '\0';
-    snprintf(err, errsz, "%s%s: %s", root, path, e->reason);
+    size_t root_len = strlen(root);
+    snprintf(err, errsz, "%.*s%s%s: %s", ROOT_SHOWN, root, root_len > ROOT_SHOWN ? "..." : "", path, e->reason);
 }
 
 /* Returns nothing; readies e for a (first or repeated) pass over the value. */
@@ -1319,6 +1324,25 @@ int wire_decode(lua_State *L, const char *p, size_t len, int flags, char *err, s
     return 0;
 }
 
+/* Returns 1 when t[offset + k] is an index Lua can hold (offset + k <= math.maxinteger);
+   unsigned arithmetic: no sum of the two is ever computed in a signed type. */
+static int index_fits(lua_Integer offset, uint64_t k) {
+    return k <= (uint64_t)LUA_MAXINTEGER - (uint64_t)offset;
+}
+
+/* Returns offset + k, which index_fits has accepted. */
+static lua_Integer index_at(lua_Integer offset, uint64_t k) {
+    return (lua_Integer)((uint64_t)offset + k);
+}
+
+/* Returns -2 after writing why count items do not fit from offset to err. */
+static int list_does_not_fit(uint64_t count, lua_Integer offset, char *err, size_t errsz) {
+    if (err != NULL && errsz > 0)
+        snprintf(err, errsz, "a list of %llu items does not fit in a table from index %lld",
+                 (unsigned long long)count, (long long)offset);
+    return -2;
+}
+
 int wire_decode_into(lua_State *L, const char *p, size_t len, int flags, int t, lua_Integer offset, char *err,
                      size_t errsz) {
     t = lua_absindex(L, t);
@@ -1344,29 +1368,42 @@ int wire_decode_into(lua_State *L, const char *p, size_t len, int flags, int t, 
         if (get_varint(&d, &narr) != 0 || get_varint(&d, &nhash) != 0) return -1;
         if (nhash == 0) {
             if (open_decoded(&d, at, narr) != 0) return -1;
+            if (narr > 0 && !index_fits(offset, narr - 1)) return list_does_not_fit(narr, offset, err, errsz);
             for (uint64_t k = 0; k < narr; k++) {
                 if (decode_value(&d) != 0) {
                     lua_settop(L, top);
                     return -1;
                 }
-                lua_rawseti(L, t, offset + (lua_Integer)k);
+                lua_rawseti(L, t, index_at(offset, k));
             }
             if (d.p != d.end) return bad(&d, d.p, "trailing bytes");
             return 0;
         }
     }
-    /* Anything else: decode the whole value, then copy its integer keys. */
+    /* Anything else: decode the whole value, then copy its integer keys, once all of
+       them are known to fit. */
     if (wire_decode(L, p, len, flags, err, errsz) != 0) return -1;
     if (!lua_istable(L, -1)) {
         lua_pop(L, 1);
         if (err != NULL && errsz > 0) snprintf(err, errsz, "wire: a list was expected");
         return -1;
     }
+    uint64_t last = 0;   /* the largest key - 1 */
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 && (uint64_t)lua_tointeger(L, -2) - 1 > last)
+            last = (uint64_t)lua_tointeger(L, -2) - 1;
+        lua_pop(L, 1);
+    }
+    if (!index_fits(offset, last)) {
+        lua_pop(L, 1);
+        return list_does_not_fit(last + 1, offset, err, errsz);
+    }
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
             lua_pushvalue(L, -1);
-            lua_rawseti(L, t, offset + lua_tointeger(L, -3) - 1);
+            lua_rawseti(L, t, index_at(offset, (uint64_t)lua_tointeger(L, -3) - 1));
         }
         lua_pop(L, 1);
     }
@@ -1390,7 +1427,7 @@ typedef struct wire_buffer {
 
 /* Returns 0; frees the buffer (idempotent). */
 static int buffer_gc(lua_State *L) {
-    wire_buffer *w = luaL_checkudata(L, 1, WIRE_BUFFER);
+    wire_buffer *w = type_check_fast(L, 1, WIRE_BUFFER);
     buf_free(&w->b);
     return 0;
 }
@@ -1403,28 +1440,25 @@ static wire_buffer *buffer_new(lua_State *L) {
     return w;
 }
 
-/* Returns the flags chosen in the options table at idx (none or nil: data mode) and sets
-   *root, leaving any root string on the stack for the duration of the call. */
-static int check_options(lua_State *L, int idx, const char **root) {
-    int flags = WIRE_DATA;
-    if (lua_isnoneornil(L, idx)) return flags;
+static const char *const encode_options[] = {"code", "root", NULL};
+static const char *const decode_options[] = {"code", NULL};
+
+/* Returns the flags chosen in the options table at idx (none or nil: data mode) after
+   checking its keys against names; sets *root when root is not NULL, the string staying
+   valid while the options table holds it. */
+static int check_options(lua_State *L, int idx, const char *fname, const char *const names[], const char **root) {
+    if (lua_isnoneornil(L, idx)) return WIRE_DATA;
     luaL_checktype(L, idx, LUA_TTABLE);
-    lua_getfield(L, idx, "code");
-    if (lua_toboolean(L, -1)) flags = WIRE_CODE;
-    lua_pop(L, 1);
-    if (root != NULL) {
-        int t = lua_getfield(L, idx, "root");
-        if (t == LUA_TSTRING) *root = lua_tostring(L, -1);
-        else if (t != LUA_TNIL) luaL_argerror(L, idx, "root must be a string");
-    }
-    return flags;
+    args_check_options(L, idx, fname, names);
+    if (root != NULL) *root = args_opt_string(L, idx, fname, "root", *root, NULL);
+    return args_opt_boolean(L, idx, fname, "code", 0) ? WIRE_CODE : WIRE_DATA;
 }
 
 /* encode(v [, opts]) returns the encoded string; raises when v cannot be sent. */
 static int l_encode(lua_State *L) {
     const char *root = "value";
     luaL_checkany(L, 1);
-    int flags = check_options(L, 2, &root);
+    int flags = check_options(L, 2, "forage.encode", encode_options, &root);
     wire_buffer *w = lua_touserdata(L, lua_upvalueindex(1));
     if (w->busy) {
         /* A reentrant call, or one that raised half-way: the old buffer stays with
@@ -1438,8 +1472,7 @@ static int l_encode(lua_State *L) {
     buf_reset(&w->b);
     if (wire_encode(L, 1, &w->b, flags, root, err, sizeof err) != 0) {
         w->busy = 0;
-        lua_pushstring(L, err);
-        return lua_error(L);
+        return luaL_error(L, "%s", err);
     }
     lua_pushlstring(L, w->b.data, w->b.len);
     if (w->b.cap > BUFFER_KEEP) buf_free(&w->b);
@@ -1447,45 +1480,39 @@ static int l_encode(lua_State *L) {
     return 1;
 }
 
-/* decode(s [, opts]) returns the value, or nil and a message when s is not a valid message. */
+/* decode(s [, opts]) returns the value, or nil, a message and "malformed" when s is not
+   a valid message. */
 static int l_decode(lua_State *L) {
     luaL_checktype(L, 1, LUA_TSTRING);
     size_t len;
     const char *s = lua_tolstring(L, 1, &len);
-    int flags = check_options(L, 2, NULL);
+    int flags = check_options(L, 2, "forage.decode", decode_options, NULL);
     char err[256];
-    if (wire_decode(L, s, len, flags, err, sizeof err) != 0) {
-        luaL_pushfail(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
+    if (wire_decode(L, s, len, flags, err, sizeof err) != 0) return args_fail(L, "malformed", "%s", err);
     return 1;
 }
 
 /* decode_into(s, t, offset [, opts]) stores the items of the list message s in t from
-   t[offset] on and returns t; nil and a message when s is not a valid list message. */
+   t[offset] on and returns t; nil, a message and "malformed" when s is not a valid list
+   message. Raises when the items would go past math.maxinteger. */
 static int l_decode_into(lua_State *L) {
     size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
+    luaL_checktype(L, 1, LUA_TSTRING);
+    const char *s = lua_tolstring(L, 1, &len);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer offset = luaL_checkinteger(L, 3);
-    int flags = check_options(L, 4, NULL);
+    int flags = check_options(L, 4, "decode_into", decode_options, NULL);
     char err[256];
-    if (wire_decode_into(L, s, len, flags, 2, offset, err, sizeof err) != 0) {
-        luaL_pushfail(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
+    int rc = wire_decode_into(L, s, len, flags, 2, offset, err, sizeof err);
+    if (rc == -2) return luaL_argerror(L, 3, err);
+    if (rc != 0) return args_fail(L, "malformed", "%s", err);
     lua_settop(L, 2);
     return 1;
 }
 
 void forage_open_wire(lua_State *L) {
-    if (luaL_newmetatable(L, WIRE_BUFFER)) {
-        lua_pushcfunction(L, buffer_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    static const luaL_Reg buffer_meta[] = {{"__gc", buffer_gc}, {NULL, NULL}};
+    type_register(L, WIRE_BUFFER, NULL, buffer_meta, 1);
     buffer_new(L);
     lua_pushcclosure(L, l_encode, 1);
     lua_setfield(L, -2, "encode");

@@ -31,8 +31,10 @@ int wire_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j, buf *b, 
 int wire_decode(lua_State *L, const char *p, size_t len, int flags, char *err, size_t errsz);
 
 /* Decodes a message holding a list and stores its items in the table at index t:
-   item k goes to t[offset + k - 1]. Returns 0, or -1 with a message in err. Lists without
-   shared references go straight into t, without an intermediate table. */
+   item k goes to t[offset + k - 1]. Returns 0; -1 with a message in err when the bytes
+   are not a valid list message; -2 with a message in err, nothing stored, when an item
+   would go past math.maxinteger. Lists without shared references go straight into t,
+   without an intermediate table. */
 int wire_decode_into(lua_State *L, const char *p, size_t len, int flags, int t, lua_Integer offset, char *err,
                      size_t errsz);
 

@@ -9,13 +9,9 @@ local forage = {
 }
 
 -- forage.process(fn, ...) -> a Process, not yet started: p:start(), p:join([timeout]),
--- p.pid, p.exitcode, p:alive(), p:terminate(), p:kill().
-function forage.process(fn, ...)
-  if type(fn) ~= "function" then
-    error("forage.process: expected a function, got " .. type(fn), 2)
-  end
-  return core.process(fn, ...)
-end
+-- p.pid, p.exitcode, p:alive(), p:terminate(), p:kill(). The C function itself, not a
+-- wrapper: its argument errors then name the caller's line and 'process', as Lua's own do.
+forage.process = core.process
 
 -- forage.pipe([duplex = true]) -> two Connections: send(v), recv([timeout]), poll([timeout]), close().
 forage.pipe = core.pipe
@@ -25,11 +21,12 @@ forage.pool = pool.new
 forage.TaskError = pool.TaskError
 forage.worker = require "forage.worker"
 
--- forage.encode(v [, { code = true }]) / forage.decode(s [, { code = true }]): the wire format.
+-- forage.encode(v [, { code = true, root = "name" }]) raises on a value that cannot travel;
+-- forage.decode(s [, { code = true }]) returns nil, message, "malformed" on bad bytes.
 forage.encode = core.encode
 forage.decode = core.decode
 
--- Shared objects (issue 3): created before a pool or process, inherited by it.
+-- Shared objects: created before a pool or process, inherited by it.
 forage.queue = core.queue
 forage.lock, forage.rlock = core.lock, core.rlock
 forage.semaphore, forage.bounded_semaphore = core.semaphore, core.bounded_semaphore
