@@ -33,7 +33,9 @@ const char *args_show(lua_State *L, int idx) {
         luaL_pushresult(&b);
         return lua_tostring(L, -1);
     }
-    if (lua_type(L, idx) == LUA_TNUMBER) return luaL_tolstring(L, idx, NULL);
+    if (lua_type(L, idx) == LUA_TNUMBER && lua_tonumber(L, idx) != lua_tonumber(L, idx))
+        return lua_pushliteral(L, "nan");   /* printf says "-nan" or "nan" as it likes */
+    if (lua_type(L, idx) == LUA_TNUMBER || lua_type(L, idx) == LUA_TBOOLEAN) return luaL_tolstring(L, idx, NULL);
     if (lua_isnil(L, idx)) {
         lua_pushliteral(L, "nil");
         return lua_tostring(L, -1);
