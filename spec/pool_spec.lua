@@ -306,3 +306,55 @@ describe("forage.pool", function()
     end)
   end)
 end)
+
+-- No task waits behind a slow one while another worker is idle: a worker holds at most a
+-- small prefetch beyond what it runs, and what it has not started goes to a free worker.
+describe("forage.pool head-of-line blocking", function()
+  -- 4 workers, one busy for up to 3 s (until released), then 40 fast tasks: the last
+  -- fast result must arrive within a second of their submission.
+  local function check(opts)
+    local started, release = forage.event(), forage.event()   -- before the pool: inherited
+    local pool <close> = forage.pool(opts)
+    -- Every worker has run a task, so that none is still starting.
+    pool:map(function(x) return x end, { 1, 2, 3, 4, 5, 6, 7, 8 }, 1)
+    local slow = pool:apply_async(function()
+      started:set()
+      release:wait(3)
+      return "slow"
+    end, {})
+    assert.is_true(started:wait(10), "the slow task never started")
+    local t0 = forage.now()
+    local fast = {}
+    for i = 1, 40 do fast[i] = pool:apply_async(function(x) return x * 2 end, { i }) end
+    for i = 1, 40 do assert.equal(i * 2, fast[i]:get(10)) end
+    local waited = forage.now() - t0
+    release:set()
+    assert.equal("slow", slow:get(10))
+    assert.is_true(waited < 1, string.format("the last fast task arrived after %.2f s", waited))
+  end
+
+  it("gives no fast task to the busy worker's queue", function()
+    check { workers = 4 }
+  end)
+
+  it("holds with sticky resources too", function()
+    check { workers = 4, resources = { "a", "b", "c", "d" } }
+  end)
+
+  it("after a burst of tiny tasks has made the prefetch deep", function()
+    local started, release = forage.event(), forage.event()
+    local pool <close> = forage.pool(4)
+    local list = {}
+    for i = 1, 2000 do list[i] = i end
+    pool:map(function(x) return x end, list, 1)   -- the measured task time is now tiny
+    local slow = pool:apply_async(function() started:set() release:wait(3) return "slow" end, {})
+    assert.is_true(started:wait(10), "the slow task never started")
+    local t0 = forage.now()
+    local got = pool:map(function(x) return x + 1 end, list, 1)
+    local waited = forage.now() - t0
+    release:set()
+    assert.equal(2001, got[2000])
+    assert.equal("slow", slow:get(10))
+    assert.is_true(waited < 1.5, string.format("the map waited %.2f s for the busy worker", waited))
+  end)
+end)

@@ -45,6 +45,7 @@ typedef struct task {
     struct task *next;
     uint64_t id;
     func_entry *fn;
+    uint64_t seq;              /* its number among the tasks sent to its worker (see shared_slot) */
     int attempts;              /* deaths of a worker while it ran this task */
     char *frame;               /* the whole 'T' frame (in the same allocation), kept until the result */
     size_t len;
@@ -67,8 +68,10 @@ typedef struct worker {
     frame_reader in;
     buf out;
     size_t out_pos;            /* bytes of out already written */
-    task_list inflight;
-    uint64_t dispatched;       /* tasks given to this incarnation */
+    task_list inflight;        /* in the order sent, so in seq order */
+    uint64_t dispatched;       /* tasks given to this incarnation (and not taken back) */
+    uint64_t seq;              /* the seq of the last task sent */
+    int taken_back;            /* its queue was taken back: no more tasks until its running one ends */
 } worker;
 
 typedef struct pool {
@@ -245,6 +248,7 @@ static int worker_spawn(lua_State *L, pool *p, int i) {
         return -1;
     }
     atomic_store(&p->slots[i].running_task, 0);
+    atomic_store(&p->slots[i].gate, 0);
     pid_t parent = current_pid();
     int pidfd;
     pid_t pid = fork_child(&pidfd);
@@ -272,6 +276,8 @@ static int worker_spawn(lua_State *L, pool *p, int i) {
     w->result_fd = rfd[0];
     w->gen++;
     w->dispatched = 0;
+    w->seq = 0;
+    w->taken_back = 0;
     w->out_pos = 0;
     buf_reset(&w->out);
     w->in.pos = 0;
@@ -304,16 +310,79 @@ static void worker_flush(worker *w) {
     buf_reset(&w->out);
 }
 
-static int worker_can_take(const pool *p, int i, size_t depth) {
-    const worker *w = &p->workers[i];
+static int worker_can_take(pool *p, int i, size_t depth) {
+    worker *w = &p->workers[i];
     /* A starting worker takes tasks too: they wait in its pipe until its init is done. */
     if (w->state != W_READY && w->state != W_STARTING) return 0;
     if (w->inflight.n >= depth) return 0;
+    /* A worker whose queue was taken back is busy with a long task: nothing more waits behind it. */
+    if (w->taken_back) {
+        if (w->inflight.n > 0) return 0;
+        w->taken_back = 0;
+    }
     if (w->out.len - w->out_pos > OUT_HIGH_WATER) return 0;
     if (p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks) return 0;
     /* With resources, a worker runs a task only while it holds one (the blog's open case). */
     if (p->leases && lease_held(p->leases, i) < 0 && lease_acquire(p->leases, i) < 0) return 0;
     return 1;
+}
+
+/* Puts a list of tasks back at the front of the pending ones, in its order: they are older. */
+static void pending_push_front(pool *p, task_list *l) {
+    if (l->n == 0) return;
+    l->tail->next = p->pending.head;
+    if (!p->pending.head) p->pending.tail = l->tail;
+    p->pending.head = l->head;
+    p->pending.n += l->n;
+    l->head = l->tail = NULL;
+    l->n = 0;
+}
+
+/* Takes back the tasks worker i has been sent and not started (see shared_slot). Returns
+   how many went back to the pending ones. */
+static size_t worker_take_back(pool *p, int i) {
+    worker *w = &p->workers[i];
+    _Atomic uint64_t *gate = &p->slots[i].gate;
+    uint64_t started = atomic_load(gate);
+    do {
+        if (started >= w->seq) return 0;   /* it started all it was sent */
+    } while (!atomic_compare_exchange_weak(gate, &started, w->seq));
+    /* Every task after seq `started` is the parent's again; the worker skips them. */
+    task_list back = {NULL, NULL, 0};
+    task **at = &w->inflight.head, *last = NULL;
+    while (*at && (*at)->seq <= started) {
+        last = *at;
+        at = &(*at)->next;
+    }
+    back.head = *at;
+    back.tail = w->inflight.tail;
+    for (task *t = back.head; t; t = t->next) back.n++;
+    *at = NULL;
+    w->inflight.tail = last;
+    w->inflight.n -= back.n;
+    w->dispatched -= back.n;
+    w->taken_back = 1;
+    size_t n = back.n;
+    pending_push_front(p, &back);
+    return n;
+}
+
+/* True when worker i has nothing in flight and could be given a task now. */
+static int worker_idle(pool *p, int i, size_t depth) {
+    return p->workers[i].inflight.n == 0 && worker_can_take(p, i, depth);
+}
+
+/* With no task pending and a worker idle, the tasks queued behind another worker's running
+   one would wait for it: take them back, to be given to the idle ones. Returns how many. */
+static size_t pool_rebalance(pool *p, size_t depth) {
+    if (p->pending.n > 0) return 0;
+    int idle = 0;
+    for (int i = 0; i < p->nworkers && !idle; i++) idle = worker_idle(p, i, depth);
+    if (!idle) return 0;
+    size_t n = 0;
+    for (int i = 0; i < p->nworkers; i++)
+        if (worker_live(&p->workers[i]) && p->workers[i].inflight.n > 1) n += worker_take_back(p, i);
+    return n;
 }
 
 /* True when a ready or starting worker has nothing to do. */
@@ -327,10 +396,9 @@ static int pool_has_idle(const pool *p) {
 
 /* Gives pending tasks to workers with room, round robin, then writes. */
 static void pool_dispatch(pool *p) {
-    /* With resources, one task at a time: a worker that loses its resource mid-task must
-       not have more queued behind it. */
-    size_t depth = p->leases ? 1 : pool_depth(p);
+    size_t depth = pool_depth(p);
     int progress = 1;
+    pool_rebalance(p, depth);
     while (p->pending.n > 0 && progress) {
         progress = 0;
         for (int k = 0; k < p->nworkers && p->pending.n > 0; k++) {
@@ -345,6 +413,8 @@ static void pool_dispatch(pool *p) {
                 queue_frame(w, 'F', id, 4, f->blob, f->len);
                 f->known[i] = w->gen;
             }
+            t->seq = ++w->seq;
+            put_u64(t->frame + FRAME_HEADER + 1 + 17, t->seq);
             buf_append(&w->out, t->frame, t->len);
             list_push(&w->inflight, t);
             w->dispatched++;
@@ -400,6 +470,16 @@ static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t
     if (tag == 'R') {
         if (w->state == W_STARTING) w->state = W_READY;
         p->start_deaths = 0;
+        return;
+    }
+    if (tag == 'B') {
+        /* Not run: its worker holds no resource. It goes first again, to another worker. */
+        if (n < 1 + 8) luaL_error(L, "pool: bad message from worker");
+        task *t = take_inflight(w, get_u64(q));
+        if (!t) luaL_error(L, "pool: unknown task bounced");
+        w->dispatched--;
+        task_list back = {t, t, 1};
+        pending_push_front(p, &back);
         return;
     }
     if (tag == 'I') {
@@ -499,12 +579,7 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
         }
         list_push(&requeue, t);
     }
-    if (requeue.n > 0) {
-        requeue.tail->next = p->pending.head;
-        if (!p->pending.head) p->pending.tail = requeue.tail;
-        p->pending.head = requeue.head;
-        p->pending.n += requeue.n;
-    }
+    pending_push_front(p, &requeue);
     if (p->broken) return;   /* an init failed: no worker is started again */
     if (was_starting && ++p->start_deaths >= 3) {
         /* Workers that die before they are ready would be replaced forever (gh-87472). */

@@ -12,6 +12,7 @@
 #include "frame.h"
 #include "lauxlib.h"
 #include "core.h"
+#include "lease.h"
 #include "pool.h"
 #include "wire.h"
 
@@ -128,13 +129,33 @@ static const char RUN_ITEMS[] =
     "local function progress() return done end\n"
     "return run, progress\n";
 
-/* Runs one 'T' message and appends its 'D' or 'E' message to out. */
+/* Which pool slot this process works for (1-based), 0 outside a pool worker. */
+static int current_slot;
+/* The pool's sticky resources, or NULL: a task runs only while its worker holds one. */
+static lease_table *current_leases;
+
+/* Runs one 'T' message and appends its 'D' or 'E' message to out; or appends 'B' when it
+   holds no resource to run it with; or nothing when the parent has taken the task back. */
 static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, const char *p, size_t n, buf *out) {
     if (n < TASK_HEADER) worker_fail("short task message");
     uint64_t id = get_u64(p);
     uint32_t fn = get_u32(p + 8);
     int star = p[12] != 0;
     uint32_t count = get_u32(p + 13);
+    uint64_t seq = get_u64(p + 17);
+    uint64_t expect = seq - 1;
+    if (!atomic_compare_exchange_strong(&slot->gate, &expect, seq)) return;   /* taken back */
+    if (current_leases && lease_held(current_leases, current_slot - 1) < 0) {
+        /* The resource went (swapped, retired) while this task waited here: it goes back
+           to the parent, which gives it to a worker that holds one. */
+        size_t at;
+        char body[1 + 8];
+        body[0] = 'B';
+        put_u64(body + 1, id);
+        if (frame_begin(out, &at) != 0 || buf_append(out, body, sizeof body) != 0 || frame_end(out, at) != 0)
+            worker_fail("memory");
+        return;
+    }
     uint64_t t0 = monotonic_ns();
     atomic_store_explicit(&slot->running_task, id, memory_order_relaxed);
 
@@ -245,9 +266,6 @@ static void run_init(lua_State *L, int config, int result_fd, buf *out) {
     lua_settop(L, base);
 }
 
-/* Which pool slot this process works for (1-based), 0 outside a pool worker. */
-static int current_slot;
-
 #define WORKER_CONFIG "forage.worker.config"
 
 /* worker_slot() -> this worker's slot in its pool (1-based), or nil outside a worker. */
@@ -282,6 +300,8 @@ void worker_prepare(lua_State *L, int config) {
 _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot *slot, pid_t parent, int task_fd,
                            int result_fd) {
     current_slot = slot_index + 1;
+    if (lua_getfield(L, config, "leases") != LUA_TNIL) current_leases = lease_check(L, -1);   /* config keeps it */
+    lua_pop(L, 1);
     lua_pushvalue(L, config);
     lua_setfield(L, LUA_REGISTRYINDEX, WORKER_CONFIG);
     /* Leave with the parent, however it ends (the pipes tell too, but not mid-task). */
