@@ -139,6 +139,41 @@ describe("forage.pool", function()
       assert.same({ 2, 12 }, pool:starmap_async(function(a, b) return a * b end, { { 1, 2 }, { 3, 4 } }):get(5))
     end)
 
+    it("apply and apply_async's get return every value the task returns", function()
+      local hrefs, titles = pool:apply(function() return { "/a", "/b" }, { "A", "B" } end)
+      assert.same({ "/a", "/b" }, hrefs)
+      assert.same({ "A", "B" }, titles)
+      local n = select("#", pool:apply(function() return 1, nil, 3, nil end))
+      assert.equal(4, n)
+      assert.same({ 1, nil, 3 }, { pool:apply(function() return 1, nil, 3 end) })
+      assert.equal(0, select("#", pool:apply(function() end)))
+      local r = pool:apply_async(function(a, b) return b, a end, { "x", "y" })
+      local first, second = r:get(10)
+      assert.equal("y", first)
+      assert.equal("x", second)
+    end)
+
+    it("on_done receives every value of an apply", function()
+      local got
+      pool:apply_async(function() return "hrefs", nil, "titles" end, {},
+        { on_done = function(...) got = table.pack(...) end })
+      assert.is_true(pool:drain(10))
+      assert.same({ n = 3, "hrefs", nil, "titles" }, got)
+    end)
+
+    it("map, starmap and imap keep one value per item", function()
+      local function two(x) return x, "extra" end
+      assert.same({ 1, 2, 3 }, pool:map(two, { 1, 2, 3 }))
+      assert.same({ 1, 2 }, pool:starmap(two, { { 1 }, { 2 } }))
+      local got = {}
+      for i, v, extra in pool:imap(two, { 1, 2 }) do got[i] = { v, extra } end
+      assert.same({ { 1 }, { 2 } }, got)
+      local whole
+      pool:map_async(two, { 5 }, nil, { on_done = function(...) whole = table.pack(...) end })
+      assert.is_true(pool:drain(10))
+      assert.same({ n = 1, { 5 } }, whole)
+    end)
+
     it("passes nil arguments in the middle of an argument list", function()
       assert.equal("nil 3", pool:apply(function(a, b) return tostring(a) .. " " .. b end, table.pack(nil, 3)))
     end)

@@ -787,14 +787,16 @@ static int pool_new(lua_State *L) {
     return 1;
 }
 
-/* P:submit(fn_blob, star, items, i, j, root [, offset]) -> task id.
+/* P:submit(fn_blob, star, items, i, j, root [, offset [, all]]) -> task id.
    Encodes items[i..j] as one task. root names the items in errors: root[offset + k - i],
-   or root itself when offset is nil. */
+   or root itself when offset is nil. With all (star implied), each result is the list of
+   every value the function returned. */
 static int pool_submit(lua_State *L) {
     pool *p = check_pool(L);
     size_t blen;
     const char *blob = luaL_checklstring(L, 2, &blen);
-    int star = lua_toboolean(L, 3);
+    int all = lua_toboolean(L, 9);
+    int star = lua_toboolean(L, 3) || all;
     luaL_checktype(L, 4, LUA_TTABLE);
     lua_Integer i = luaL_checkinteger(L, 5), j = luaL_checkinteger(L, 6);
     const char *root = luaL_optstring(L, 7, "items");
@@ -818,7 +820,7 @@ static int pool_submit(lua_State *L) {
     uint64_t id = ++p->next_task;
     put_u64(hdr + 1, id);
     put_u32(hdr + 9, 0);
-    hdr[13] = (char)star;
+    hdr[13] = (char)((star ? TASK_STAR : 0) | (all ? TASK_ALL_VALUES : 0));
     put_u32(hdr + 14, (uint32_t)count);
     size_t at;
     char err[300], name[200];

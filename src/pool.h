@@ -4,7 +4,9 @@
    Messages parent -> worker, one frame each, a tag byte first:
      'F' u32 id, wire(fn)                        define function id
      'U' u32 id                                  forget function id
-     'T' u64 task, u32 fn, u8 star, u32 count, u64 seq, wire({ item1 .. itemN })
+     'T' u64 task, u32 fn, u8 flags, u32 count, u64 seq, wire({ item1 .. itemN })
+         flags: TASK_STAR (each item is an argument list), TASK_ALL_VALUES (each result
+         is the list of every value returned, { n = count, ... })
    Messages worker -> parent:
      'R'                                         ready: init ran
      'B' u64 task                                bounced: not run (no resource held)
@@ -22,6 +24,8 @@
 
 #include "lua.h"
 
+#define TASK_STAR 1
+#define TASK_ALL_VALUES 2
 #define TASK_HEADER (8 + 4 + 1 + 4 + 8)       /* after the tag */
 #define RESULT_HEADER (8 + 8 + 4 + 4 + 4)     /* after the tag */
 

@@ -109,13 +109,21 @@ static uint32_t drop_bad_result(lua_State *L, int results, uint32_t done) {
 
 /* The loop over a task's items, in Lua: a call from the VM costs half of one through
    lua_call, and one pcall covers the whole task. `progress` tells how far it got when an
-   item raised. */
+   item raised. With `all`, an item's result is the list of every value f returned (apply
+   keeps them all; map keeps one per item). */
 static const char RUN_ITEMS[] =
-    "local unpack, type, error = table.unpack, type, error\n"
+    "local unpack, pack, type, error = table.unpack, table.pack, type, error\n"
     "local done = 0\n"
-    "local function run(f, items, results, n, star)\n"
+    "local function run(f, items, results, n, star, all)\n"
     "  done = 0\n"
-    "  if star then\n"
+    "  if all then\n"
+    "    for i = 1, n do\n"
+    "      local a = items[i]\n"
+    "      if type(a) ~= 'table' then error('bad argument list: a table expected, got ' .. type(a), 0) end\n"
+    "      results[i] = pack(f(unpack(a, 1, a.n or #a)))\n"
+    "      done = i\n"
+    "    end\n"
+    "  elseif star then\n"
     "    for i = 1, n do\n"
     "      local a = items[i]\n"
     "      if type(a) ~= 'table' then error('bad argument list: a table expected, got ' .. type(a), 0) end\n"
@@ -140,7 +148,7 @@ static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, con
     if (n < TASK_HEADER) worker_fail("short task message");
     uint64_t id = get_u64(p);
     uint32_t fn = get_u32(p + 8);
-    int star = p[12] != 0;
+    int star = (p[12] & TASK_STAR) != 0, all = (p[12] & TASK_ALL_VALUES) != 0;
     uint32_t count = get_u32(p + 13);
     uint64_t seq = get_u64(p + 17);
     uint64_t expect = seq - 1;
@@ -184,7 +192,8 @@ static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, con
         lua_pushvalue(L, results);
         lua_pushinteger(L, count);
         lua_pushboolean(L, star);
-        failed = lua_pcall(L, 5, 0, base + 2) != LUA_OK;
+        lua_pushboolean(L, all);
+        failed = lua_pcall(L, 6, 0, base + 2) != LUA_OK;
         if (failed) {
             lua_remove(L, base + 2);   /* the handler; the error stays on top */
             lua_pushvalue(L, runner + 1);

@@ -151,8 +151,8 @@ end
 -- Submits items[i..j] as one task for handler; start is the index of items[i] for the
 -- caller (the item number in a map). The handler's deliver(id, kind, value) takes the
 -- result and lowers npending by the task's items once its callbacks have run.
-function Pool:_submit(handler, blob, star, items, i, j, root, start)
-  local id = self.core:submit(blob, star, items, i, j, root, start)
+function Pool:_submit(handler, blob, star, items, i, j, root, start, all)
+  local id = self.core:submit(blob, star, items, i, j, root, start, all)
   self.handlers[id] = handler
   self.npending = self.npending + (j - i + 1)
   return id
@@ -237,18 +237,29 @@ local function new_result(pool, on_done, on_error, what)
 end
 
 -- Records the outcome and runs its callback; the nitems items stop being pending once
--- the callback has returned (or raised).
+-- the callback has returned (or raised). An apply's values come as one list
+-- ({ n = count, ... }): get and on_done give every one of them.
 function AsyncResult:_finish(ok, value, nitems)
   self.done, self.ok = true, ok
   local callback
   if ok then
-    self.value, callback = value, self.on_done
+    callback = self.on_done
+    if self.all then
+      self.values, self.value = value, value[1]
+    else
+      self.value = value
+    end
   else
     self.err, callback = value, self.on_error
   end
   local pool = self.pool
   if callback then
-    local fine, err = pcall(callback, value)
+    local fine, err
+    if ok and self.all then
+      fine, err = pcall(callback, table.unpack(value, 1, value.n))
+    else
+      fine, err = pcall(callback, value)
+    end
     pool.npending = pool.npending - nitems
     if not fine then error(err, 0) end
   else
@@ -291,10 +302,13 @@ function AsyncResult:wait(timeout)
   return true
 end
 
--- r:get([timeout]) -> the value; raises the task's error; nil, "timeout" when not ready.
+-- r:get([timeout]) -> the value (every value the function returned, for an apply);
+-- raises the task's error; nil, "timeout" when not ready.
 function AsyncResult:get(timeout)
   if not self:wait(timeout) then return nil, "timeout" end
   if not self.ok then error(self.err, 0) end
+  local values = self.values
+  if values then return table.unpack(values, 1, values.n) end
   return self.value
 end
 
@@ -310,20 +324,23 @@ end
 
 -- pool:apply_async(f, args [, { on_done = fn, on_error = fn }]) -> AsyncResult.
 -- (callback / error_callback are accepted too, as in Python.)
+-- Every value the function returns reaches get and on_done.
 function Pool:apply_async(f, args, opts)
   self:_check_open()
   opts = opts or {}
   local r = new_result(self, opts.on_done or opts.callback, opts.on_error or opts.error_callback, "apply_async")
+  r.all = true
   local blob = encode_function(f, "apply_async")
-  self:_submit(r, blob, true, { pack_args(args, "apply_async") }, 1, 1, "args")
+  self:_submit(r, blob, true, { pack_args(args, "apply_async") }, 1, 1, "args", nil, true)
   return r
 end
 
--- pool:apply(f, args) -> f(table.unpack(args)) run in a worker.
+-- pool:apply(f, args) -> f(table.unpack(args)) run in a worker: every value it returns.
 function Pool:apply(f, args)
   self:_check_open()
   local r = new_result(self, nil, nil, "apply")
-  self:_submit(r, encode_function(f, "apply"), true, { pack_args(args, "apply") }, 1, 1, "args")
+  r.all = true
+  self:_submit(r, encode_function(f, "apply"), true, { pack_args(args, "apply") }, 1, 1, "args", nil, true)
   return r:get()
 end
 
