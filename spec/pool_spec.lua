@@ -393,3 +393,58 @@ describe("forage.pool head-of-line blocking", function()
     assert.is_true(waited < 1.5, string.format("the map waited %.2f s for the busy worker", waited))
   end)
 end)
+
+-- A callback runs while its own task still counts as pending: a call in it that waits for
+-- every task of the pool would wait for itself. Each case runs in a child process joined
+-- with a bound, so that a deadlock fails the spec instead of hanging the suite.
+describe("forage.pool calls inside its own callbacks", function()
+  -- Runs call(pool) inside an on_done callback, in a child; returns what pcall gave there.
+  local function inside_callback(call)
+    local here, there = forage.pipe()
+    local child = forage.process(function()
+      local pool = forage.pool(2)
+      local r = pool:apply_async(function() return 1 end, {}, { on_done = function()
+        local ok, err = pcall(call, pool)
+        there:send({ ok, tostring(err) })
+      end })
+      r:get(10)
+      pool:terminate()
+    end):start()
+    local got, err = here:recv(15)
+    local code = helpers.join_or_kill(child, 5)
+    assert.is_not_nil(got, "the call inside the callback never returned: " .. tostring(err))
+    assert.equal(0, code)
+    return got[1], got[2]
+  end
+
+  it("drain raises instead of waiting for itself", function()
+    local ok, err = inside_callback(function(pool) pool:drain() end)
+    assert.is_false(ok)
+    assert.truthy(err:find("forage.pool: drain() inside a callback of the same pool would wait for itself", 1, true),
+      err)
+    assert.truthy(err:find("pool_spec.lua:%d+:"), err)   -- the caller's line
+  end)
+
+  it("drain with a timeout raises too: it could never succeed", function()
+    local ok, err = inside_callback(function(pool) pool:drain(0.5) end)
+    assert.is_false(ok)
+    assert.truthy(err:find("drain() inside a callback", 1, true), err)
+  end)
+
+  it("close and join raise instead of waiting for itself", function()
+    local ok, err = inside_callback(function(pool) pool:close() pool:join() end)
+    assert.is_false(ok)
+    assert.truthy(err:find("forage.pool: join() inside a callback of the same pool would wait for itself", 1, true),
+      err)
+  end)
+
+  it("get, wait, apply and map on other tasks still work there", function()
+    local ok, err = inside_callback(function(pool)
+      assert(pool:apply(function() return 2 end) == 2)
+      assert(pool:apply_async(function() return 3 end):get(10) == 3)
+      assert(pool:apply_async(function() return 4 end):wait(10))
+      assert(pool:map(function(x) return x + 1 end, { 1, 2 })[2] == 3)
+    end)
+    assert.is_true(ok, err)
+  end)
+end)

@@ -114,6 +114,7 @@ function M.new(opts)
     state = "open",      -- "open", "closed" (no new tasks), "terminated"
     handlers = {},       -- task id -> handler (an AsyncResult, a map or an imap state)
     npending = 0,        -- items submitted and not yet delivered (callbacks included)
+    in_callback = 0,     -- callbacks of this pool running now (nested ones included)
     events = {},         -- (id, kind, value) triples from the core, delivered from ev_pos on
     ev_pos = 1,
     ev_n = 0,
@@ -211,9 +212,23 @@ function Pool:pending()
   return self.npending
 end
 
+-- A callback's own task stays pending until the callback returns: waiting there for
+-- every task to finish would wait for itself.
+function Pool:_check_not_in_callback(what, level)
+  if self.in_callback > 0 then
+    error(string.format("forage.pool: %s inside a callback of the same pool would wait for itself", what),
+      level + 1)
+  end
+end
+
 -- pool:drain([timeout]) -> true once nothing is pending, counting the tasks that
 -- callbacks submit meanwhile; nil, "timeout" when timeout seconds passed first.
 function Pool:drain(timeout)
+  self:_check_not_in_callback("drain()", 2)
+  return self:_drain(timeout)
+end
+
+function Pool:_drain(timeout)
   local deadline = timeout and M.now() + timeout
   while self.npending > 0 do
     local left = deadline and deadline - M.now()
@@ -255,11 +270,13 @@ function AsyncResult:_finish(ok, value, nitems)
   local pool = self.pool
   if callback then
     local fine, err
+    pool.in_callback = pool.in_callback + 1
     if ok and self.all then
       fine, err = pcall(callback, table.unpack(value, 1, value.n))
     else
       fine, err = pcall(callback, value)
     end
+    pool.in_callback = pool.in_callback - 1
     pool.npending = pool.npending - nitems
     if not fine then error(err, 0) end
   else
@@ -602,7 +619,8 @@ end
 function Pool:join(timeout)
   if self.state == "open" then error("pool is still open: call close() or terminate() before join()", 2) end
   if self.state == "terminated" then return true end
-  local ok, err = self:drain(timeout)
+  self:_check_not_in_callback("join()", 2)
+  local ok, err = self:_drain(timeout)
   if not ok then return nil, err end
   self.core:shutdown(5)
   self.core:terminate()
