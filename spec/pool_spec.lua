@@ -53,9 +53,11 @@ describe("forage.pool", function()
     end)
 
     it("refuses a bad chunk size and a bad iterable with clear messages", function()
-      assert.has_error(function() pool:map(square, { 1 }, 0) end, "map: chunk size must be a positive integer, got 0")
-      assert.has_error(function() pool:map(square, 42) end, "map: expected a table or an iterator function, got number")
-      assert.has_error(function() pool:map(42, {}) end, "map: expected a function, got number")
+      assert.has_error(function() pool:map(square, { 1 }, 0) end,
+        "bad argument #3 to 'map' (chunk size must be a positive integer, got 0)")
+      assert.has_error(function() pool:map(square, 42) end,
+        "bad argument #2 to 'map' (table or function expected, got number)")
+      assert.has_error(function() pool:map(42, {}) end, "bad argument #1 to 'map' (function expected, got number)")
     end)
   end)
 
@@ -293,6 +295,93 @@ describe("forage.pool", function()
     end)
   end)
 
+  describe("arguments, options and timeouts", function()
+    -- The message of the error f raises, with its location.
+    local function raised(f)
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      return tostring(err)
+    end
+    local here = "^spec/pool_spec%.lua:%d+: "
+
+    it("blames the caller's line, never forage's own files", function()
+      local cases = {
+        function() forage.pool(0) end,
+        function() forage.pool("x") end,
+        function() forage.pool { workers = 2.5 } end,
+        function() forage.pool { max_tasks = -1 } end,
+        function() pool:apply(1) end,
+        function() pool:apply(square, 5) end,
+        function() pool:apply_async(square, {}, { ondone = print }) end,
+        function() pool:apply_async(square, {}, { on_done = 1 }) end,
+        function() pool:map(square, { 1 }, 0) end,
+        function() pool:map_async(square, 42) end,
+        function() pool:starmap_async(square, {}, 1.5) end,
+        function() pool:imap(square, 42) end,
+        function() pool:imap_unordered(42, {}) end,
+        function() pool:drain(-1) end,
+        function() pool:apply_async(square, { 1 }):get(0 / 0) end,
+        function() pool:apply_async(square, { 1 }):wait("soon") end,
+        function() pool:apply(square, { 1, { conn = io.stderr, f = io.tmpfile() } }) end,
+        function() local h = io.tmpfile() pool:apply(function() return h end) end,
+        function() pool:starmap(square, { 1 }) end,
+        function() pool:map(square, { io.tmpfile() }) end,
+        function() for _ in pool:imap(square, { 1, io.tmpfile() }) do end end,
+        function() for _ in pool:imap_unordered(square, function() return io.tmpfile() end) do end end,
+      }
+      for i, f in ipairs(cases) do
+        local err = raised(f)
+        assert.truthy(err:find(here), "case " .. i .. ": " .. err)
+        assert.falsy(err:find("forage/", 1, true), "case " .. i .. ": " .. err)
+      end
+      local p <close> = forage.pool(1)
+      p:close()
+      assert.truthy(raised(function() p:map(square, { 1 }) end):find(here .. "pool is closed: no new tasks$"))
+      assert.truthy(raised(function() p:join(-1) end):find(here .. "bad argument #1 to 'join'"))
+    end)
+
+    it("says what is wrong in Lua's words", function()
+      assert.truthy(raised(function() forage.pool("x") end):find(
+        "bad argument #1 to 'pool' (number or table expected, got string)", 1, true))
+      assert.truthy(raised(function() forage.pool(0) end):find(
+        "forage.pool: option 'workers' must be an integer from 1 to 4096, got 0", 1, true))
+      assert.truthy(raised(function() pool:apply(square, 5) end):find(
+        "bad argument #2 to 'apply' (table expected, got number)", 1, true))
+      assert.truthy(raised(function() pool:apply_async(square, {}, { ondone = print }) end):find(
+        "pool:apply_async: unknown option 'ondone' (known: callback, error_callback, on_done, on_error)", 1, true))
+      local r = pool:apply_async(square, { 3 })
+      assert.truthy(raised(function() r:get(-1) end):find(
+        "bad argument #1 to 'get' (timeout must be nil or a non-negative number of seconds, got -1)", 1, true))
+      assert.truthy(raised(function() r:wait(0 / 0) end):find("bad argument #1 to 'wait' (timeout must be", 1, true))
+      assert.truthy(raised(function() pool:drain(-0.5) end):find(
+        "bad argument #1 to 'drain' (timeout must be", 1, true))
+      assert.equal(9, r:get())
+    end)
+
+    it("a timeout is nil or math.huge for forever, seconds otherwise; timing out is nil, message, kind", function()
+      local release = forage.event()
+      local p <close> = forage.pool(1)
+      local r = p:apply_async(function() release:wait(10) return "done" end, {})
+      local v, err, kind = r:get(0)
+      assert.is_nil(v)
+      assert.equal("timeout", err)
+      assert.equal("timeout", kind)
+      assert.is_false(r:wait(0.01))
+      local ok
+      ok, err, kind = p:drain(0)
+      assert.is_nil(ok)
+      assert.equal("timeout", err)
+      assert.equal("timeout", kind)
+      p:close()
+      ok, err, kind = p:join(0)
+      assert.same({ nil, "timeout", "timeout" }, { ok, err, kind })
+      release:set()
+      assert.equal("done", r:get(math.huge))
+      assert.is_true(r:wait(1e300))
+      assert.is_true(p:join(math.huge))
+    end)
+  end)
+
   describe("workers", function()
     it("runs init with init_args in each worker", function()
       local function init(tag) rawset(_G, "WORKER_TAG", tag .. forage.getpid()) end
@@ -315,9 +404,11 @@ describe("forage.pool", function()
     end)
 
     it("refuses unknown options and bad values", function()
-      assert.has_error(function() forage.pool { worker = 2 } end, "forage.pool: unknown option 'worker'")
-      assert.has_error(function() forage.pool { workers = 0 } end, "workers must be between 1 and 4096 (got 0)")
-      assert.has_error(function() forage.pool { init = 1 } end, "forage.pool: init must be a function, got number")
+      assert.has_error(function() forage.pool { worker = 2 } end, "forage.pool: unknown option 'worker' (known: init, "
+        .. "init_args, max_tasks, resource, resources, task_retries, workers)")
+      assert.has_error(function() forage.pool { workers = 0 } end,
+        "forage.pool: option 'workers' must be an integer from 1 to 4096, got 0")
+      assert.has_error(function() forage.pool { init = 1 } end, "forage.pool: option 'init' must be a function, got 1")
     end)
 
     it("workers exit when the parent dies", function()

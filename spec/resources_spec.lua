@@ -143,11 +143,16 @@ describe("pool resources", function()
   end)
 
   it("refuses bad resource options", function()
-    assert.has_error(function() forage.pool { resources = {} } end, "forage.pool: resources must be a non-empty list")
+    assert.has_error(function() forage.pool { resources = {} } end,
+      "forage.pool: option 'resources' must be a non-empty list, got table")
     assert.has_error(function() forage.pool { resources = { "a" }, resource = { retries = 1 } } end,
-      "forage.pool: unknown resource option 'retries'")
+      "forage.pool resource: unknown option 'retries' (known: cooldown, max_cooldown, max_failures, retire_after)")
     assert.has_error(function() forage.pool { resource = { cooldown = 1 } } end,
-      "forage.pool: resource options given without resources")
+      "forage.pool: option 'resource' given without 'resources'")
+    assert.has_error(function() forage.pool { resources = { "a" }, resource = { cooldown = -1 } } end,
+      "forage.pool resource: option 'cooldown' must be a non-negative number of seconds, got -1")
+    assert.has_error(function() forage.pool { resources = { "a" }, resource = { max_failures = 0 } } end,
+      "forage.pool resource: option 'max_failures' must be an integer from 1 to 1000000000, got 0")
   end)
 
   it("forage.worker answers nil outside a pool worker", function()

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "core.h"
 #include "fork.h"
 #include "frame.h"
@@ -26,6 +28,7 @@
 #include "wire.h"
 
 #define POOL_TYPE "forage.PoolCore"
+#define MAX_WORKERS 4096
 #define FUNCS_KEPT 64              /* unused functions kept in workers before forgetting */
 #define OUT_HIGH_WATER (1u << 20)  /* bytes queued to one worker before it counts as full */
 #define MAX_DEPTH 256              /* tasks in flight per worker, at most */
@@ -91,6 +94,7 @@ typedef struct pool {
     double task_seconds;       /* moving average of one task's run time */
     int rotor;                 /* where dispatch starts, for fairness */
     uint64_t respawns;
+    uint64_t taken_back;       /* tasks taken back from a busy worker to give to an idle one */
     int has_init;              /* workers run an init that may fail: wait for them to be ready */
     int start_deaths;          /* workers in a row that died before saying ready */
     char *broken_message;
@@ -362,6 +366,7 @@ static size_t worker_take_back(pool *p, int i) {
     w->inflight.n -= back.n;
     w->dispatched -= back.n;
     w->taken_back = 1;
+    p->taken_back += back.n;
     size_t n = back.n;
     pending_push_front(p, &back);
     return n;
@@ -662,7 +667,8 @@ static int pool_wait(lua_State *L, pool *p, double timeout, int ev) {
         int ms = -1;
         if (timeout >= 0) {
             double left = deadline - now_seconds();
-            ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
+            /* poll takes an int: a longer wait is several polls (the loop comes back here). */
+            ms = left <= 0 ? 0 : left > 1e6 ? 1000000000 : (int)(left * 1000.0 + 0.999);
         }
         int capped = 0;
         if (p->leases && p->pending.n > 0) {
@@ -710,16 +716,11 @@ static void pool_release(pool *p);
    worker's init done; raises with the init error (traceback included) when one fails. */
 static int pool_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "workers");
-    lua_Integer n = luaL_checkinteger(L, -1);
-    lua_getfield(L, 1, "max_tasks");
-    lua_Integer max_tasks = luaL_optinteger(L, -1, 0);
-    lua_getfield(L, 1, "task_retries");
-    lua_Integer retries = luaL_optinteger(L, -1, 1);
+    /* forage.pool (pool.lua) has checked the user's options: these guard the core itself. */
+    lua_Integer n = args_opt_integer(L, 1, "forage.pool", "workers", 0, 1, MAX_WORKERS);
+    lua_Integer max_tasks = args_opt_integer(L, 1, "forage.pool", "max_tasks", 0, 0, LUA_MAXINTEGER);
+    lua_Integer retries = args_opt_integer(L, 1, "forage.pool", "task_retries", 1, 0, 1000);
     lua_settop(L, 1);
-    if (n < 1 || n > 4096) return luaL_error(L, "workers must be between 1 and 4096 (got %d)", (int)n);
-    if (max_tasks < 0) return luaL_error(L, "max_tasks must be positive (got %d)", (int)max_tasks);
-    if (retries < 0 || retries > 1000) return luaL_error(L, "task_retries must be between 0 and 1000");
 
     pool *p = lua_newuserdatauv(L, sizeof *p, 2);   /* 2 */
     memset(p, 0, sizeof *p);
@@ -787,29 +788,44 @@ static int pool_new(lua_State *L) {
     return 1;
 }
 
-/* P:submit(fn_blob, star, items, i, j, root [, offset [, all]]) -> task id.
+/* Raises the formatted message (lua_pushfstring's formats) located at call level `level`
+   (luaL_where's numbering: 1 is the Lua function that called this binding), so that an
+   item that cannot travel blames the user's line rather than forage's own Lua. */
+static int raise_at(lua_State *L, int level, const char *fmt, ...) {
+    va_list ap;
+    luaL_where(L, level);
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* P:submit(fn_blob, star, items, i, j, root [, offset [, all [, level]]]) -> task id.
    Encodes items[i..j] as one task. root names the items in errors: root[offset + k - i],
    or root itself when offset is nil. With all (star implied), each result is the list of
-   every value the function returned. */
+   every value the function returned. Errors are raised at call level `level` (1: the
+   caller). */
 static int pool_submit(lua_State *L) {
     pool *p = check_pool(L);
     size_t blen;
     const char *blob = luaL_checklstring(L, 2, &blen);
     int all = lua_toboolean(L, 9);
+    int level = (int)luaL_optinteger(L, 10, 1);
     int star = lua_toboolean(L, 3) || all;
     luaL_checktype(L, 4, LUA_TTABLE);
     lua_Integer i = luaL_checkinteger(L, 5), j = luaL_checkinteger(L, 6);
     const char *root = luaL_optstring(L, 7, "items");
     int has_offset = !lua_isnoneornil(L, 8);
     lua_Integer offset = luaL_optinteger(L, 8, 0);
-    if (p->shut) return luaL_error(L, "pool is closed");
-    if (j < i || j - i >= 0x7fffffff) return luaL_error(L, "bad item range %d..%d", (int)i, (int)j);
+    if (p->shut) return raise_at(L, level, "pool is closed");
+    if (j < i || j - i >= 0x7fffffff) return raise_at(L, level, "bad item range %d..%d", (int)i, (int)j);
 
     /* The items travel as one list: one encode here, one decode in the worker. */
     lua_Integer count = j - i + 1;
     for (lua_Integer k = i; star && k <= j; k++) {
         if (lua_geti(L, 4, k) != LUA_TTABLE)
-            return luaL_error(L, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
+            return raise_at(L, level, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
                               luaL_typename(L, -1));
         lua_pop(L, 1);
     }
@@ -824,8 +840,10 @@ static int pool_submit(lua_State *L) {
     put_u32(hdr + 14, (uint32_t)count);
     size_t at;
     char err[300], name[200];
-    if (frame_begin(b, &at) != 0 || buf_append(b, hdr, sizeof hdr) != 0) return luaL_error(L, "not enough memory");
-    if (wire_encode_list(L, 4, i, j, b, WIRE_CODE, root, err, sizeof err) != 0) {
+    if (frame_begin(b, &at) != 0 || buf_append(b, hdr, sizeof hdr) != 0) return raise_at(L, level, "not enough memory");
+    /* No message from the list encoder (its path of a refused value does not name the item
+       it is in); on failure each item is encoded alone, which names it. */
+    if (wire_encode_list(L, 4, i, j, b, WIRE_CODE, root, NULL, 0) != 0) {
         /* Only now are the items' names worth formatting: find the one that cannot travel. */
         for (lua_Integer k = 1; k <= count; k++) {
             if (has_offset) snprintf(name, sizeof name, "%s[%lld]", root, (long long)(offset + k - 1));
@@ -834,21 +852,21 @@ static int pool_submit(lua_State *L) {
             if (wire_encode(L, -1, b, WIRE_CODE, name, err, sizeof err) != 0) break;
             lua_pop(L, 1);
         }
-        return luaL_error(L, "%s", err);
+        return raise_at(L, level, "%s", err);
     }
-    if (frame_end(b, at) != 0) return luaL_error(L, "task too large to send (%zu bytes)", b->len);
+    if (frame_end(b, at) != 0) return raise_at(L, level, "task too large to send (%I bytes)", (lua_Integer)b->len);
     /* The same function as last time (the same string object): no need to hash it. */
     func_entry *f = p->last_fn;
     if (f == NULL || p->last_blob != blob) {
         f = func_intern(p, blob, blen);
-        if (!f) return luaL_error(L, "not enough memory");
+        if (!f) return raise_at(L, level, "not enough memory");
         p->last_fn = f;
         p->last_blob = blob;
         lua_pushvalue(L, 2);
         lua_setiuservalue(L, 1, 2);
     }
     task *t = malloc(sizeof *t + b->len);
-    if (!t) return luaL_error(L, "not enough memory");
+    if (!t) return raise_at(L, level, "not enough memory");
     f->refs++;
     put_u32(b->data + at + FRAME_HEADER + 9, f->id);
     memset(t, 0, sizeof *t);
@@ -908,12 +926,14 @@ static int pool_pids(lua_State *L) {
     return 1;
 }
 
-/* P:stats() -> { respawns, task_seconds, depth }. */
+/* P:stats() -> { respawns, taken_back, task_seconds, depth }. */
 static int pool_stats(lua_State *L) {
     pool *p = check_pool(L);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 4);
     lua_pushinteger(L, (lua_Integer)p->respawns);
     lua_setfield(L, -2, "respawns");
+    lua_pushinteger(L, (lua_Integer)p->taken_back);
+    lua_setfield(L, -2, "taken_back");
     lua_pushnumber(L, p->task_seconds);
     lua_setfield(L, -2, "task_seconds");
     lua_pushinteger(L, (lua_Integer)pool_depth(p));

@@ -212,11 +212,12 @@ static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, con
     char zero[1 + RESULT_HEADER] = {0};
     buf_append(out, zero, sizeof zero);
     size_t list_at = out->len;
-    if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", err, sizeof err) != 0) {
+    /* The message is made by drop_bad_result, which encodes the results one by one. */
+    if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", NULL, 0) != 0) {
         if (failed) lua_pop(L, 1);   /* this error is older: the bad result comes first */
         done = drop_bad_result(L, results, done);
         failed = 1;
-        if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", err, sizeof err) != 0)
+        if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", NULL, 0) != 0)
             worker_fail("results");
     }
     size_t list_len = out->len - list_at;
