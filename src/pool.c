@@ -1,6 +1,6 @@
 /* forage.PoolCore: the parent side of the fork pool. Workers, their pipes, dispatch of
    encoded tasks, collection of results, and recovery when a worker dies. The workers' loop
-   is in worker.c, the messages between them in pool.h. Policy (what a result means,
+   is in worker.c, the messages between them in pool_proto.h. Policy (what a result means,
    callbacks, ordering, AsyncResult) lives in lua/forage/pool.lua.
 
    Each worker has its own pair of pipes, so the parent always knows which tasks a worker
@@ -22,9 +22,11 @@
 #include "core.h"
 #include "fork.h"
 #include "frame.h"
+#include "hash.h"
 #include "lauxlib.h"
 #include "lease.h"
 #include "pool.h"
+#include "pool_proto.h"
 #include "wire.h"
 
 #define POOL_TYPE "forage.PoolCore"
@@ -50,7 +52,7 @@ typedef struct task {
     func_entry *fn;
     uint64_t seq;              /* its number among the tasks sent to its worker (see shared_slot) */
     int attempts;              /* deaths of a worker while it ran this task */
-    char *frame;               /* the whole 'T' frame (in the same allocation), kept until the result */
+    char *frame;               /* the whole MSG_TASK frame (in the same allocation), kept until the result */
     size_t len;
 } task;
 
@@ -111,12 +113,6 @@ typedef struct pool {
 
 /* ---------- small helpers ---------- */
 
-static uint64_t hash_bytes(const char *p, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
-}
-
 static void list_push(task_list *l, task *t) {
     t->next = NULL;
     if (l->tail) l->tail->next = t;
@@ -166,7 +162,7 @@ static int func_grow(pool *p) {
 
 /* Returns the entry for this encoded function, adding it when new; NULL when out of memory. */
 static func_entry *func_intern(pool *p, const char *blob, size_t len) {
-    uint64_t h = hash_bytes(blob, len);
+    uint64_t h = fnv1a_mixed(blob, len);
     func_entry *f = func_find(p, blob, len, h);
     if (f) return f;
     if (p->nfuncs >= p->nbuckets && func_grow(p) != 0) return NULL;
@@ -196,15 +192,6 @@ static void func_free(func_entry *f) {
     free(f);
 }
 
-/* Appends a frame of type tag with body to a worker's outgoing bytes. */
-static int queue_frame(worker *w, char tag, const char *body, size_t n, const char *tail, size_t tn) {
-    size_t at;
-    if (frame_begin(&w->out, &at) != 0 || buf_putc(&w->out, (unsigned char)tag) != 0 ||
-        buf_append(&w->out, body, n) != 0 || buf_append(&w->out, tail, tn) != 0)
-        return -1;
-    return frame_end(&w->out, at);
-}
-
 static int worker_live(const worker *w) { return w->state == W_READY || w->state == W_RETIRING; }
 
 /* Drops a task's hold on its function; forgets it everywhere once unused and many are kept. */
@@ -215,11 +202,10 @@ static void func_release(pool *p, func_entry *f) {
     *at = f->next;
     p->nfuncs--;
     if (p->last_fn == f) p->last_fn = NULL;
-    char id[4];
-    put_u32(id, f->id);
     for (int i = 0; i < p->nworkers; i++) {
         worker *w = &p->workers[i];
-        if (worker_live(w) && f->known[i] == w->gen) queue_frame(w, 'U', id, 4, NULL, 0);
+        /* Out of memory, the worker keeps a function it no longer needs: harmless. */
+        if (worker_live(w) && f->known[i] == w->gen) (void)proto_put_function(&w->out, MSG_FORGET, f->id, NULL, 0);
     }
     func_free(f);
 }
@@ -410,17 +396,16 @@ static void pool_dispatch(pool *p) {
             int i = (p->rotor + k) % p->nworkers;
             worker *w = &p->workers[i];
             if (!worker_can_take(p, i, depth)) continue;
-            task *t = list_pop(&p->pending);
+            task *t = p->pending.head;
             func_entry *f = t->fn;
             if (f->known[i] != w->gen) {
-                char id[4];
-                put_u32(id, f->id);
-                queue_frame(w, 'F', id, 4, f->blob, f->len);
+                if (proto_put_function(&w->out, MSG_DEFINE, f->id, f->blob, f->len) != 0) continue;
                 f->known[i] = w->gen;
             }
+            proto_task_set_seq(t->frame, w->seq + 1);
+            if (buf_append(&w->out, t->frame, t->len) != 0) continue;   /* out of memory: later */
+            list_pop(&p->pending);
             t->seq = ++w->seq;
-            put_u64(t->frame + FRAME_HEADER + 1 + 17, t->seq);
-            buf_append(&w->out, t->frame, t->len);
             list_push(&w->inflight, t);
             w->dispatched++;
             progress = 1;
@@ -466,30 +451,32 @@ static task *take_inflight(worker *w, uint64_t id) {
     return t;
 }
 
-/* Handles one frame from worker w. */
+/* Handles one message from worker w (f, n: the frame's payload). */
 static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t n, int ev, int *nev) {
-    if (n < 1) luaL_error(L, "pool: empty frame from worker %d", (int)w->pid);
-    char tag = f[0];
-    const char *q = f + 1, *end = f + n;
+    if (n < 1) luaL_error(L, "pool: empty message from worker %d", (int)w->pid);
+    int tag = f[0];
+    const char *q = f + 1;
+    size_t qn = n - 1;
     char err[256];
-    if (tag == 'R') {
+    if (tag == MSG_READY) {
         if (w->state == W_STARTING) w->state = W_READY;
         p->start_deaths = 0;
         return;
     }
-    if (tag == 'B') {
+    if (tag == MSG_BOUNCED) {
         /* Not run: its worker holds no resource. It goes first again, to another worker. */
-        if (n < 1 + 8) luaL_error(L, "pool: bad message from worker");
-        task *t = take_inflight(w, get_u64(q));
-        if (!t) luaL_error(L, "pool: unknown task bounced");
+        uint64_t id;
+        if (proto_get_bounced(q, qn, &id) != 0) luaL_error(L, "pool: bad message from worker %d", (int)w->pid);
+        task *t = take_inflight(w, id);
+        if (!t) luaL_error(L, "pool: unknown task bounced by worker %d", (int)w->pid);
         w->dispatched--;
         task_list back = {t, t, 1};
         pending_push_front(p, &back);
         return;
     }
-    if (tag == 'I') {
+    if (tag == MSG_INIT_FAILED) {
         /* Init failed: the worker exits; its death is reported through the pool's state. */
-        if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) lua_pushstring(L, err);
+        if (wire_decode(L, q, qn, WIRE_DATA, err, sizeof err) != 0) proto_push_error_message(L, err);
         lua_getfield(L, -1, "traceback");
         const char *tb = lua_tostring(L, -1);
         free(p->broken_message);
@@ -498,37 +485,32 @@ static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t
         p->broken = 1;
         return;
     }
-    if ((tag != 'D' && tag != 'E') || n < 1 + RESULT_HEADER) luaL_error(L, "pool: bad message from worker");
-    uint64_t id = get_u64(q);
-    uint64_t ns = get_u64(q + 8);
-    uint32_t index = get_u32(q + 16);
-    size_t list_len = get_u32(q + 24);
-    q += RESULT_HEADER;
-    if ((size_t)(end - q) < list_len) luaL_error(L, "pool: corrupt message from worker");
-    task *t = take_inflight(w, id);
-    if (!t) luaL_error(L, "pool: result for unknown task %d", (int)id);
-    double secs = (double)ns * 1e-9;
+    result_header rh;
+    const char *body;
+    size_t body_len;
+    if ((tag != MSG_DONE && tag != MSG_FAILED) || proto_get_result_header(q, qn, &rh, &body, &body_len) != 0)
+        luaL_error(L, "pool: bad message from worker %d", (int)w->pid);
+    task *t = take_inflight(w, rh.task);
+    if (!t) luaL_error(L, "pool: result for unknown task %I", (lua_Integer)rh.task);
+    double secs = (double)rh.ns * 1e-9;
     p->task_seconds = p->task_seconds <= 0 ? secs : p->task_seconds * 0.9 + secs * 0.1;
     task_free(p, t);
-    if (tag == 'D') {
+    if (tag == MSG_DONE) {
         /* The results stay encoded: Lua decodes them where they belong (decode_into). */
-        lua_pushlstring(L, q, list_len);
-        push_event(L, ev, nev, id, "ok");
+        lua_pushlstring(L, body, rh.list_len);
+        push_event(L, ev, nev, rh.task, "ok");
         return;
     }
     lua_newtable(L);
-    if (wire_decode_into(L, q, list_len, WIRE_CODE, -1, 1, err, sizeof err) != 0)
+    if (wire_decode_into(L, body, rh.list_len, WIRE_CODE, -1, 1, err, sizeof err) != 0)
         luaL_error(L, "pool: bad results: %s", err);
-    /* 'E': { value, traceback, index = 0-based item, results = {...}, pid } */
-    q += list_len;
-    if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) push_task_error(L, err);
+    /* The error, with results = { those of the items before index }, index and pid. */
+    if (wire_decode(L, body + rh.list_len, body_len - rh.list_len, WIRE_DATA, err, sizeof err) != 0)
+        proto_push_error_message(L, err);
     lua_insert(L, -2);
     lua_setfield(L, -2, "results");
-    lua_pushinteger(L, index);
-    lua_setfield(L, -2, "index");
-    lua_pushinteger(L, w->pid);
-    lua_setfield(L, -2, "pid");
-    push_event(L, ev, nev, id, "error");
+    proto_error_origin(L, -1, rh.index, w->pid);
+    push_event(L, ev, nev, rh.task, "error");
 }
 
 /* Reads every frame a worker has sent so far. Returns 0 at end of stream, 1 otherwise. */
@@ -567,16 +549,11 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
         if (t->id == running) {   /* even a clean exit (os.exit in a task) counts */
             t->attempts++;
             if (t->attempts > p->task_retries) {
-                lua_createtable(L, 0, 4);
                 if (code < 0) lua_pushfstring(L, "worker died (signal %d)", -code);
                 else lua_pushfstring(L, "worker died (exit %d)", code);
-                lua_setfield(L, -2, "value");
-                lua_pushliteral(L, "");
-                lua_setfield(L, -2, "traceback");
-                lua_pushinteger(L, 0);   /* the task as a whole: which item died is not tracked */
-                lua_setfield(L, -2, "index");
-                lua_pushinteger(L, w->pid);
-                lua_setfield(L, -2, "pid");
+                proto_push_error_message(L, lua_tostring(L, -1));
+                lua_remove(L, -2);
+                proto_error_origin(L, -1, 0, w->pid);   /* the task as a whole: which item died is not tracked */
                 push_event(L, ev, nev, t->id, "lost");
                 task_free(p, t);
                 continue;
@@ -613,13 +590,8 @@ static pool *check_pool(lua_State *L) {
 static void fail_pending(lua_State *L, pool *p, int ev, int *nev, const char *message) {
     task *t;
     while ((t = list_pop(&p->pending)) != NULL) {
-        lua_createtable(L, 0, 4);
-        lua_pushstring(L, message);
-        lua_setfield(L, -2, "value");
-        lua_pushliteral(L, "");
-        lua_setfield(L, -2, "traceback");
-        lua_pushinteger(L, 0);
-        lua_setfield(L, -2, "index");
+        proto_push_error_message(L, message);
+        proto_error_origin(L, -1, 0, 0);
         push_event(L, ev, nev, t->id, "lost");
         task_free(p, t);
     }
@@ -831,16 +803,13 @@ static int pool_submit(lua_State *L) {
     }
     buf *b = &p->scratch;   /* owned by the pool: an error raised mid-encode leaks nothing */
     buf_reset(b);
-    char hdr[1 + TASK_HEADER];
-    hdr[0] = 'T';
     uint64_t id = ++p->next_task;
-    put_u64(hdr + 1, id);
-    put_u32(hdr + 9, 0);
-    hdr[13] = (char)((star ? TASK_STAR : 0) | (all ? TASK_ALL_VALUES : 0));
-    put_u32(hdr + 14, (uint32_t)count);
+    /* fn and seq are set when the task is sent (proto_task_set_fn, proto_task_set_seq). */
+    task_header th = {id, 0, (uint8_t)((star ? TASK_STAR : 0) | (all ? TASK_ALL_VALUES : 0)), (uint32_t)count, 0};
     size_t at;
     char err[300], name[200];
-    if (frame_begin(b, &at) != 0 || buf_append(b, hdr, sizeof hdr) != 0) return raise_at(L, level, "not enough memory");
+    if (proto_begin(b, MSG_TASK, &at) != 0 || proto_put_task_header(b, &th) != 0)
+        return raise_at(L, level, "not enough memory");
     /* No message from the list encoder (its path of a refused value does not name the item
        it is in); on failure each item is encoded alone, which names it. */
     if (wire_encode_list(L, 4, i, j, b, WIRE_CODE, root, NULL, 0) != 0) {
@@ -854,7 +823,7 @@ static int pool_submit(lua_State *L) {
         }
         return raise_at(L, level, "%s", err);
     }
-    if (frame_end(b, at) != 0) return raise_at(L, level, "task too large to send (%I bytes)", (lua_Integer)b->len);
+    if (proto_end(b, at) != 0) return raise_at(L, level, "task too large to send (%I bytes)", (lua_Integer)b->len);
     /* The same function as last time (the same string object): no need to hash it. */
     func_entry *f = p->last_fn;
     if (f == NULL || p->last_blob != blob) {
@@ -868,7 +837,7 @@ static int pool_submit(lua_State *L) {
     task *t = malloc(sizeof *t + b->len);
     if (!t) return raise_at(L, level, "not enough memory");
     f->refs++;
-    put_u32(b->data + at + FRAME_HEADER + 9, f->id);
+    proto_task_set_fn(b->data + at, f->id);
     memset(t, 0, sizeof *t);
     t->id = id;
     t->fn = f;

@@ -58,7 +58,7 @@ end
 
 -- Errors that are not a task's: the pool was terminated or broken.
 local function pool_error(message)
-  return setmetatable({ value = message, message = message, traceback = "", task = 0, pid = 0 }, TaskError)
+  return task_error({ value = message, pid = 0 }, 0, nil)
 end
 
 -- Argument checks blame the caller of the public method: `level` is error()'s level as
