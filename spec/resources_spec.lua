@@ -142,6 +142,24 @@ describe("pool resources", function()
     end
   end)
 
+  it("a task queued behind one that lost the worker's resource runs with another worker's", function()
+    local pool <close> = forage.pool { workers = 2, resources = { "a", "b" } }
+    local list = {}
+    for i = 1, 200 do list[i] = i end
+    local got = pool:map(function(i)
+      if i == 1 then return { forage.worker.retire_resource("banned") or "none" } end
+      return { forage.worker.resource() or "none" }
+    end, list, 1)
+    assert.same({ "none" }, got[1])
+    local kept
+    for i = 2, 200 do
+      assert.are_not.equal("none", got[i][1], "task " .. i .. " ran without a resource")
+      kept = kept or got[i][1]
+      assert.equal(kept, got[i][1], "task " .. i)
+    end
+    assert.are_not.equal("none", kept)
+  end)
+
   it("refuses bad resource options", function()
     assert.has_error(function() forage.pool { resources = {} } end,
       "forage.pool: option 'resources' must be a non-empty list, got table")
