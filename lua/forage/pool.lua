@@ -392,27 +392,29 @@ local function pack_args(list, fname, level)
   return list
 end
 
+-- One task whose single item is the argument list; every value it returns is kept.
+-- Called by the public methods (level 3 blames their caller).
+function Pool:_apply_async(f, list, opts, fname)
+  self:_check_open(3)
+  local blob = encode_function(f, fname, 3)
+  local packed = pack_args(list, fname, 3)
+  local r = new_result(self, opts, fname, 3)
+  r.all = true
+  self:_submit(r, blob, true, { packed }, 1, 1, "args", nil, true, 3)
+  return r
+end
+
 -- pool:apply_async(f, args [, { on_done = fn, on_error = fn }]) -> AsyncResult.
 -- (callback / error_callback are accepted too, as in Python.)
 -- Every value the function returns reaches get and on_done.
 function Pool:apply_async(f, list, opts)
-  self:_check_open(2)
-  local blob = encode_function(f, "apply_async", 2)
-  local packed = pack_args(list, "apply_async", 2)
-  local r = new_result(self, opts, "apply_async", 2)
-  r.all = true
-  self:_submit(r, blob, true, { packed }, 1, 1, "args", nil, true, 2)
+  local r = self:_apply_async(f, list, opts, "apply_async")
   return r
 end
 
 -- pool:apply(f, args) -> f(table.unpack(args)) run in a worker: every value it returns.
 function Pool:apply(f, list)
-  self:_check_open(2)
-  local blob = encode_function(f, "apply", 2)
-  local packed = pack_args(list, "apply", 2)
-  local r = new_result(self, nil, "apply", 2)
-  r.all = true
-  self:_submit(r, blob, true, { packed }, 1, 1, "args", nil, true, 2)
+  local r = self:_apply_async(f, list, nil, "apply")
   return r:get()
 end
 
