@@ -467,6 +467,20 @@ describe("forage.pool head-of-line blocking", function()
     check { workers = 4, resources = { "a", "b", "c", "d" } }
   end)
 
+  it("leaves no task behind a replacement worker's slow init", function()
+    local inits, release = forage.value("int32", 0), forage.event()
+    local pool <close> = forage.pool { workers = 2, max_tasks = 1, init = function()
+      -- The first two inits are the pool's own workers'; a replacement in slot 1 is slow.
+      if inits:add(1) > 2 and forage.worker.slot() == 1 then release:wait(3) end
+    end }
+    local t0 = forage.now()
+    local got = pool:map(function(x) return x * 10 end, { 1, 2, 3, 4, 5, 6 }, 1)
+    local waited = forage.now() - t0
+    release:set()
+    assert.same({ 10, 20, 30, 40, 50, 60 }, got)
+    assert.is_true(waited < 1.5, string.format("the map waited %.2f s for a worker's init", waited))
+  end)
+
   it("after a burst of tiny tasks has made the prefetch deep", function()
     local started, release = forage.event(), forage.event()
     local pool <close> = forage.pool(4)

@@ -147,17 +147,18 @@ describe("pool resources", function()
     local list = {}
     for i = 1, 200 do list[i] = i end
     local got = pool:map(function(i)
-      if i == 1 then return { forage.worker.retire_resource("banned") or "none" } end
-      return { forage.worker.resource() or "none" }
+      if i == 1 then
+        local held = forage.worker.resource()
+        forage.worker.retire_resource("banned")
+        return held
+      end
+      return forage.worker.resource() or "none"
     end, list, 1)
-    assert.same({ "none" }, got[1])
-    local kept
-    for i = 2, 200 do
-      assert.are_not.equal("none", got[i][1], "task " .. i .. " ran without a resource")
-      kept = kept or got[i][1]
-      assert.equal(kept, got[i][1], "task " .. i)
-    end
-    assert.are_not.equal("none", kept)
+    -- Which worker ran task 1, and whether the other held its resource yet, is up to the
+    -- scheduler; what may never happen is a task run without a resource.
+    for i = 2, 200 do assert.are_not.equal("none", got[i], "task " .. i .. " ran without a resource") end
+    local state = by_value(pool)
+    assert.equal("retired", state[got[1]].state)
   end)
 
   it("refuses bad resource options", function()

@@ -364,15 +364,19 @@ static int worker_idle(pool *p, int i, size_t depth) {
 }
 
 /* With no task pending and a worker idle, the tasks queued behind another worker's running
-   one would wait for it: take them back, to be given to the idle ones. Returns how many. */
+   one (or behind its init, while it starts) would wait for it: take them back, to be given
+   to the idle ones. Returns how many. */
 static size_t pool_rebalance(pool *p, size_t depth) {
     if (p->pending.n > 0) return 0;
     int idle = 0;
     for (int i = 0; i < p->nworkers && !idle; i++) idle = worker_idle(p, i, depth);
     if (!idle) return 0;
     size_t n = 0;
-    for (int i = 0; i < p->nworkers; i++)
-        if (worker_live(&p->workers[i]) && p->workers[i].inflight.n > 1) n += worker_take_back(p, i);
+    for (int i = 0; i < p->nworkers; i++) {
+        const worker *w = &p->workers[i];
+        if (w->state != W_EMPTY && (w->inflight.n > 1 || (w->state == W_STARTING && w->inflight.n > 0)))
+            n += worker_take_back(p, i);
+    }
     return n;
 }
 
@@ -414,7 +418,9 @@ static void pool_dispatch(pool *p) {
     }
     for (int i = 0; i < p->nworkers; i++) {
         worker *w = &p->workers[i];
-        if (worker_live(w) && w->out.len > w->out_pos) worker_flush(w);
+        /* A starting worker's tasks are written too: a caller that waits for something else
+           than the pool (an event, a pipe) must not leave them here. */
+        if (w->task_fd >= 0 && w->out.len > w->out_pos) worker_flush(w);
         /* A worker at its task limit leaves once it has nothing in flight. */
         if (w->state == W_READY && p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks &&
             w->inflight.n == 0) {
