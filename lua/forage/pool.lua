@@ -8,7 +8,14 @@
 -- (get, wait, map, an imap loop, drain, join): the parent has no hidden thread.
 
 local core = require "forage.core"
-local args = require "forage.args"
+-- forage.args is loaded at the first misuse (or options it checks in full): a program
+-- of pools keeps a smaller heap, which every worker inherits and whose pages its first
+-- collection copies. The checks on the hot paths test the common case inline first.
+local args = setmetatable({}, { __index = function(self, name)
+  setmetatable(self, nil)
+  for k, v in pairs(require "forage.args") do self[k] = v end
+  return self[name]
+end })
 
 local M = {}
 
@@ -74,7 +81,7 @@ local CODE_FUNCTION = { code = true, root = "function" }
 -- The function, encoded once for every task that runs it. An upvalue that cannot travel
 -- raises at the caller's line, not at this one.
 local function encode_function(f, fname, level)
-  args.check(1, f, "function", fname, level + 1)
+  if type(f) ~= "function" then args.check(1, f, "function", fname, level + 1) end
   local ok, blob = pcall(core.encode, f, CODE_FUNCTION)
   if not ok then error((tostring(blob):gsub("^[^\n]-:%d+: ", "", 1)), level + 1) end
   return blob
@@ -113,7 +120,9 @@ end
 
 local function check_options(opts, level)
   local fname = "forage.pool"
-  args.options(fname, opts, POOL_OPTIONS, level + 1)
+  for k in pairs(opts) do
+    if not POOL_OPTIONS[k] then args.options(fname, opts, POOL_OPTIONS, level + 1) end
+  end
   check_integer(fname, opts, "workers", 1, MAX_WORKERS, level + 1)
   check_integer(fname, opts, "max_tasks", 0, math.maxinteger, level + 1)
   check_integer(fname, opts, "task_retries", 0, 1000, level + 1)
@@ -142,7 +151,8 @@ end
 -- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries,
 -- resources, resource }.
 function M.new(opts)
-  args.check(1, opts, "number|table", "pool", 2, true)
+  local t = type(opts)
+  if t ~= "number" and t ~= "table" and t ~= "nil" then args.check(1, opts, "number|table", "pool", 2, true) end
   if opts == nil or type(opts) == "number" then opts = { workers = opts } end
   check_options(opts, 2)
   local workers = opts.workers or core.cpu_count()
@@ -386,7 +396,7 @@ end
 -- apply
 
 local function pack_args(list, fname, level)
-  args.check(2, list, "table", fname, level + 1, true)
+  if list ~= nil and type(list) ~= "table" then args.check(2, list, "table", fname, level + 1, true) end
   if list == nil then return { n = 0 } end
   if list.n == nil then return table.pack(table.unpack(list)) end
   return list
@@ -480,7 +490,8 @@ end
 function Pool:_map_async(f, iterable, chunk, opts, star, fname)
   self:_check_open(3)
   local blob = encode_function(f, fname, 3)
-  args.check(2, iterable, "table|function", fname, 3)
+  local kind = type(iterable)
+  if kind ~= "table" and kind ~= "function" then args.check(2, iterable, "table|function", fname, 3) end
   check_chunk(chunk, fname, 3)
   local result = new_result(self, opts, fname, 3)
   local items, n = to_list(iterable)
@@ -576,7 +587,8 @@ end
 function Pool:_imap(f, iterable, chunk, star, ordered, fname)
   self:_check_open(3)
   local blob = encode_function(f, fname, 3)
-  args.check(2, iterable, "table|function", fname, 3)
+  local kind = type(iterable)
+  if kind ~= "table" and kind ~= "function" then args.check(2, iterable, "table|function", fname, 3) end
   check_chunk(chunk, fname, 3)
   chunk = chunk or 1
   local list, n_list, pull
