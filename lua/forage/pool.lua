@@ -486,13 +486,20 @@ function MapState:abort(_, err)
   if not self.result.done then self.result:_finish(false, err, 0) end
 end
 
+-- The checks every map and imap begins with; returns the encoded function. Called by
+-- _map_async and _imap (level 4 blames the caller of their public method).
+function Pool:_check_map(f, iterable, chunk, fname)
+  self:_check_open(4)
+  local blob = encode_function(f, fname, 4)
+  local kind = type(iterable)
+  if kind ~= "table" and kind ~= "function" then args.check(2, iterable, "table|function", fname, 4) end
+  check_chunk(chunk, fname, 4)
+  return blob
+end
+
 -- Called by the public methods (level 3 blames their caller).
 function Pool:_map_async(f, iterable, chunk, opts, star, fname)
-  self:_check_open(3)
-  local blob = encode_function(f, fname, 3)
-  local kind = type(iterable)
-  if kind ~= "table" and kind ~= "function" then args.check(2, iterable, "table|function", fname, 3) end
-  check_chunk(chunk, fname, 3)
+  local blob = self:_check_map(f, iterable, chunk, fname)
   local result = new_result(self, opts, fname, 3)
   local items, n = to_list(iterable)
   chunk = chunk or self:_default_chunk(n)
@@ -585,11 +592,7 @@ end
 
 -- Called by the public methods (level 3 blames their caller).
 function Pool:_imap(f, iterable, chunk, star, ordered, fname)
-  self:_check_open(3)
-  local blob = encode_function(f, fname, 3)
-  local kind = type(iterable)
-  if kind ~= "table" and kind ~= "function" then args.check(2, iterable, "table|function", fname, 3) end
-  check_chunk(chunk, fname, 3)
+  local blob = self:_check_map(f, iterable, chunk, fname)
   chunk = chunk or 1
   local list, n_list, pull
   if type(iterable) == "table" then
