@@ -363,20 +363,25 @@ static int worker_idle(pool *p, int i, size_t depth) {
     return p->workers[i].inflight.n == 0 && worker_can_take(p, i, depth);
 }
 
+/* True when worker i may hold tasks it has not started: some behind its running one, or
+   any behind its init while it starts. */
+static int worker_has_queue(const worker *w) {
+    return w->state != W_EMPTY && (w->inflight.n > 1 || (w->state == W_STARTING && w->inflight.n > 0));
+}
+
 /* With no task pending and a worker idle, the tasks queued behind another worker's running
    one (or behind its init, while it starts) would wait for it: take them back, to be given
    to the idle ones. Returns how many. */
 static size_t pool_rebalance(pool *p, size_t depth) {
     if (p->pending.n > 0) return 0;
-    int idle = 0;
-    for (int i = 0; i < p->nworkers && !idle; i++) idle = worker_idle(p, i, depth);
+    int queued = 0, idle = 0;
+    for (int i = 0; i < p->nworkers && !queued; i++) queued = worker_has_queue(&p->workers[i]);
+    /* Looked for only now: worker_can_take leases a resource to the worker it accepts. */
+    for (int i = 0; i < p->nworkers && queued && !idle; i++) idle = worker_idle(p, i, depth);
     if (!idle) return 0;
     size_t n = 0;
-    for (int i = 0; i < p->nworkers; i++) {
-        const worker *w = &p->workers[i];
-        if (w->state != W_EMPTY && (w->inflight.n > 1 || (w->state == W_STARTING && w->inflight.n > 0)))
-            n += worker_take_back(p, i);
-    }
+    for (int i = 0; i < p->nworkers; i++)
+        if (worker_has_queue(&p->workers[i])) n += worker_take_back(p, i);
     return n;
 }
 
