@@ -53,9 +53,11 @@ describe("forage.pool", function()
     end)
 
     it("refuses a bad chunk size and a bad iterable with clear messages", function()
-      assert.has_error(function() pool:map(square, { 1 }, 0) end, "map: chunk size must be a positive integer, got 0")
-      assert.has_error(function() pool:map(square, 42) end, "map: expected a table or an iterator function, got number")
-      assert.has_error(function() pool:map(42, {}) end, "map: expected a function, got number")
+      assert.has_error(function() pool:map(square, { 1 }, 0) end,
+        "bad argument #3 to 'map' (chunk size must be a positive integer, got 0)")
+      assert.has_error(function() pool:map(square, 42) end,
+        "bad argument #2 to 'map' (table or function expected, got number)")
+      assert.has_error(function() pool:map(42, {}) end, "bad argument #1 to 'map' (function expected, got number)")
     end)
   end)
 
@@ -137,6 +139,41 @@ describe("forage.pool", function()
       assert.same({ 1, 4, 9 }, r:get(5))
       assert.same({ 1, 4, 9 }, got)
       assert.same({ 2, 12 }, pool:starmap_async(function(a, b) return a * b end, { { 1, 2 }, { 3, 4 } }):get(5))
+    end)
+
+    it("apply and apply_async's get return every value the task returns", function()
+      local hrefs, titles = pool:apply(function() return { "/a", "/b" }, { "A", "B" } end)
+      assert.same({ "/a", "/b" }, hrefs)
+      assert.same({ "A", "B" }, titles)
+      local n = select("#", pool:apply(function() return 1, nil, 3, nil end))
+      assert.equal(4, n)
+      assert.same({ 1, nil, 3 }, { pool:apply(function() return 1, nil, 3 end) })
+      assert.equal(0, select("#", pool:apply(function() end)))
+      local r = pool:apply_async(function(a, b) return b, a end, { "x", "y" })
+      local first, second = r:get(10)
+      assert.equal("y", first)
+      assert.equal("x", second)
+    end)
+
+    it("on_done receives every value of an apply", function()
+      local got
+      pool:apply_async(function() return "hrefs", nil, "titles" end, {},
+        { on_done = function(...) got = table.pack(...) end })
+      assert.is_true(pool:drain(10))
+      assert.same({ n = 3, "hrefs", nil, "titles" }, got)
+    end)
+
+    it("map, starmap and imap keep one value per item", function()
+      local function two(x) return x, "extra" end
+      assert.same({ 1, 2, 3 }, pool:map(two, { 1, 2, 3 }))
+      assert.same({ 1, 2 }, pool:starmap(two, { { 1 }, { 2 } }))
+      local got = {}
+      for i, v, extra in pool:imap(two, { 1, 2 }) do got[i] = { v, extra } end
+      assert.same({ { 1 }, { 2 } }, got)
+      local whole
+      pool:map_async(two, { 5 }, nil, { on_done = function(...) whole = table.pack(...) end })
+      assert.is_true(pool:drain(10))
+      assert.same({ n = 1, { 5 } }, whole)
     end)
 
     it("passes nil arguments in the middle of an argument list", function()
@@ -258,6 +295,93 @@ describe("forage.pool", function()
     end)
   end)
 
+  describe("arguments, options and timeouts", function()
+    -- The message of the error f raises, with its location.
+    local function raised(f)
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      return tostring(err)
+    end
+    local here = "^spec/pool_spec%.lua:%d+: "
+
+    it("blames the caller's line, never forage's own files", function()
+      local cases = {
+        function() forage.pool(0) end,
+        function() forage.pool("x") end,
+        function() forage.pool { workers = 2.5 } end,
+        function() forage.pool { max_tasks = -1 } end,
+        function() pool:apply(1) end,
+        function() pool:apply(square, 5) end,
+        function() pool:apply_async(square, {}, { ondone = print }) end,
+        function() pool:apply_async(square, {}, { on_done = 1 }) end,
+        function() pool:map(square, { 1 }, 0) end,
+        function() pool:map_async(square, 42) end,
+        function() pool:starmap_async(square, {}, 1.5) end,
+        function() pool:imap(square, 42) end,
+        function() pool:imap_unordered(42, {}) end,
+        function() pool:drain(-1) end,
+        function() pool:apply_async(square, { 1 }):get(0 / 0) end,
+        function() pool:apply_async(square, { 1 }):wait("soon") end,
+        function() pool:apply(square, { 1, { conn = io.stderr, f = io.tmpfile() } }) end,
+        function() local h = io.tmpfile() pool:apply(function() return h end) end,
+        function() pool:starmap(square, { 1 }) end,
+        function() pool:map(square, { io.tmpfile() }) end,
+        function() for _ in pool:imap(square, { 1, io.tmpfile() }) do end end,
+        function() for _ in pool:imap_unordered(square, function() return io.tmpfile() end) do end end,
+      }
+      for i, f in ipairs(cases) do
+        local err = raised(f)
+        assert.truthy(err:find(here), "case " .. i .. ": " .. err)
+        assert.falsy(err:find("forage/", 1, true), "case " .. i .. ": " .. err)
+      end
+      local p <close> = forage.pool(1)
+      p:close()
+      assert.truthy(raised(function() p:map(square, { 1 }) end):find(here .. "pool is closed: no new tasks$"))
+      assert.truthy(raised(function() p:join(-1) end):find(here .. "bad argument #1 to 'join'"))
+    end)
+
+    it("says what is wrong in Lua's words", function()
+      assert.truthy(raised(function() forage.pool("x") end):find(
+        "bad argument #1 to 'pool' (number or table expected, got string)", 1, true))
+      assert.truthy(raised(function() forage.pool(0) end):find(
+        "forage.pool: option 'workers' must be an integer from 1 to 4096, got 0", 1, true))
+      assert.truthy(raised(function() pool:apply(square, 5) end):find(
+        "bad argument #2 to 'apply' (table expected, got number)", 1, true))
+      assert.truthy(raised(function() pool:apply_async(square, {}, { ondone = print }) end):find(
+        "pool:apply_async: unknown option 'ondone' (known: callback, error_callback, on_done, on_error)", 1, true))
+      local r = pool:apply_async(square, { 3 })
+      assert.truthy(raised(function() r:get(-1) end):find(
+        "bad argument #1 to 'get' (timeout must be nil or a non-negative number of seconds, got -1)", 1, true))
+      assert.truthy(raised(function() r:wait(0 / 0) end):find("bad argument #1 to 'wait' (timeout must be", 1, true))
+      assert.truthy(raised(function() pool:drain(-0.5) end):find(
+        "bad argument #1 to 'drain' (timeout must be", 1, true))
+      assert.equal(9, r:get())
+    end)
+
+    it("a timeout is nil or math.huge for forever, seconds otherwise; timing out is nil, message, kind", function()
+      local release = forage.event()
+      local p <close> = forage.pool(1)
+      local r = p:apply_async(function() release:wait(10) return "done" end, {})
+      local v, err, kind = r:get(0)
+      assert.is_nil(v)
+      assert.equal("timeout", err)
+      assert.equal("timeout", kind)
+      assert.is_false(r:wait(0.01))
+      local ok
+      ok, err, kind = p:drain(0)
+      assert.is_nil(ok)
+      assert.equal("timeout", err)
+      assert.equal("timeout", kind)
+      p:close()
+      ok, err, kind = p:join(0)
+      assert.same({ nil, "timeout", "timeout" }, { ok, err, kind })
+      release:set()
+      assert.equal("done", r:get(math.huge))
+      assert.is_true(r:wait(1e300))
+      assert.is_true(p:join(math.huge))
+    end)
+  end)
+
   describe("workers", function()
     it("runs init with init_args in each worker", function()
       local function init(tag) rawset(_G, "WORKER_TAG", tag .. forage.getpid()) end
@@ -280,9 +404,11 @@ describe("forage.pool", function()
     end)
 
     it("refuses unknown options and bad values", function()
-      assert.has_error(function() forage.pool { worker = 2 } end, "forage.pool: unknown option 'worker'")
-      assert.has_error(function() forage.pool { workers = 0 } end, "workers must be between 1 and 4096 (got 0)")
-      assert.has_error(function() forage.pool { init = 1 } end, "forage.pool: init must be a function, got number")
+      assert.has_error(function() forage.pool { worker = 2 } end, "forage.pool: unknown option 'worker' (known: init, "
+        .. "init_args, max_tasks, resource, resources, task_retries, workers)")
+      assert.has_error(function() forage.pool { workers = 0 } end,
+        "forage.pool: option 'workers' must be an integer from 1 to 4096, got 0")
+      assert.has_error(function() forage.pool { init = 1 } end, "forage.pool: option 'init' must be a function, got 1")
     end)
 
     it("workers exit when the parent dies", function()
@@ -304,5 +430,126 @@ describe("forage.pool", function()
       until alive == 0 or forage.now() > deadline
       assert.equal(0, alive)
     end)
+  end)
+end)
+
+-- No task waits behind a slow one while another worker is idle: a worker holds at most a
+-- small prefetch beyond what it runs, and what it has not started goes to a free worker.
+describe("forage.pool head-of-line blocking", function()
+  -- 4 workers, one busy for up to 3 s (until released), then 40 fast tasks: the last
+  -- fast result must arrive within a second of their submission.
+  local function check(opts)
+    local started, release = forage.event(), forage.event()   -- before the pool: inherited
+    local pool <close> = forage.pool(opts)
+    -- Every worker has run a task, so that none is still starting.
+    pool:map(function(x) return x end, { 1, 2, 3, 4, 5, 6, 7, 8 }, 1)
+    local slow = pool:apply_async(function()
+      started:set()
+      release:wait(3)
+      return "slow"
+    end, {})
+    assert.is_true(started:wait(10), "the slow task never started")
+    local t0 = forage.now()
+    local fast = {}
+    for i = 1, 40 do fast[i] = pool:apply_async(function(x) return x * 2 end, { i }) end
+    for i = 1, 40 do assert.equal(i * 2, fast[i]:get(10)) end
+    local waited = forage.now() - t0
+    release:set()
+    assert.equal("slow", slow:get(10))
+    assert.is_true(waited < 1, string.format("the last fast task arrived after %.2f s", waited))
+  end
+
+  it("gives no fast task to the busy worker's queue", function()
+    check { workers = 4 }
+  end)
+
+  it("holds with sticky resources too", function()
+    check { workers = 4, resources = { "a", "b", "c", "d" } }
+  end)
+
+  it("leaves no task behind a replacement worker's slow init", function()
+    local inits, release = forage.value("int32", 0), forage.event()
+    local pool <close> = forage.pool { workers = 2, max_tasks = 1, init = function()
+      -- The first two inits are the pool's own workers'; a replacement in slot 1 is slow.
+      if inits:add(1) > 2 and forage.worker.slot() == 1 then release:wait(3) end
+    end }
+    local t0 = forage.now()
+    local got = pool:map(function(x) return x * 10 end, { 1, 2, 3, 4, 5, 6 }, 1)
+    local waited = forage.now() - t0
+    release:set()
+    assert.same({ 10, 20, 30, 40, 50, 60 }, got)
+    assert.is_true(waited < 1.5, string.format("the map waited %.2f s for a worker's init", waited))
+  end)
+
+  it("after a burst of tiny tasks has made the prefetch deep", function()
+    local started, release = forage.event(), forage.event()
+    local pool <close> = forage.pool(4)
+    local list = {}
+    for i = 1, 2000 do list[i] = i end
+    pool:map(function(x) return x end, list, 1)   -- the measured task time is now tiny
+    local slow = pool:apply_async(function() started:set() release:wait(3) return "slow" end, {})
+    assert.is_true(started:wait(10), "the slow task never started")
+    local t0 = forage.now()
+    local got = pool:map(function(x) return x + 1 end, list, 1)
+    local waited = forage.now() - t0
+    release:set()
+    assert.equal(2001, got[2000])
+    assert.equal("slow", slow:get(10))
+    assert.is_true(waited < 1.5, string.format("the map waited %.2f s for the busy worker", waited))
+  end)
+end)
+
+-- A callback runs while its own task still counts as pending: a call in it that waits for
+-- every task of the pool would wait for itself. Each case runs in a child process joined
+-- with a bound, so that a deadlock fails the spec instead of hanging the suite.
+describe("forage.pool calls inside its own callbacks", function()
+  -- Runs call(pool) inside an on_done callback, in a child; returns what pcall gave there.
+  local function inside_callback(call)
+    local here, there = forage.pipe()
+    local child = forage.process(function()
+      local pool = forage.pool(2)
+      local r = pool:apply_async(function() return 1 end, {}, { on_done = function()
+        local ok, err = pcall(call, pool)
+        there:send({ ok, tostring(err) })
+      end })
+      r:get(10)
+      pool:terminate()
+    end):start()
+    local got, err = here:recv(15)
+    local code = helpers.join_or_kill(child, 5)
+    assert.is_not_nil(got, "the call inside the callback never returned: " .. tostring(err))
+    assert.equal(0, code)
+    return got[1], got[2]
+  end
+
+  it("drain raises instead of waiting for itself", function()
+    local ok, err = inside_callback(function(pool) pool:drain() end)
+    assert.is_false(ok)
+    assert.truthy(err:find("forage.pool: drain() inside a callback of the same pool would wait for itself", 1, true),
+      err)
+    assert.truthy(err:find("pool_spec.lua:%d+:"), err)   -- the caller's line
+  end)
+
+  it("drain with a timeout raises too: it could never succeed", function()
+    local ok, err = inside_callback(function(pool) pool:drain(0.5) end)
+    assert.is_false(ok)
+    assert.truthy(err:find("drain() inside a callback", 1, true), err)
+  end)
+
+  it("close and join raise instead of waiting for itself", function()
+    local ok, err = inside_callback(function(pool) pool:close() pool:join() end)
+    assert.is_false(ok)
+    assert.truthy(err:find("forage.pool: join() inside a callback of the same pool would wait for itself", 1, true),
+      err)
+  end)
+
+  it("get, wait, apply and map on other tasks still work there", function()
+    local ok, err = inside_callback(function(pool)
+      assert(pool:apply(function() return 2 end) == 2)
+      assert(pool:apply_async(function() return 3 end):get(10) == 3)
+      assert(pool:apply_async(function() return 4 end):wait(10))
+      assert(pool:map(function(x) return x + 1 end, { 1, 2 })[2] == 3)
+    end)
+    assert.is_true(ok, err)
   end)
 end)

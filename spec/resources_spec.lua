@@ -142,12 +142,36 @@ describe("pool resources", function()
     end
   end)
 
+  it("a task queued behind one that lost the worker's resource runs with another worker's", function()
+    local pool <close> = forage.pool { workers = 2, resources = { "a", "b" } }
+    local list = {}
+    for i = 1, 200 do list[i] = i end
+    local got = pool:map(function(i)
+      if i == 1 then
+        local held = forage.worker.resource()
+        forage.worker.retire_resource("banned")
+        return held
+      end
+      return forage.worker.resource() or "none"
+    end, list, 1)
+    -- Which worker ran task 1, and whether the other held its resource yet, is up to the
+    -- scheduler; what may never happen is a task run without a resource.
+    for i = 2, 200 do assert.are_not.equal("none", got[i], "task " .. i .. " ran without a resource") end
+    local state = by_value(pool)
+    assert.equal("retired", state[got[1]].state)
+  end)
+
   it("refuses bad resource options", function()
-    assert.has_error(function() forage.pool { resources = {} } end, "forage.pool: resources must be a non-empty list")
+    assert.has_error(function() forage.pool { resources = {} } end,
+      "forage.pool: option 'resources' must be a non-empty list, got table")
     assert.has_error(function() forage.pool { resources = { "a" }, resource = { retries = 1 } } end,
-      "forage.pool: unknown resource option 'retries'")
+      "forage.pool resource: unknown option 'retries' (known: cooldown, max_cooldown, max_failures, retire_after)")
     assert.has_error(function() forage.pool { resource = { cooldown = 1 } } end,
-      "forage.pool: resource options given without resources")
+      "forage.pool: option 'resource' given without 'resources'")
+    assert.has_error(function() forage.pool { resources = { "a" }, resource = { cooldown = -1 } } end,
+      "forage.pool resource: option 'cooldown' must be a non-negative number of seconds, got -1")
+    assert.has_error(function() forage.pool { resources = { "a" }, resource = { max_failures = 0 } } end,
+      "forage.pool resource: option 'max_failures' must be an integer from 1 to 1000000000, got 0")
   end)
 
   it("forage.worker answers nil outside a pool worker", function()

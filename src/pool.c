@@ -1,6 +1,6 @@
 /* forage.PoolCore: the parent side of the fork pool. Workers, their pipes, dispatch of
    encoded tasks, collection of results, and recovery when a worker dies. The workers' loop
-   is in worker.c, the messages between them in pool.h. Policy (what a result means,
+   is in worker.c, the messages between them in pool_proto.h. Policy (what a result means,
    callbacks, ordering, AsyncResult) lives in lua/forage/pool.lua.
 
    Each worker has its own pair of pipes, so the parent always knows which tasks a worker
@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +18,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "core.h"
 #include "fork.h"
 #include "frame.h"
+#include "hash.h"
 #include "lauxlib.h"
 #include "lease.h"
 #include "pool.h"
+#include "pool_proto.h"
 #include "wire.h"
 
 #define POOL_TYPE "forage.PoolCore"
+#define MAX_WORKERS 4096
 #define FUNCS_KEPT 64              /* unused functions kept in workers before forgetting */
 #define OUT_HIGH_WATER (1u << 20)  /* bytes queued to one worker before it counts as full */
 #define MAX_DEPTH 256              /* tasks in flight per worker, at most */
@@ -45,8 +50,9 @@ typedef struct task {
     struct task *next;
     uint64_t id;
     func_entry *fn;
+    uint64_t seq;              /* its number among the tasks sent to its worker (see shared_slot) */
     int attempts;              /* deaths of a worker while it ran this task */
-    char *frame;               /* the whole 'T' frame (in the same allocation), kept until the result */
+    char *frame;               /* the whole MSG_TASK frame (in the same allocation), kept until the result */
     size_t len;
 } task;
 
@@ -67,8 +73,10 @@ typedef struct worker {
     frame_reader in;
     buf out;
     size_t out_pos;            /* bytes of out already written */
-    task_list inflight;
-    uint64_t dispatched;       /* tasks given to this incarnation */
+    task_list inflight;        /* in the order sent, so in seq order */
+    uint64_t dispatched;       /* tasks given to this incarnation (and not taken back) */
+    uint64_t seq;              /* the seq of the last task sent */
+    int taken_back;            /* its queue was taken back: no more tasks until its running one ends */
 } worker;
 
 typedef struct pool {
@@ -88,6 +96,7 @@ typedef struct pool {
     double task_seconds;       /* moving average of one task's run time */
     int rotor;                 /* where dispatch starts, for fairness */
     uint64_t respawns;
+    uint64_t taken_back;       /* tasks taken back from a busy worker to give to an idle one */
     int has_init;              /* workers run an init that may fail: wait for them to be ready */
     int start_deaths;          /* workers in a row that died before saying ready */
     char *broken_message;
@@ -103,12 +112,6 @@ typedef struct pool {
 } pool;
 
 /* ---------- small helpers ---------- */
-
-static uint64_t hash_bytes(const char *p, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
-}
 
 static void list_push(task_list *l, task *t) {
     t->next = NULL;
@@ -159,7 +162,7 @@ static int func_grow(pool *p) {
 
 /* Returns the entry for this encoded function, adding it when new; NULL when out of memory. */
 static func_entry *func_intern(pool *p, const char *blob, size_t len) {
-    uint64_t h = hash_bytes(blob, len);
+    uint64_t h = fnv1a_mixed(blob, len);
     func_entry *f = func_find(p, blob, len, h);
     if (f) return f;
     if (p->nfuncs >= p->nbuckets && func_grow(p) != 0) return NULL;
@@ -189,15 +192,6 @@ static void func_free(func_entry *f) {
     free(f);
 }
 
-/* Appends a frame of type tag with body to a worker's outgoing bytes. */
-static int queue_frame(worker *w, char tag, const char *body, size_t n, const char *tail, size_t tn) {
-    size_t at;
-    if (frame_begin(&w->out, &at) != 0 || buf_putc(&w->out, (unsigned char)tag) != 0 ||
-        buf_append(&w->out, body, n) != 0 || buf_append(&w->out, tail, tn) != 0)
-        return -1;
-    return frame_end(&w->out, at);
-}
-
 static int worker_live(const worker *w) { return w->state == W_READY || w->state == W_RETIRING; }
 
 /* Drops a task's hold on its function; forgets it everywhere once unused and many are kept. */
@@ -208,11 +202,10 @@ static void func_release(pool *p, func_entry *f) {
     *at = f->next;
     p->nfuncs--;
     if (p->last_fn == f) p->last_fn = NULL;
-    char id[4];
-    put_u32(id, f->id);
     for (int i = 0; i < p->nworkers; i++) {
         worker *w = &p->workers[i];
-        if (worker_live(w) && f->known[i] == w->gen) queue_frame(w, 'U', id, 4, NULL, 0);
+        /* Out of memory, the worker keeps a function it no longer needs: harmless. */
+        if (worker_live(w) && f->known[i] == w->gen) (void)proto_put_function(&w->out, MSG_FORGET, f->id, NULL, 0);
     }
     func_free(f);
 }
@@ -245,6 +238,7 @@ static int worker_spawn(lua_State *L, pool *p, int i) {
         return -1;
     }
     atomic_store(&p->slots[i].running_task, 0);
+    atomic_store(&p->slots[i].gate, 0);
     pid_t parent = current_pid();
     int pidfd;
     pid_t pid = fork_child(&pidfd);
@@ -272,6 +266,8 @@ static int worker_spawn(lua_State *L, pool *p, int i) {
     w->result_fd = rfd[0];
     w->gen++;
     w->dispatched = 0;
+    w->seq = 0;
+    w->taken_back = 0;
     w->out_pos = 0;
     buf_reset(&w->out);
     w->in.pos = 0;
@@ -304,16 +300,89 @@ static void worker_flush(worker *w) {
     buf_reset(&w->out);
 }
 
-static int worker_can_take(const pool *p, int i, size_t depth) {
-    const worker *w = &p->workers[i];
+static int worker_can_take(pool *p, int i, size_t depth) {
+    worker *w = &p->workers[i];
     /* A starting worker takes tasks too: they wait in its pipe until its init is done. */
     if (w->state != W_READY && w->state != W_STARTING) return 0;
     if (w->inflight.n >= depth) return 0;
+    /* A worker whose queue was taken back is busy with a long task: nothing more waits behind it. */
+    if (w->taken_back) {
+        if (w->inflight.n > 0) return 0;
+        w->taken_back = 0;
+    }
     if (w->out.len - w->out_pos > OUT_HIGH_WATER) return 0;
     if (p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks) return 0;
     /* With resources, a worker runs a task only while it holds one (the blog's open case). */
     if (p->leases && lease_held(p->leases, i) < 0 && lease_acquire(p->leases, i) < 0) return 0;
     return 1;
+}
+
+/* Puts a list of tasks back at the front of the pending ones, in its order: they are older. */
+static void pending_push_front(pool *p, task_list *l) {
+    if (l->n == 0) return;
+    l->tail->next = p->pending.head;
+    if (!p->pending.head) p->pending.tail = l->tail;
+    p->pending.head = l->head;
+    p->pending.n += l->n;
+    l->head = l->tail = NULL;
+    l->n = 0;
+}
+
+/* Takes back the tasks worker i has been sent and not started (see shared_slot). Returns
+   how many went back to the pending ones. */
+static size_t worker_take_back(pool *p, int i) {
+    worker *w = &p->workers[i];
+    _Atomic uint64_t *gate = &p->slots[i].gate;
+    uint64_t started = atomic_load(gate);
+    do {
+        if (started >= w->seq) return 0;   /* it started all it was sent */
+    } while (!atomic_compare_exchange_weak(gate, &started, w->seq));
+    /* Every task after seq `started` is the parent's again; the worker skips them. */
+    task_list back = {NULL, NULL, 0};
+    task **at = &w->inflight.head, *last = NULL;
+    while (*at && (*at)->seq <= started) {
+        last = *at;
+        at = &(*at)->next;
+    }
+    back.head = *at;
+    back.tail = w->inflight.tail;
+    for (task *t = back.head; t; t = t->next) back.n++;
+    *at = NULL;
+    w->inflight.tail = last;
+    w->inflight.n -= back.n;
+    w->dispatched -= back.n;
+    w->taken_back = 1;
+    p->taken_back += back.n;
+    size_t n = back.n;
+    pending_push_front(p, &back);
+    return n;
+}
+
+/* True when worker i has nothing in flight and could be given a task now. */
+static int worker_idle(pool *p, int i, size_t depth) {
+    return p->workers[i].inflight.n == 0 && worker_can_take(p, i, depth);
+}
+
+/* True when worker i may hold tasks it has not started: some behind its running one, or
+   any behind its init while it starts. */
+static int worker_has_queue(const worker *w) {
+    return w->state != W_EMPTY && (w->inflight.n > 1 || (w->state == W_STARTING && w->inflight.n > 0));
+}
+
+/* With no task pending and a worker idle, the tasks queued behind another worker's running
+   one (or behind its init, while it starts) would wait for it: take them back, to be given
+   to the idle ones. Returns how many. */
+static size_t pool_rebalance(pool *p, size_t depth) {
+    if (p->pending.n > 0) return 0;
+    int queued = 0, idle = 0;
+    for (int i = 0; i < p->nworkers && !queued; i++) queued = worker_has_queue(&p->workers[i]);
+    /* Looked for only now: worker_can_take leases a resource to the worker it accepts. */
+    for (int i = 0; i < p->nworkers && queued && !idle; i++) idle = worker_idle(p, i, depth);
+    if (!idle) return 0;
+    size_t n = 0;
+    for (int i = 0; i < p->nworkers; i++)
+        if (worker_has_queue(&p->workers[i])) n += worker_take_back(p, i);
+    return n;
 }
 
 /* True when a ready or starting worker has nothing to do. */
@@ -327,25 +396,25 @@ static int pool_has_idle(const pool *p) {
 
 /* Gives pending tasks to workers with room, round robin, then writes. */
 static void pool_dispatch(pool *p) {
-    /* With resources, one task at a time: a worker that loses its resource mid-task must
-       not have more queued behind it. */
-    size_t depth = p->leases ? 1 : pool_depth(p);
+    size_t depth = pool_depth(p);
     int progress = 1;
+    pool_rebalance(p, depth);
     while (p->pending.n > 0 && progress) {
         progress = 0;
         for (int k = 0; k < p->nworkers && p->pending.n > 0; k++) {
             int i = (p->rotor + k) % p->nworkers;
             worker *w = &p->workers[i];
             if (!worker_can_take(p, i, depth)) continue;
-            task *t = list_pop(&p->pending);
+            task *t = p->pending.head;
             func_entry *f = t->fn;
             if (f->known[i] != w->gen) {
-                char id[4];
-                put_u32(id, f->id);
-                queue_frame(w, 'F', id, 4, f->blob, f->len);
+                if (proto_put_function(&w->out, MSG_DEFINE, f->id, f->blob, f->len) != 0) continue;
                 f->known[i] = w->gen;
             }
-            buf_append(&w->out, t->frame, t->len);
+            proto_task_set_seq(t->frame, w->seq + 1);
+            if (buf_append(&w->out, t->frame, t->len) != 0) continue;   /* out of memory: later */
+            list_pop(&p->pending);
+            t->seq = ++w->seq;
             list_push(&w->inflight, t);
             w->dispatched++;
             progress = 1;
@@ -354,7 +423,9 @@ static void pool_dispatch(pool *p) {
     }
     for (int i = 0; i < p->nworkers; i++) {
         worker *w = &p->workers[i];
-        if (worker_live(w) && w->out.len > w->out_pos) worker_flush(w);
+        /* A starting worker's tasks are written too: a caller that waits for something else
+           than the pool (an event, a pipe) must not leave them here. */
+        if (w->task_fd >= 0 && w->out.len > w->out_pos) worker_flush(w);
         /* A worker at its task limit leaves once it has nothing in flight. */
         if (w->state == W_READY && p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks &&
             w->inflight.n == 0) {
@@ -391,20 +462,32 @@ static task *take_inflight(worker *w, uint64_t id) {
     return t;
 }
 
-/* Handles one frame from worker w. */
+/* Handles one message from worker w (f, n: the frame's payload). */
 static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t n, int ev, int *nev) {
-    if (n < 1) luaL_error(L, "pool: empty frame from worker %d", (int)w->pid);
-    char tag = f[0];
-    const char *q = f + 1, *end = f + n;
+    if (n < 1) luaL_error(L, "pool: empty message from worker %d", (int)w->pid);
+    int tag = f[0];
+    const char *q = f + 1;
+    size_t qn = n - 1;
     char err[256];
-    if (tag == 'R') {
+    if (tag == MSG_READY) {
         if (w->state == W_STARTING) w->state = W_READY;
         p->start_deaths = 0;
         return;
     }
-    if (tag == 'I') {
+    if (tag == MSG_BOUNCED) {
+        /* Not run: its worker holds no resource. It goes first again, to another worker. */
+        uint64_t id;
+        if (proto_get_bounced(q, qn, &id) != 0) luaL_error(L, "pool: bad message from worker %d", (int)w->pid);
+        task *t = take_inflight(w, id);
+        if (!t) luaL_error(L, "pool: unknown task bounced by worker %d", (int)w->pid);
+        w->dispatched--;
+        task_list back = {t, t, 1};
+        pending_push_front(p, &back);
+        return;
+    }
+    if (tag == MSG_INIT_FAILED) {
         /* Init failed: the worker exits; its death is reported through the pool's state. */
-        if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) lua_pushstring(L, err);
+        if (wire_decode(L, q, qn, WIRE_DATA, err, sizeof err) != 0) proto_push_error_message(L, err);
         lua_getfield(L, -1, "traceback");
         const char *tb = lua_tostring(L, -1);
         free(p->broken_message);
@@ -413,37 +496,32 @@ static void handle_frame(lua_State *L, pool *p, worker *w, const char *f, size_t
         p->broken = 1;
         return;
     }
-    if ((tag != 'D' && tag != 'E') || n < 1 + RESULT_HEADER) luaL_error(L, "pool: bad message from worker");
-    uint64_t id = get_u64(q);
-    uint64_t ns = get_u64(q + 8);
-    uint32_t index = get_u32(q + 16);
-    size_t list_len = get_u32(q + 24);
-    q += RESULT_HEADER;
-    if ((size_t)(end - q) < list_len) luaL_error(L, "pool: corrupt message from worker");
-    task *t = take_inflight(w, id);
-    if (!t) luaL_error(L, "pool: result for unknown task %d", (int)id);
-    double secs = (double)ns * 1e-9;
+    result_header rh;
+    const char *body;
+    size_t body_len;
+    if ((tag != MSG_DONE && tag != MSG_FAILED) || proto_get_result_header(q, qn, &rh, &body, &body_len) != 0)
+        luaL_error(L, "pool: bad message from worker %d", (int)w->pid);
+    task *t = take_inflight(w, rh.task);
+    if (!t) luaL_error(L, "pool: result for unknown task %I", (lua_Integer)rh.task);
+    double secs = (double)rh.ns * 1e-9;
     p->task_seconds = p->task_seconds <= 0 ? secs : p->task_seconds * 0.9 + secs * 0.1;
     task_free(p, t);
-    if (tag == 'D') {
+    if (tag == MSG_DONE) {
         /* The results stay encoded: Lua decodes them where they belong (decode_into). */
-        lua_pushlstring(L, q, list_len);
-        push_event(L, ev, nev, id, "ok");
+        lua_pushlstring(L, body, rh.list_len);
+        push_event(L, ev, nev, rh.task, "ok");
         return;
     }
     lua_newtable(L);
-    if (wire_decode_into(L, q, list_len, WIRE_CODE, -1, 1, err, sizeof err) != 0)
+    if (wire_decode_into(L, body, rh.list_len, WIRE_CODE, -1, 1, err, sizeof err) != 0)
         luaL_error(L, "pool: bad results: %s", err);
-    /* 'E': { value, traceback, index = 0-based item, results = {...}, pid } */
-    q += list_len;
-    if (wire_decode(L, q, (size_t)(end - q), WIRE_DATA, err, sizeof err) != 0) push_task_error(L, err);
+    /* The error, with results = { those of the items before index }, index and pid. */
+    if (wire_decode(L, body + rh.list_len, body_len - rh.list_len, WIRE_DATA, err, sizeof err) != 0)
+        proto_push_error_message(L, err);
     lua_insert(L, -2);
     lua_setfield(L, -2, "results");
-    lua_pushinteger(L, index);
-    lua_setfield(L, -2, "index");
-    lua_pushinteger(L, w->pid);
-    lua_setfield(L, -2, "pid");
-    push_event(L, ev, nev, id, "error");
+    proto_error_origin(L, -1, rh.index, w->pid);
+    push_event(L, ev, nev, rh.task, "error");
 }
 
 /* Reads every frame a worker has sent so far. Returns 0 at end of stream, 1 otherwise. */
@@ -482,16 +560,11 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
         if (t->id == running) {   /* even a clean exit (os.exit in a task) counts */
             t->attempts++;
             if (t->attempts > p->task_retries) {
-                lua_createtable(L, 0, 4);
                 if (code < 0) lua_pushfstring(L, "worker died (signal %d)", -code);
                 else lua_pushfstring(L, "worker died (exit %d)", code);
-                lua_setfield(L, -2, "value");
-                lua_pushliteral(L, "");
-                lua_setfield(L, -2, "traceback");
-                lua_pushinteger(L, 0);   /* the task as a whole: which item died is not tracked */
-                lua_setfield(L, -2, "index");
-                lua_pushinteger(L, w->pid);
-                lua_setfield(L, -2, "pid");
+                proto_push_error_message(L, lua_tostring(L, -1));
+                lua_remove(L, -2);
+                proto_error_origin(L, -1, 0, w->pid);   /* the task as a whole: which item died is not tracked */
                 push_event(L, ev, nev, t->id, "lost");
                 task_free(p, t);
                 continue;
@@ -499,12 +572,7 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
         }
         list_push(&requeue, t);
     }
-    if (requeue.n > 0) {
-        requeue.tail->next = p->pending.head;
-        if (!p->pending.head) p->pending.tail = requeue.tail;
-        p->pending.head = requeue.head;
-        p->pending.n += requeue.n;
-    }
+    pending_push_front(p, &requeue);
     if (p->broken) return;   /* an init failed: no worker is started again */
     if (was_starting && ++p->start_deaths >= 3) {
         /* Workers that die before they are ready would be replaced forever (gh-87472). */
@@ -533,13 +601,8 @@ static pool *check_pool(lua_State *L) {
 static void fail_pending(lua_State *L, pool *p, int ev, int *nev, const char *message) {
     task *t;
     while ((t = list_pop(&p->pending)) != NULL) {
-        lua_createtable(L, 0, 4);
-        lua_pushstring(L, message);
-        lua_setfield(L, -2, "value");
-        lua_pushliteral(L, "");
-        lua_setfield(L, -2, "traceback");
-        lua_pushinteger(L, 0);
-        lua_setfield(L, -2, "index");
+        proto_push_error_message(L, message);
+        proto_error_origin(L, -1, 0, 0);
         push_event(L, ev, nev, t->id, "lost");
         task_free(p, t);
     }
@@ -587,7 +650,8 @@ static int pool_wait(lua_State *L, pool *p, double timeout, int ev) {
         int ms = -1;
         if (timeout >= 0) {
             double left = deadline - now_seconds();
-            ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
+            /* poll takes an int: a longer wait is several polls (the loop comes back here). */
+            ms = left <= 0 ? 0 : left > 1e6 ? 1000000000 : (int)(left * 1000.0 + 0.999);
         }
         int capped = 0;
         if (p->leases && p->pending.n > 0) {
@@ -635,16 +699,11 @@ static void pool_release(pool *p);
    worker's init done; raises with the init error (traceback included) when one fails. */
 static int pool_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "workers");
-    lua_Integer n = luaL_checkinteger(L, -1);
-    lua_getfield(L, 1, "max_tasks");
-    lua_Integer max_tasks = luaL_optinteger(L, -1, 0);
-    lua_getfield(L, 1, "task_retries");
-    lua_Integer retries = luaL_optinteger(L, -1, 1);
+    /* forage.pool (pool.lua) has checked the user's options: these guard the core itself. */
+    lua_Integer n = args_opt_integer(L, 1, "forage.pool", "workers", 0, 1, MAX_WORKERS);
+    lua_Integer max_tasks = args_opt_integer(L, 1, "forage.pool", "max_tasks", 0, 0, LUA_MAXINTEGER);
+    lua_Integer retries = args_opt_integer(L, 1, "forage.pool", "task_retries", 1, 0, 1000);
     lua_settop(L, 1);
-    if (n < 1 || n > 4096) return luaL_error(L, "workers must be between 1 and 4096 (got %d)", (int)n);
-    if (max_tasks < 0) return luaL_error(L, "max_tasks must be positive (got %d)", (int)max_tasks);
-    if (retries < 0 || retries > 1000) return luaL_error(L, "task_retries must be between 0 and 1000");
 
     pool *p = lua_newuserdatauv(L, sizeof *p, 2);   /* 2 */
     memset(p, 0, sizeof *p);
@@ -712,43 +771,59 @@ static int pool_new(lua_State *L) {
     return 1;
 }
 
-/* P:submit(fn_blob, star, items, i, j, root [, offset]) -> task id.
+/* Raises the formatted message (lua_pushfstring's formats) located at call level `level`
+   (luaL_where's numbering: 1 is the Lua function that called this binding), so that an
+   item that cannot travel blames the user's line rather than forage's own Lua. */
+static int raise_at(lua_State *L, int level, const char *fmt, ...) {
+    va_list ap;
+    luaL_where(L, level);
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* P:submit(fn_blob, star, items, i, j, root [, offset [, all [, level]]]) -> task id.
    Encodes items[i..j] as one task. root names the items in errors: root[offset + k - i],
-   or root itself when offset is nil. */
+   or root itself when offset is nil. With all (star implied), each result is the list of
+   every value the function returned. Errors are raised at call level `level` (1: the
+   caller). */
 static int pool_submit(lua_State *L) {
     pool *p = check_pool(L);
     size_t blen;
     const char *blob = luaL_checklstring(L, 2, &blen);
-    int star = lua_toboolean(L, 3);
+    int all = lua_toboolean(L, 9);
+    int level = (int)luaL_optinteger(L, 10, 1);
+    int star = lua_toboolean(L, 3) || all;
     luaL_checktype(L, 4, LUA_TTABLE);
     lua_Integer i = luaL_checkinteger(L, 5), j = luaL_checkinteger(L, 6);
     const char *root = luaL_optstring(L, 7, "items");
     int has_offset = !lua_isnoneornil(L, 8);
     lua_Integer offset = luaL_optinteger(L, 8, 0);
-    if (p->shut) return luaL_error(L, "pool is closed");
-    if (j < i || j - i >= 0x7fffffff) return luaL_error(L, "bad item range %d..%d", (int)i, (int)j);
+    if (p->shut) return raise_at(L, level, "pool is closed");
+    if (j < i || j - i >= 0x7fffffff) return raise_at(L, level, "bad item range %d..%d", (int)i, (int)j);
 
     /* The items travel as one list: one encode here, one decode in the worker. */
     lua_Integer count = j - i + 1;
     for (lua_Integer k = i; star && k <= j; k++) {
         if (lua_geti(L, 4, k) != LUA_TTABLE)
-            return luaL_error(L, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
+            return raise_at(L, level, "%s[%d]: arguments must be a table (got %s)", root, (int)(offset + k - i),
                               luaL_typename(L, -1));
         lua_pop(L, 1);
     }
     buf *b = &p->scratch;   /* owned by the pool: an error raised mid-encode leaks nothing */
     buf_reset(b);
-    char hdr[1 + TASK_HEADER];
-    hdr[0] = 'T';
     uint64_t id = ++p->next_task;
-    put_u64(hdr + 1, id);
-    put_u32(hdr + 9, 0);
-    hdr[13] = (char)star;
-    put_u32(hdr + 14, (uint32_t)count);
+    /* fn and seq are set when the task is sent (proto_task_set_fn, proto_task_set_seq). */
+    task_header th = {id, 0, (uint8_t)((star ? TASK_STAR : 0) | (all ? TASK_ALL_VALUES : 0)), (uint32_t)count, 0};
     size_t at;
     char err[300], name[200];
-    if (frame_begin(b, &at) != 0 || buf_append(b, hdr, sizeof hdr) != 0) return luaL_error(L, "not enough memory");
-    if (wire_encode_list(L, 4, i, j, b, WIRE_CODE, root, err, sizeof err) != 0) {
+    if (proto_begin(b, MSG_TASK, &at) != 0 || proto_put_task_header(b, &th) != 0)
+        return raise_at(L, level, "not enough memory");
+    /* No message from the list encoder (its path of a refused value does not name the item
+       it is in); on failure each item is encoded alone, which names it. */
+    if (wire_encode_list(L, 4, i, j, b, WIRE_CODE, root, NULL, 0) != 0) {
         /* Only now are the items' names worth formatting: find the one that cannot travel. */
         for (lua_Integer k = 1; k <= count; k++) {
             if (has_offset) snprintf(name, sizeof name, "%s[%lld]", root, (long long)(offset + k - 1));
@@ -757,23 +832,23 @@ static int pool_submit(lua_State *L) {
             if (wire_encode(L, -1, b, WIRE_CODE, name, err, sizeof err) != 0) break;
             lua_pop(L, 1);
         }
-        return luaL_error(L, "%s", err);
+        return raise_at(L, level, "%s", err);
     }
-    if (frame_end(b, at) != 0) return luaL_error(L, "task too large to send (%zu bytes)", b->len);
+    if (proto_end(b, at) != 0) return raise_at(L, level, "task too large to send (%I bytes)", (lua_Integer)b->len);
     /* The same function as last time (the same string object): no need to hash it. */
     func_entry *f = p->last_fn;
     if (f == NULL || p->last_blob != blob) {
         f = func_intern(p, blob, blen);
-        if (!f) return luaL_error(L, "not enough memory");
+        if (!f) return raise_at(L, level, "not enough memory");
         p->last_fn = f;
         p->last_blob = blob;
         lua_pushvalue(L, 2);
         lua_setiuservalue(L, 1, 2);
     }
     task *t = malloc(sizeof *t + b->len);
-    if (!t) return luaL_error(L, "not enough memory");
+    if (!t) return raise_at(L, level, "not enough memory");
     f->refs++;
-    put_u32(b->data + at + FRAME_HEADER + 9, f->id);
+    proto_task_set_fn(b->data + at, f->id);
     memset(t, 0, sizeof *t);
     t->id = id;
     t->fn = f;
@@ -831,12 +906,14 @@ static int pool_pids(lua_State *L) {
     return 1;
 }
 
-/* P:stats() -> { respawns, task_seconds, depth }. */
+/* P:stats() -> { respawns, taken_back, task_seconds, depth }. */
 static int pool_stats(lua_State *L) {
     pool *p = check_pool(L);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 4);
     lua_pushinteger(L, (lua_Integer)p->respawns);
     lua_setfield(L, -2, "respawns");
+    lua_pushinteger(L, (lua_Integer)p->taken_back);
+    lua_setfield(L, -2, "taken_back");
     lua_pushnumber(L, p->task_seconds);
     lua_setfield(L, -2, "task_seconds");
     lua_pushinteger(L, (lua_Integer)pool_depth(p));

@@ -1,17 +1,6 @@
-/* What the parent side of a pool (pool.c) and its workers (worker.c) share: the slot a
-   worker writes for the parent to read after its death, and the messages between them.
-
-   Messages parent -> worker, one frame each, a tag byte first:
-     'F' u32 id, wire(fn)                        define function id
-     'U' u32 id                                  forget function id
-     'T' u64 task, u32 fn, u8 star, u32 count, wire({ item1 .. itemN })
-   Messages worker -> parent:
-     'R'                                         ready: init ran
-     'I' wire(error)                             init failed; the worker exits
-     'D' u64 task, u64 ns, u32 index, u32 count, u32 len, wire({ result1 .. })
-     'E' the same, then wire(error): the items before index ran, the one at index failed.
-   An error is { value = <the error value>, traceback = "..." }. Items, results and
-   functions travel in WIRE_CODE mode (the pool's own process tree); errors in WIRE_DATA. */
+/* What the parent side of a pool (pool.c) and its workers (worker.c) share besides their
+   messages (pool_proto.h): the slot each worker shares with the parent, and the worker's
+   entry points. */
 #ifndef FORAGE_POOL_H
 #define FORAGE_POOL_H
 
@@ -21,17 +10,16 @@
 
 #include "lua.h"
 
-#define TASK_HEADER (8 + 4 + 1 + 4)           /* after the tag */
-#define RESULT_HEADER (8 + 8 + 4 + 4 + 4)     /* after the tag */
-
-/* Written by a worker, read by the parent once the worker died: which task was running,
-   so that only that one counts an attempt. */
+/* Shared by a worker and the parent. running_task is read once the worker died: which task
+   was running, so that only that one counts an attempt. gate decides, task by task, who
+   owns a task the worker has been sent but not started: the parent numbers the tasks it
+   sends to one worker 1, 2, 3... (seq); the worker starts task seq only by moving gate from
+   seq - 1 to seq, and the parent takes back every task after gate by moving gate to the
+   last seq it sent. One compare-and-swap each: a task is run or taken back, never both. */
 typedef struct shared_slot {
     _Atomic uint64_t running_task;   /* 0 between tasks */
+    _Atomic uint64_t gate;           /* the last seq started or taken back */
 } shared_slot;
-
-/* Pushes an error table { value = msg, traceback = "" }: the shape of a task's error. */
-void push_task_error(lua_State *L, const char *msg);
 
 /* Adds to the config table at stack index config what every worker will need (the
    compiled loop over a task's items). Called in the parent, before the forks. */

@@ -1,53 +1,45 @@
-/* The worker side of the pool: the loop a forked worker runs (see pool.h). */
+/* The worker side of the pool: the loop a forked worker runs (see pool.h; its messages
+   are in pool_proto.h). Every failure to build or send a message ends the worker with a
+   line on stderr (worker_fail): the parent sees it die and re-runs its tasks. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fork.h"
 #include "frame.h"
 #include "lauxlib.h"
+#include "clock.h"
 #include "core.h"
+#include "lease.h"
 #include "pool.h"
+#include "pool_proto.h"
 #include "wire.h"
 
-#define FLUSH_EVERY_NS 2000000      /* finished results wait at most this long to be sent */
+#define FLUSH_EVERY_SECONDS 0.002   /* finished results wait at most this long to be sent */
 #define FLUSH_BYTES (256u << 10)
 #define MAX_TASK_ARGS 250
 #define GENERATIONAL_HEAP_KB (8 * 1024)   /* inherited heaps above this: generational GC */
-
-static uint64_t monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static _Noreturn void worker_fail(const char *what) {
     fprintf(stderr, "forage: pool worker %ld: %s: %s\n", (long)getpid(), what, strerror(errno));
     child_exit(70);
 }
 
-/* The message handler of a task: { value = error, traceback = "..." }. */
+/* The message handler of a task: the task's error, with the traceback where it was raised. */
 static int task_error_handler(lua_State *L) {
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "value");
     const char *msg = lua_tostring(L, 1);
     luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-    lua_setfield(L, -2, "traceback");
+    proto_push_error(L, 1, lua_tostring(L, -1));
     return 1;
 }
 
-void push_task_error(lua_State *L, const char *msg) {
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, msg);
-    lua_setfield(L, -2, "value");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "traceback");
+/* Ends the worker when building a message failed (out of memory, or over FRAME_MAX). */
+static void check_put(int rc, const char *what) {
+    if (rc != 0) worker_fail(what);
 }
 
 /* Appends the error table at idx; when its value cannot travel, its string form does. */
@@ -102,19 +94,27 @@ static uint32_t drop_bad_result(lua_State *L, int results, uint32_t done) {
         lua_pushnil(L);
         lua_rawseti(L, results, (lua_Integer)j + 1);
     }
-    push_task_error(L, k < done ? err : "results cannot be sent");
+    proto_push_error_message(L, k < done ? err : "results cannot be sent");
     return k;
 }
 
 /* The loop over a task's items, in Lua: a call from the VM costs half of one through
    lua_call, and one pcall covers the whole task. `progress` tells how far it got when an
-   item raised. */
+   item raised. With `all`, an item's result is the list of every value f returned (apply
+   keeps them all; map keeps one per item). */
 static const char RUN_ITEMS[] =
-    "local unpack, type, error = table.unpack, type, error\n"
+    "local unpack, pack, type, error = table.unpack, table.pack, type, error\n"
     "local done = 0\n"
-    "local function run(f, items, results, n, star)\n"
+    "local function run(f, items, results, n, star, all)\n"
     "  done = 0\n"
-    "  if star then\n"
+    "  if all then\n"
+    "    for i = 1, n do\n"
+    "      local a = items[i]\n"
+    "      if type(a) ~= 'table' then error('bad argument list: a table expected, got ' .. type(a), 0) end\n"
+    "      results[i] = pack(f(unpack(a, 1, a.n or #a)))\n"
+    "      done = i\n"
+    "    end\n"
+    "  elseif star then\n"
     "    for i = 1, n do\n"
     "      local a = items[i]\n"
     "      if type(a) ~= 'table' then error('bad argument list: a table expected, got ' .. type(a), 0) end\n"
@@ -128,42 +128,58 @@ static const char RUN_ITEMS[] =
     "local function progress() return done end\n"
     "return run, progress\n";
 
-/* Runs one 'T' message and appends its 'D' or 'E' message to out. */
+/* Which pool slot this process works for (1-based), 0 outside a pool worker. */
+static int current_slot;
+/* The pool's sticky resources, or NULL: a task runs only while its worker holds one. */
+static lease_table *current_leases;
+
+/* Runs one task message (p, n: its payload) and appends its MSG_DONE or MSG_FAILED to
+   out; or MSG_BOUNCED when the worker holds no resource to run it with; or nothing when
+   the parent has taken the task back. */
 static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, const char *p, size_t n, buf *out) {
-    if (n < TASK_HEADER) worker_fail("short task message");
-    uint64_t id = get_u64(p);
-    uint32_t fn = get_u32(p + 8);
-    int star = p[12] != 0;
-    uint32_t count = get_u32(p + 13);
-    uint64_t t0 = monotonic_ns();
-    atomic_store_explicit(&slot->running_task, id, memory_order_relaxed);
+    task_header th;
+    const char *items;
+    size_t items_len;
+    if (proto_get_task_header(p, n, &th, &items, &items_len) != 0) worker_fail("short task message");
+    uint64_t expect = th.seq - 1;
+    if (!atomic_compare_exchange_strong(&slot->gate, &expect, th.seq)) return;   /* taken back */
+    if (current_leases && lease_held(current_leases, current_slot - 1) < 0) {
+        /* The resource went (swapped, retired) while this task waited here: it goes back
+           to the parent, which gives it to a worker that holds one. */
+        check_put(proto_put_bounced(out, th.task), "memory");
+        return;
+    }
+    int star = (th.flags & TASK_STAR) != 0, all = (th.flags & TASK_ALL_VALUES) != 0;
+    double t0 = now_seconds();
+    atomic_store_explicit(&slot->running_task, th.task, memory_order_relaxed);
 
     int base = lua_gettop(L);
     char err[256];
-    lua_createtable(L, (int)count, 0);          /* base + 1: results */
+    lua_createtable(L, (int)th.count, 0);       /* base + 1: results */
     int results = base + 1;
     lua_pushcfunction(L, task_error_handler);   /* base + 2 */
     lua_pushvalue(L, runner);
-    int fn_type = lua_rawgeti(L, funcs, fn);
+    int fn_type = lua_rawgeti(L, funcs, th.fn);
     if (fn_type != LUA_TFUNCTION && fn_type != LUA_TSTRING) worker_fail("a task names an unknown function");
     int failed = 0;
-    uint32_t done = count;
+    uint32_t done = th.count;
     if (fn_type == LUA_TSTRING) {
         snprintf(err, sizeof err, "function: %s", lua_tostring(L, -1));
         lua_settop(L, results);
-        push_task_error(L, err);
+        proto_push_error_message(L, err);
         failed = 1;
         done = 0;
-    } else if (wire_decode(L, p + TASK_HEADER, n - TASK_HEADER, WIRE_CODE, err, sizeof err) != 0) {
+    } else if (wire_decode(L, items, items_len, WIRE_CODE, err, sizeof err) != 0) {
         lua_settop(L, results);
-        push_task_error(L, err);
+        proto_push_error_message(L, err);
         failed = 1;
         done = 0;
     } else {
         lua_pushvalue(L, results);
-        lua_pushinteger(L, count);
+        lua_pushinteger(L, th.count);
         lua_pushboolean(L, star);
-        failed = lua_pcall(L, 5, 0, base + 2) != LUA_OK;
+        lua_pushboolean(L, all);
+        failed = lua_pcall(L, 6, 0, base + 2) != LUA_OK;
         if (failed) {
             lua_remove(L, base + 2);   /* the handler; the error stays on top */
             lua_pushvalue(L, runner + 1);
@@ -174,52 +190,41 @@ static void run_task(lua_State *L, int funcs, int runner, shared_slot *slot, con
             lua_settop(L, results);
         }
     }
-    uint64_t ns = monotonic_ns() - t0;
+    result_header rh = {th.task, (uint64_t)((now_seconds() - t0) * 1e9), 0, 0};
 
-    size_t at, header;
-    if (frame_begin(out, &at) != 0) worker_fail("memory");
-    header = out->len;
-    char zero[1 + RESULT_HEADER] = {0};
-    buf_append(out, zero, sizeof zero);
+    size_t at;
+    check_put(proto_begin_result(out, &at), "memory");
     size_t list_at = out->len;
-    if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", err, sizeof err) != 0) {
+    /* The message is made by drop_bad_result, which encodes the results one by one. */
+    if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", NULL, 0) != 0) {
         if (failed) lua_pop(L, 1);   /* this error is older: the bad result comes first */
+        out->len = list_at;
         done = drop_bad_result(L, results, done);
         failed = 1;
-        if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", err, sizeof err) != 0)
+        if (wire_encode_list(L, results, 1, done, out, WIRE_CODE, "result", NULL, 0) != 0)
             worker_fail("results");
     }
-    size_t list_len = out->len - list_at;
+    rh.index = done;
+    rh.list_len = (uint32_t)(out->len - list_at);
     if (failed) encode_error(L, lua_gettop(L), out);
-    char *h = out->data + header;
-    h[0] = failed ? 'E' : 'D';
-    put_u64(h + 1, id);
-    put_u64(h + 9, ns);
-    put_u32(h + 17, done);
-    put_u32(h + 21, done);
-    put_u32(h + 25, (uint32_t)list_len);
-    if (frame_end(out, at) != 0) {
+    if (proto_end_result(out, at, failed ? MSG_FAILED : MSG_DONE, &rh) != 0) {
         /* Over 2 GiB of results: say so instead of sending them. */
-        out->len = at;
-        frame_begin(out, &at);
         lua_settop(L, base);
         lua_newtable(L);
-        zero[0] = 'E';
-        put_u64(zero + 1, id);
-        put_u64(zero + 9, ns);
-        buf_append(out, zero, sizeof zero);
+        check_put(proto_begin_result(out, &at), "memory");
         list_at = out->len;
-        wire_encode(L, -1, out, WIRE_CODE, "result", err, sizeof err);
-        put_u32(out->data + at + FRAME_HEADER + 25, (uint32_t)(out->len - list_at));
-        push_task_error(L, "results too large for one message (over 2 GiB)");
+        if (wire_encode(L, -1, out, WIRE_CODE, "result", err, sizeof err) != 0) worker_fail("results");
+        rh.index = 0;
+        rh.list_len = (uint32_t)(out->len - list_at);
+        proto_push_error_message(L, "results too large for one message (over 2 GiB)");
         encode_error(L, -1, out);
-        frame_end(out, at);
+        check_put(proto_end_result(out, at, MSG_FAILED, &rh), "results");
     }
     lua_settop(L, base);
     atomic_store_explicit(&slot->running_task, 0, memory_order_relaxed);
 }
 
-/* Runs init(init_args...) from the config table; on failure sends 'I' and exits. */
+/* Runs init(init_args...) from the config table; on failure sends MSG_INIT_FAILED and exits. */
 static void run_init(lua_State *L, int config, int result_fd, buf *out) {
     int base = lua_gettop(L);
     lua_pushcfunction(L, task_error_handler);
@@ -233,20 +238,16 @@ static void run_init(lua_State *L, int config, int result_fd, buf *out) {
     if (lua_istable(L, -1)) nargs = unpack_args(L, lua_gettop(L));
     else lua_pop(L, 1);
     if (nargs < 0 || lua_pcall(L, nargs < 0 ? 0 : nargs, 0, base + 1) != LUA_OK) {
-        if (nargs < 0) push_task_error(L, "init: too many init_args");
+        if (nargs < 0) proto_push_error_message(L, "init: too many init_args");
         size_t at;
-        frame_begin(out, &at);
-        buf_putc(out, 'I');
+        check_put(proto_begin(out, MSG_INIT_FAILED, &at), "memory");
         encode_error(L, lua_gettop(L), out);
-        frame_end(out, at);
+        check_put(proto_end(out, at), "init error too large");
         worker_write(result_fd, out);
         child_exit(3);
     }
     lua_settop(L, base);
 }
-
-/* Which pool slot this process works for (1-based), 0 outside a pool worker. */
-static int current_slot;
 
 #define WORKER_CONFIG "forage.worker.config"
 
@@ -282,10 +283,12 @@ void worker_prepare(lua_State *L, int config) {
 _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot *slot, pid_t parent, int task_fd,
                            int result_fd) {
     current_slot = slot_index + 1;
+    if (lua_getfield(L, config, "leases") != LUA_TNIL) current_leases = lease_check(L, -1);   /* config keeps it */
+    lua_pop(L, 1);
     lua_pushvalue(L, config);
     lua_setfield(L, LUA_REGISTRYINDEX, WORKER_CONFIG);
     /* Leave with the parent, however it ends (the pipes tell too, but not mid-task). */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) worker_fail("prctl");
     if (getppid() != parent) child_exit(0);
     buf out = BUF_INIT;
     run_init(L, config, result_fd, &out);
@@ -294,14 +297,11 @@ _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot
     lua_getfield(L, config, "run_items");
     lua_getfield(L, config, "progress");
     int runner = funcs + 1;   /* run, then progress */
-    size_t at;
-    frame_begin(&out, &at);
-    buf_putc(&out, 'R');
-    frame_end(&out, at);
+    check_put(proto_put_ready(&out), "memory");
     worker_write(result_fd, &out);
 
     frame_reader in = {BUF_INIT, 0};
-    uint64_t last_flush = monotonic_ns();
+    double last_flush = now_seconds();
     int generational = 0;
     char err[256];
     for (;;) {
@@ -312,15 +312,16 @@ _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot
             continue;
         }
         if (got < 0) worker_fail("read");
-        const char *f;
-        size_t n;
+        const char *f, *blob;
+        size_t n, len;
+        uint32_t fn;
         int rc;
         while ((rc = frame_next(&in, &f, &n)) == 1) {
             if (n < 1) worker_fail("empty message");
             char tag = f[0];
             f++;
             n--;
-            if (tag == 'T') {
+            if (tag == MSG_TASK) {
                 if (!generational) {
                     /* A worker inherits the parent's heap; when it is large, generational
                        mode's minor collections leave those old objects alone instead of
@@ -331,19 +332,17 @@ _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot
                     generational = 1;
                 }
                 run_task(L, funcs, runner, slot, f, n, &out);
-                uint64_t now = monotonic_ns();
-                if (out.len > FLUSH_BYTES || now - last_flush > FLUSH_EVERY_NS) {
+                double now = now_seconds();
+                if (out.len > FLUSH_BYTES || now - last_flush > FLUSH_EVERY_SECONDS) {
                     worker_write(result_fd, &out);
                     last_flush = now;
                 }
-            } else if (tag == 'F' && n >= 4) {
+            } else if ((tag == MSG_DEFINE || tag == MSG_FORGET) && proto_get_function(f, n, &fn, &blob, &len) == 0) {
                 /* A function that cannot load here (it holds a shared object created after
                    this worker started) is kept as its error: its tasks fail with it. */
-                if (wire_decode(L, f + 4, n - 4, WIRE_CODE, err, sizeof err) != 0) lua_pushstring(L, err);
-                lua_rawseti(L, funcs, get_u32(f));
-            } else if (tag == 'U' && n >= 4) {
-                lua_pushnil(L);
-                lua_rawseti(L, funcs, get_u32(f));
+                if (tag == MSG_FORGET) lua_pushnil(L);
+                else if (wire_decode(L, blob, len, WIRE_CODE, err, sizeof err) != 0) lua_pushstring(L, err);
+                lua_rawseti(L, funcs, fn);
             } else {
                 worker_fail("unknown message");
             }
@@ -351,7 +350,7 @@ _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot
         if (rc < 0) worker_fail("corrupt message");
         /* Nothing more to run right now: send what is finished before blocking. */
         worker_write(result_fd, &out);
-        last_flush = monotonic_ns();
+        last_flush = now_seconds();
     }
     worker_write(result_fd, &out);
     child_exit(0);

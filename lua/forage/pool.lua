@@ -8,6 +8,14 @@
 -- (get, wait, map, an imap loop, drain, join): the parent has no hidden thread.
 
 local core = require "forage.core"
+-- forage.args is loaded at the first misuse (or options it checks in full): a program
+-- of pools keeps a smaller heap, which every worker inherits and whose pages its first
+-- collection copies. The checks on the hot paths test the common case inline first.
+local args = setmetatable({}, { __index = function(self, name)
+  setmetatable(self, nil)
+  for k, v in pairs(require "forage.args") do self[k] = v end
+  return self[name]
+end })
 
 local M = {}
 
@@ -57,63 +65,103 @@ end
 
 -- Errors that are not a task's: the pool was terminated or broken.
 local function pool_error(message)
-  return setmetatable({ value = message, message = message, traceback = "", task = 0, pid = 0 }, TaskError)
+  return task_error({ value = message, pid = 0 }, 0, nil)
 end
 
-local function encode_function(f, what)
-  if type(f) ~= "function" then
-    error(string.format("%s: expected a function, got %s", what, type(f)), 3)
-  end
-  return core.encode(f, { code = true, root = "function" })
+-- Argument checks blame the caller of the public method: `level` is error()'s level as
+-- seen from the function that calls the check (args.lua's rule), 2 for a public method.
+
+-- Raises "bad argument #n to 'fname' (<reason>)".
+local function bad_argument(n, fname, reason, level)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, reason), level + 1)
+end
+
+local CODE_FUNCTION = { code = true, root = "function" }
+
+-- The function, encoded once for every task that runs it. An upvalue that cannot travel
+-- raises at the caller's line, not at this one.
+local function encode_function(f, fname, level)
+  if type(f) ~= "function" then args.check(1, f, "function", fname, level + 1) end
+  local ok, blob = pcall(core.encode, f, CODE_FUNCTION)
+  if not ok then error((tostring(blob):gsub("^[^\n]-:%d+: ", "", 1)), level + 1) end
+  return blob
+end
+
+-- A timeout argument: nil for forever (nil, math.huge, over 1e9 s), else seconds >= 0.
+local function check_timeout(t, n, fname, level)
+  if t == nil then return nil end
+  local ok, seconds = pcall(args.timeout, t, "timeout", 1)
+  if not ok then bad_argument(n, fname, seconds, level + 1) end
+  return seconds
 end
 
 -- ---------------------------------------------------------------------------------
 -- Creating a pool
 
-local function check_options(opts)
-  local known = { workers = true, init = true, init_args = true, max_tasks = true, task_retries = true,
-                  resources = true, resource = true }
-  for k in pairs(opts) do
-    if not known[k] then error(string.format("forage.pool: unknown option '%s'", tostring(k)), 3) end
-  end
-  if opts.init ~= nil and type(opts.init) ~= "function" then
-    error("forage.pool: init must be a function, got " .. type(opts.init), 3)
-  end
-  if opts.init_args ~= nil and type(opts.init_args) ~= "table" then
-    error("forage.pool: init_args must be a table, got " .. type(opts.init_args), 3)
-  end
-  if opts.resources ~= nil then
-    if type(opts.resources) ~= "table" or #opts.resources == 0 then
-      error("forage.pool: resources must be a non-empty list", 3)
-    end
-  end
-  if opts.resource ~= nil then
-    if type(opts.resource) ~= "table" then error("forage.pool: resource must be a table of options", 3) end
-    local known_r = { max_failures = true, cooldown = true, max_cooldown = true, retire_after = true }
-    for k in pairs(opts.resource) do
-      if not known_r[k] then error(string.format("forage.pool: unknown resource option '%s'", tostring(k)), 3) end
-    end
-    if opts.resources == nil then error("forage.pool: resource options given without resources", 3) end
-  end
-  for _, k in ipairs { "workers", "max_tasks", "task_retries" } do
-    local v = opts[k]
-    if v ~= nil and math.type(v) ~= "integer" then
-      error(string.format("forage.pool: %s must be an integer, got %s", k, tostring(v)), 3)
-    end
+local POOL_OPTIONS = { workers = true, init = true, init_args = true, max_tasks = true, task_retries = true,
+                       resources = true, resource = true }
+local RESOURCE_OPTIONS = { max_failures = true, cooldown = true, max_cooldown = true, retire_after = true }
+local MAX_WORKERS = 4096
+local MANY = 1e9   -- a count or a number of seconds past any sensible setting
+
+local function check_integer(fname, opts, key, min, max, level)
+  local v = opts[key]
+  if v ~= nil and (math.type(v) ~= "integer" or v < min or v > max) then
+    args.bad_option(fname, key, string.format("an integer from %d to %d", min, max), v, level + 1)
   end
 end
 
--- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries }.
+local function check_seconds(fname, opts, key, level)
+  local v = opts[key]
+  if v ~= nil and (type(v) ~= "number" or not (v >= 0 and v <= MANY)) then
+    args.bad_option(fname, key, "a non-negative number of seconds", v, level + 1)
+  end
+end
+
+local function check_options(opts, level)
+  local fname = "forage.pool"
+  for k in pairs(opts) do
+    if not POOL_OPTIONS[k] then args.options(fname, opts, POOL_OPTIONS, level + 1) end
+  end
+  check_integer(fname, opts, "workers", 1, MAX_WORKERS, level + 1)
+  check_integer(fname, opts, "max_tasks", 0, math.maxinteger, level + 1)
+  check_integer(fname, opts, "task_retries", 0, 1000, level + 1)
+  if opts.init ~= nil and type(opts.init) ~= "function" then
+    args.bad_option(fname, "init", "a function", opts.init, level + 1)
+  end
+  if opts.init_args ~= nil and type(opts.init_args) ~= "table" then
+    args.bad_option(fname, "init_args", "a table", opts.init_args, level + 1)
+  end
+  if opts.resources ~= nil and (type(opts.resources) ~= "table" or #opts.resources == 0) then
+    args.bad_option(fname, "resources", "a non-empty list", opts.resources, level + 1)
+  end
+  local r = opts.resource
+  if r ~= nil then
+    if type(r) ~= "table" then args.bad_option(fname, "resource", "a table of options", r, level + 1) end
+    if opts.resources == nil then error("forage.pool: option 'resource' given without 'resources'", level + 1) end
+    fname = "forage.pool resource"
+    args.options(fname, r, RESOURCE_OPTIONS, level + 1)
+    check_integer(fname, r, "max_failures", 1, MANY, level + 1)
+    check_integer(fname, r, "retire_after", 0, MANY, level + 1)
+    check_seconds(fname, r, "cooldown", level + 1)
+    check_seconds(fname, r, "max_cooldown", level + 1)
+  end
+end
+
+-- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries,
+-- resources, resource }.
 function M.new(opts)
+  local t = type(opts)
+  if t ~= "number" and t ~= "table" and t ~= "nil" then args.check(1, opts, "number|table", "pool", 2, true) end
   if opts == nil or type(opts) == "number" then opts = { workers = opts } end
-  if type(opts) ~= "table" then error("forage.pool: expected a number or an options table", 2) end
-  check_options(opts)
+  check_options(opts, 2)
   local workers = opts.workers or core.cpu_count()
   local self = setmetatable({
     workers = workers,
     state = "open",      -- "open", "closed" (no new tasks), "terminated"
     handlers = {},       -- task id -> handler (an AsyncResult, a map or an imap state)
     npending = 0,        -- items submitted and not yet delivered (callbacks included)
+    in_callback = 0,     -- callbacks of this pool running now (nested ones included)
     events = {},         -- (id, kind, value) triples from the core, delivered from ev_pos on
     ev_pos = 1,
     ev_n = 0,
@@ -144,15 +192,16 @@ end
 -- ---------------------------------------------------------------------------------
 -- Moving tasks and results
 
-function Pool:_check_open()
-  if self.state ~= "open" then error("pool is " .. self.state .. ": no new tasks", 3) end
+function Pool:_check_open(level)
+  if self.state ~= "open" then error("pool is " .. self.state .. ": no new tasks", level + 1) end
 end
 
 -- Submits items[i..j] as one task for handler; start is the index of items[i] for the
 -- caller (the item number in a map). The handler's deliver(id, kind, value) takes the
--- result and lowers npending by the task's items once its callbacks have run.
-function Pool:_submit(handler, blob, star, items, i, j, root, start)
-  local id = self.core:submit(blob, star, items, i, j, root, start)
+-- result and lowers npending by the task's items once its callbacks have run. An item
+-- that cannot travel raises at `level`, as seen from the caller (args.lua's rule).
+function Pool:_submit(handler, blob, star, items, i, j, root, start, all, level)
+  local id = self.core:submit(blob, star, items, i, j, root, start, all, level + 1)
   self.handlers[id] = handler
   self.npending = self.npending + (j - i + 1)
   return id
@@ -211,13 +260,29 @@ function Pool:pending()
   return self.npending
 end
 
+-- A callback's own task stays pending until the callback returns: waiting there for
+-- every task to finish would wait for itself.
+function Pool:_check_not_in_callback(what, level)
+  if self.in_callback > 0 then
+    error(string.format("forage.pool: %s inside a callback of the same pool would wait for itself", what),
+      level + 1)
+  end
+end
+
 -- pool:drain([timeout]) -> true once nothing is pending, counting the tasks that
--- callbacks submit meanwhile; nil, "timeout" when timeout seconds passed first.
+-- callbacks submit meanwhile; nil, "timeout", "timeout" when timeout seconds passed first.
 function Pool:drain(timeout)
+  timeout = check_timeout(timeout, 1, "drain", 2)
+  self:_check_not_in_callback("drain()", 2)
+  local ok, err, kind = self:_drain(timeout)
+  return ok, err, kind
+end
+
+function Pool:_drain(timeout)
   local deadline = timeout and M.now() + timeout
   while self.npending > 0 do
     local left = deadline and deadline - M.now()
-    if left and left <= 0 then return nil, "timeout" end
+    if left and left <= 0 then return nil, "timeout", "timeout" end
     self:_pump(left)
   end
   return true
@@ -226,29 +291,51 @@ end
 -- ---------------------------------------------------------------------------------
 -- AsyncResult
 
-local function new_result(pool, on_done, on_error, what)
+local CALLBACK_OPTIONS = { on_done = true, on_error = true, callback = true, error_callback = true }
+
+-- An AsyncResult whose callbacks come from opts ({ on_done, on_error }, or Python's
+-- callback and error_callback), checked for the method fname.
+local function new_result(pool, opts, fname, level)
+  local on_done, on_error = nil, nil
+  if opts ~= nil then
+    args.options("pool:" .. fname, opts, CALLBACK_OPTIONS, level + 1)
+    on_done, on_error = opts.on_done or opts.callback, opts.on_error or opts.error_callback
+  end
   if on_done ~= nil and type(on_done) ~= "function" then
-    error(what .. ": on_done must be a function, got " .. type(on_done), 3)
+    args.bad_option("pool:" .. fname, "on_done", "a function", on_done, level + 1)
   end
   if on_error ~= nil and type(on_error) ~= "function" then
-    error(what .. ": on_error must be a function, got " .. type(on_error), 3)
+    args.bad_option("pool:" .. fname, "on_error", "a function", on_error, level + 1)
   end
   return setmetatable({ pool = pool, done = false, on_done = on_done, on_error = on_error }, AsyncResult)
 end
 
 -- Records the outcome and runs its callback; the nitems items stop being pending once
--- the callback has returned (or raised).
+-- the callback has returned (or raised). An apply's values come as one list
+-- ({ n = count, ... }): get and on_done give every one of them.
 function AsyncResult:_finish(ok, value, nitems)
   self.done, self.ok = true, ok
   local callback
   if ok then
-    self.value, callback = value, self.on_done
+    callback = self.on_done
+    if self.all then
+      self.values, self.value = value, value[1]
+    else
+      self.value = value
+    end
   else
     self.err, callback = value, self.on_error
   end
   local pool = self.pool
   if callback then
-    local fine, err = pcall(callback, value)
+    local fine, err
+    pool.in_callback = pool.in_callback + 1
+    if ok and self.all then
+      fine, err = pcall(callback, table.unpack(value, 1, value.n))
+    else
+      fine, err = pcall(callback, value)
+    end
+    pool.in_callback = pool.in_callback - 1
     pool.npending = pool.npending - nitems
     if not fine then error(err, 0) end
   else
@@ -282,6 +369,10 @@ end
 
 -- r:wait([timeout]) -> true when ready, false when timeout seconds passed first.
 function AsyncResult:wait(timeout)
+  return self:_wait(check_timeout(timeout, 1, "wait", 2))
+end
+
+function AsyncResult:_wait(timeout)
   local deadline = timeout and M.now() + timeout
   while not self.done do
     local left = deadline and deadline - M.now()
@@ -291,39 +382,49 @@ function AsyncResult:wait(timeout)
   return true
 end
 
--- r:get([timeout]) -> the value; raises the task's error; nil, "timeout" when not ready.
+-- r:get([timeout]) -> the value (every value the function returned, for an apply);
+-- raises the task's error; nil, "timeout", "timeout" when not ready in time.
 function AsyncResult:get(timeout)
-  if not self:wait(timeout) then return nil, "timeout" end
+  if not self:_wait(check_timeout(timeout, 1, "get", 2)) then return nil, "timeout", "timeout" end
   if not self.ok then error(self.err, 0) end
+  local values = self.values
+  if values then return table.unpack(values, 1, values.n) end
   return self.value
 end
 
 -- ---------------------------------------------------------------------------------
 -- apply
 
-local function pack_args(args, what)
-  if args == nil then return { n = 0 } end
-  if type(args) ~= "table" then error(what .. ": args must be a table, got " .. type(args), 3) end
-  if args.n == nil then return table.pack(table.unpack(args)) end
-  return args
+local function pack_args(list, fname, level)
+  if list ~= nil and type(list) ~= "table" then args.check(2, list, "table", fname, level + 1, true) end
+  if list == nil then return { n = 0 } end
+  if list.n == nil then return table.pack(table.unpack(list)) end
+  return list
+end
+
+-- One task whose single item is the argument list; every value it returns is kept.
+-- Called by the public methods (level 3 blames their caller).
+function Pool:_apply_async(f, list, opts, fname)
+  self:_check_open(3)
+  local blob = encode_function(f, fname, 3)
+  local packed = pack_args(list, fname, 3)
+  local r = new_result(self, opts, fname, 3)
+  r.all = true
+  self:_submit(r, blob, true, { packed }, 1, 1, "args", nil, true, 3)
+  return r
 end
 
 -- pool:apply_async(f, args [, { on_done = fn, on_error = fn }]) -> AsyncResult.
 -- (callback / error_callback are accepted too, as in Python.)
-function Pool:apply_async(f, args, opts)
-  self:_check_open()
-  opts = opts or {}
-  local r = new_result(self, opts.on_done or opts.callback, opts.on_error or opts.error_callback, "apply_async")
-  local blob = encode_function(f, "apply_async")
-  self:_submit(r, blob, true, { pack_args(args, "apply_async") }, 1, 1, "args")
+-- Every value the function returns reaches get and on_done.
+function Pool:apply_async(f, list, opts)
+  local r = self:_apply_async(f, list, opts, "apply_async")
   return r
 end
 
--- pool:apply(f, args) -> f(table.unpack(args)) run in a worker.
-function Pool:apply(f, args)
-  self:_check_open()
-  local r = new_result(self, nil, nil, "apply")
-  self:_submit(r, encode_function(f, "apply"), true, { pack_args(args, "apply") }, 1, 1, "args")
+-- pool:apply(f, args) -> f(table.unpack(args)) run in a worker: every value it returns.
+function Pool:apply(f, list)
+  local r = self:_apply_async(f, list, nil, "apply")
   return r:get()
 end
 
@@ -340,24 +441,21 @@ function Pool:_default_chunk(n)
   return c < 1 and 1 or c
 end
 
-local function check_chunk(chunk, what)
+local function check_chunk(chunk, fname, level)
   if chunk ~= nil and (math.type(chunk) ~= "integer" or chunk < 1) then
-    error(string.format("%s: chunk size must be a positive integer, got %s", what, tostring(chunk)), 3)
+    bad_argument(3, fname, "chunk size must be a positive integer, got " .. args.show(chunk), level + 1)
   end
 end
 
 -- Materialises an iterable (a list, or an iterator function called until nil).
-local function to_list(iterable, what)
+local function to_list(iterable)
   if type(iterable) == "table" then return iterable, #iterable end
-  if type(iterable) == "function" then
-    local list, n = {}, 0
-    for v in iterable do
-      n = n + 1
-      list[n] = v
-    end
-    return list, n
+  local list, n = {}, 0
+  for v in iterable do
+    n = n + 1
+    list[n] = v
   end
-  error(string.format("%s: expected a table or an iterator function, got %s", what, type(iterable)), 3)
+  return list, n
 end
 
 -- The handler of a whole map: results land at their item's index.
@@ -388,13 +486,22 @@ function MapState:abort(_, err)
   if not self.result.done then self.result:_finish(false, err, 0) end
 end
 
-function Pool:_map_async(f, iterable, chunk, opts, star, what)
-  self:_check_open()
-  check_chunk(chunk, what)
-  opts = opts or {}
-  local result = new_result(self, opts.on_done or opts.callback, opts.on_error or opts.error_callback, what)
-  local blob = encode_function(f, what)
-  local items, n = to_list(iterable, what)
+-- The checks every map and imap begins with; returns the encoded function. Called by
+-- _map_async and _imap (level 4 blames the caller of their public method).
+function Pool:_check_map(f, iterable, chunk, fname)
+  self:_check_open(4)
+  local blob = encode_function(f, fname, 4)
+  local kind = type(iterable)
+  if kind ~= "table" and kind ~= "function" then args.check(2, iterable, "table|function", fname, 4) end
+  check_chunk(chunk, fname, 4)
+  return blob
+end
+
+-- Called by the public methods (level 3 blames their caller).
+function Pool:_map_async(f, iterable, chunk, opts, star, fname)
+  local blob = self:_check_map(f, iterable, chunk, fname)
+  local result = new_result(self, opts, fname, 3)
+  local items, n = to_list(iterable)
   chunk = chunk or self:_default_chunk(n)
   local state = setmetatable({ result = result, values = core.new_table(n), left = -(-n // chunk),
                                 starts = {}, counts = {} }, MapState)
@@ -406,7 +513,7 @@ function Pool:_map_async(f, iterable, chunk, opts, star, what)
   for i = 1, n, chunk do
     local j = i + chunk - 1
     if j > n then j = n end
-    local id = self:_submit(state, blob, star, items, i, j, "items", i)
+    local id = self:_submit(state, blob, star, items, i, j, "items", i, false, 3)
     state.starts[id], state.counts[id] = i, j - i + 1
   end
   return result
@@ -425,12 +532,15 @@ function Pool:starmap(f, iterable, chunk)
 end
 
 -- pool:map_async(f, iterable [, chunk [, { on_done, on_error }]]) -> AsyncResult of the list.
+-- (No tail calls to the checks' callers: a tail call would shift the level they blame.)
 function Pool:map_async(f, iterable, chunk, opts)
-  return self:_map_async(f, iterable, chunk, opts, false, "map_async")
+  local r = self:_map_async(f, iterable, chunk, opts, false, "map_async")
+  return r
 end
 
 function Pool:starmap_async(f, iterable, chunk, opts)
-  return self:_map_async(f, iterable, chunk, opts, true, "starmap_async")
+  local r = self:_map_async(f, iterable, chunk, opts, true, "starmap_async")
+  return r
 end
 
 -- ---------------------------------------------------------------------------------
@@ -480,18 +590,15 @@ function IterState:_put(i, ok, v)
   end
 end
 
-function Pool:_imap(f, iterable, chunk, star, ordered, what)
-  self:_check_open()
-  check_chunk(chunk, what)
+-- Called by the public methods (level 3 blames their caller).
+function Pool:_imap(f, iterable, chunk, star, ordered, fname)
+  local blob = self:_check_map(f, iterable, chunk, fname)
   chunk = chunk or 1
-  local blob = encode_function(f, what)
   local list, n_list, pull
   if type(iterable) == "table" then
     list, n_list = iterable, #iterable
-  elseif type(iterable) == "function" then
-    pull = iterable
   else
-    error(string.format("%s: expected a table or an iterator function, got %s", what, type(iterable)), 2)
+    pull = iterable
   end
   local state = setmetatable({
     pool = self, ordered = ordered, ready_ok = {}, ready_val = {}, fifo = {}, fifo_pos = 1,
@@ -510,7 +617,7 @@ function Pool:_imap(f, iterable, chunk, star, ordered, what)
       if list then
         if next_in > n_list then exhausted = true break end
         local j = math.min(next_in + chunk - 1, n_list)
-        id = self:_submit(state, blob, star, list, next_in, j, "items", next_in)
+        id = self:_submit(state, blob, star, list, next_in, j, "items", next_in, false, 3)
         state.starts[id], state.counts[id] = next_in, j - next_in + 1
         next_in = j + 1
       else
@@ -522,7 +629,7 @@ function Pool:_imap(f, iterable, chunk, star, ordered, what)
           buffer[k] = v
         end
         if k == 0 then break end
-        id = self:_submit(state, blob, star, buffer, 1, k, "items", next_in)
+        id = self:_submit(state, blob, star, buffer, 1, k, "items", next_in, false, 3)
         state.starts[id], state.counts[id] = next_in, k
         next_in = next_in + k
         for x = 1, k do buffer[x] = nil end
@@ -564,12 +671,14 @@ end
 -- for i, r in pool:imap(f, iterable [, chunk = 1]) do ... end: results in input order.
 -- The loop yields the item's index first, as ipairs does, so nil results are fine.
 function Pool:imap(f, iterable, chunk)
-  return self:_imap(f, iterable, chunk, false, true, "imap")
+  local it = self:_imap(f, iterable, chunk, false, true, "imap")
+  return it
 end
 
 -- for i, r in pool:imap_unordered(f, iterable [, chunk = 1]): results as they finish.
 function Pool:imap_unordered(f, iterable, chunk)
-  return self:_imap(f, iterable, chunk, false, false, "imap_unordered")
+  local it = self:_imap(f, iterable, chunk, false, false, "imap_unordered")
+  return it
 end
 
 -- ---------------------------------------------------------------------------------
@@ -580,13 +689,16 @@ function Pool:close()
   if self.state == "open" then self.state = "closed" end
 end
 
--- pool:join([timeout]): after close (or terminate), waits for every task, callbacks
--- included, then for the workers to exit. nil, "timeout" when timeout passed first.
+-- pool:join([timeout]) -> true: after close (or terminate), waits for every task,
+-- callbacks included, then for the workers to exit. nil, "timeout", "timeout" when
+-- timeout seconds passed first.
 function Pool:join(timeout)
+  timeout = check_timeout(timeout, 1, "join", 2)
   if self.state == "open" then error("pool is still open: call close() or terminate() before join()", 2) end
   if self.state == "terminated" then return true end
-  local ok, err = self:drain(timeout)
-  if not ok then return nil, err end
+  self:_check_not_in_callback("join()", 2)
+  local ok, err, kind = self:_drain(timeout)
+  if not ok then return nil, err, kind end
   self.core:shutdown(5)
   self.core:terminate()
   self.state = "terminated"
