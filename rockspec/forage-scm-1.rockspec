@@ -41,7 +41,8 @@ build = {
       ["forage.core"] = {
          sources = {
             "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
-            "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/proc.c",
+            "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/pool_proto.c",
+            "src/proc.c",
             "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
             "src/worker.c",
          },
