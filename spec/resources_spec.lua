@@ -132,7 +132,9 @@ describe("pool resources", function()
     pool:map(function() return forage.worker.resource() end, { 1, 2 }, 1)
     -- The first run waits to be killed; the run after the kill returns at once.
     local r = pool:apply_async(function() if runs:add(1) == 1 then helpers.spin(10) end return "rerun" end, {})
-    forage.sleep(0.1)
+    local deadline = forage.now() + 10   -- kill only once the task runs: a kill before it would prove nothing
+    while runs.value == 0 and forage.now() < deadline do forage.sleep(0.001) end
+    assert.equal(1, runs.value)
     for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid) end
     assert.equal("rerun", r:get(20))
     assert.equal(2, runs.value)
