@@ -913,7 +913,12 @@ static int encode_pass(encoder *e, int idx, int list, lua_Integer i, lua_Integer
             else put_float(e, lua_tonumber(L, top + 1));
         } else {
             int rc = encode_value(e, top + 1);
-            if (rc != ENCODE_OK) return rc;   /* the stack stays for the error's path */
+            if (rc != ENCODE_OK) {
+                /* The list's own step: its key k, kept on the stack (as a table's keys are)
+                   until the refusal is formatted. */
+                lua_pushinteger(L, k);
+                return fail_step(e, rc, STEP_FIELD, lua_gettop(L), 0);
+            }
         }
         lua_settop(L, top);
     }
