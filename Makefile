@@ -9,7 +9,7 @@ CC         ?= cc
 PY         ?= /usr/bin/python3
 
 WARN   = -Wall -Wextra -Wshadow -Wpedantic -Wstrict-prototypes -Wmissing-prototypes \
-         -Wformat=2 -Wundef -Wvla -Werror
+         -Wformat=2 -Wundef -Wvla -Wconversion -Werror
 CFLAGS ?= -O2 -g
 XML2_INC   ?= /usr/include/libxml2
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) $(CFLAGS)
