@@ -726,7 +726,7 @@ static int http_client_new(lua_State *L) {
     return 1;
 }
 
-/* c:submit(opts, cb): cb(response) or cb(nil, err) runs later from c:step / c:run. Raises on
+/* c:submit(opts, cb): cb(response) or cb(nil, message, kind, err) runs later from c:step / c:run. Raises on
    bad options. */
 static int client_submit(lua_State *L) {
     http_client *c = check_client(L, 1);

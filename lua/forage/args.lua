@@ -12,6 +12,8 @@ function M.show(v)
   if type(v) == "string" then
     local s = v:sub(1, 60):gsub("[^\32-\126]", function(c) return string.format("\\x%02x", c:byte()) end)
     return "'" .. s .. (#v > 60 and "...'" or "'")
+  elseif v ~= v then
+    return "nan"   -- as src/args.c says it, whatever printf would
   elseif type(v) == "number" or type(v) == "boolean" or v == nil then
     return tostring(v)
   end

@@ -16,7 +16,7 @@ forage.process = core.process
 -- forage.pipe([duplex = true]) -> two Connections: send(v), recv([timeout]), poll([timeout]), close().
 forage.pipe = core.pipe
 
--- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries }.
+-- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries, resources, resource }.
 forage.pool = pool.new
 forage.TaskError = pool.TaskError
 forage.worker = require "forage.worker"

@@ -363,7 +363,7 @@ end
 
 -- r:successful() -> true when the task returned; raises when not ready (as Python).
 function AsyncResult:successful()
-  if not self.done then error("result is not ready", 2) end
+  if not self.done then error("forage.pool: result is not ready", 2) end
   return self.ok
 end
 
@@ -694,7 +694,7 @@ end
 -- timeout seconds passed first.
 function Pool:join(timeout)
   timeout = check_timeout(timeout, 1, "join", 2)
-  if self.state == "open" then error("pool is still open: call close() or terminate() before join()", 2) end
+  if self.state == "open" then error("forage.pool: pool is still open: call close() or terminate() before join()", 2) end
   if self.state == "terminated" then return true end
   self:_check_not_in_callback("join()", 2)
   local ok, err, kind = self:_drain(timeout)
@@ -746,7 +746,7 @@ function Pool:pids()
   return self.core:pids()
 end
 
--- pool:stats() -> { workers, pending, queued, in_flight, respawns, task_seconds, depth }.
+-- pool:stats() -> { workers, live, pending, queued, in_flight, respawns, taken_back, task_seconds, depth }.
 function Pool:stats()
   local s = self.core:stats()
   local queued, inflight, live = self.core:counts()
