@@ -259,7 +259,8 @@ describe("forage.pool", function()
     end)
 
     it("join before close is an error", function()
-      assert.has_error(function() pool:join() end, "forage.pool: pool is still open: call close() or terminate() before join()")
+      assert.has_error(function() pool:join() end,
+        "forage.pool: pool is still open: call close() or terminate() before join()")
     end)
 
     it("terminate fails the unfinished results and leaves no worker", function()

@@ -694,7 +694,9 @@ end
 -- timeout seconds passed first.
 function Pool:join(timeout)
   timeout = check_timeout(timeout, 1, "join", 2)
-  if self.state == "open" then error("forage.pool: pool is still open: call close() or terminate() before join()", 2) end
+  if self.state == "open" then
+    error("forage.pool: pool is still open: call close() or terminate() before join()", 2)
+  end
   if self.state == "terminated" then return true end
   self:_check_not_in_callback("join()", 2)
   local ok, err, kind = self:_drain(timeout)
