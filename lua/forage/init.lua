@@ -29,7 +29,7 @@ forage.worker = require "forage.worker"
 forage.encode = core.encode
 forage.decode = core.decode
 
--- Shared objects (issue 3): created before a pool or process, inherited by it.
+-- Shared objects: created before a pool or process, inherited by it.
 forage.queue = core.queue
 forage.lock, forage.rlock = core.lock, core.rlock
 forage.semaphore, forage.bounded_semaphore = core.semaphore, core.bounded_semaphore
