@@ -419,7 +419,8 @@ describe("forage.queue", function()
     for k = 1, kills do
       local point = points[(k - 1) % #points + 1]
       local victim = spawn(point)
-      assert.equal(victim.p.pid, point:wait(10), "child " .. victim.id .. " never reached " .. names[(k - 1) % #points + 1])
+      assert.equal(victim.p.pid, point:wait(10),
+        "child " .. victim.id .. " never reached " .. names[(k - 1) % #points + 1])
       victim.p:kill()
       assert.equal(-9, reap(victim.p), "child " .. victim.id .. " died of something else")
     end

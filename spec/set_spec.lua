@@ -29,7 +29,8 @@ describe("forage.set", function()
     assert.equal(5, forage.set(5):capacity())
     assert.equal(1000000, forage.set():capacity())
     assert.equal(1000000, forage.set {}:capacity())
-    assert.has_error(function() forage.set { capacty = 1 } end, "forage.set: unknown option 'capacty' (known: capacity)")
+    assert.has_error(function() forage.set { capacty = 1 } end,
+      "forage.set: unknown option 'capacty' (known: capacity)")
     assert.has_error(function() forage.set { capacity = 0 } end,
       "forage.set: option 'capacity' must be an integer from 1 to 2147483648, got 0")
     assert.has_error(function() forage.set { capacity = 2.5 } end,
