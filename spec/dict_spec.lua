@@ -101,12 +101,12 @@ describe("forage.dict", function()
     end):start()
     assert.equal(0, join_within(p, 5))
     assert.same({ ["1"] = "1", ["2"] = 2 }, d:copy())
-    assert.has_error(function() d:set(1, "1") end, "bad argument #1 to 'set' (dict key must be a string, got number)")
-    assert.has_error(function() d:get(0.25) end, "bad argument #1 to 'get' (dict key must be a string, got number)")
+    assert.has_error(function() d:set(1, "1") end, "bad argument #1 to 'set' (string expected, got number)")
+    assert.has_error(function() d:get(0.25) end, "bad argument #1 to 'get' (string expected, got number)")
     assert.has_error(function() d:delete(true) end,
-      "bad argument #1 to 'delete' (dict key must be a string, got boolean)")
+      "bad argument #1 to 'delete' (string expected, got boolean)")
     assert.has_error(function() d:update(nil, tostring) end,
-      "bad argument #1 to 'update' (dict key must be a string, got nil)")
+      "bad argument #1 to 'update' (string expected, got nil)")
     assert.equal(2, #d)
   end)
 

@@ -283,11 +283,10 @@ static dict *check_dict(lua_State *L, int i) {
     return d;
 }
 
+/* The key at index i: a string, never a number converted to one (d:set(1, x) and
+   d:get("1") would otherwise meet). */
 static const char *check_key(lua_State *L, int i, size_t *len) {
-    if (lua_type(L, i) != LUA_TSTRING) {
-        const char *msg = lua_pushfstring(L, "dict key must be a string, got %s", luaL_typename(L, i));
-        luaL_argerror(L, i, msg);
-    }
+    if (lua_type(L, i) != LUA_TSTRING) luaL_typeerror(L, i, "string");
     return lua_tolstring(L, i, len);
 }
 
@@ -432,9 +431,9 @@ static int update_call(lua_State *L) {
 }
 
 /* d:update(key, fn [, timeout]) -> the new value: stores fn(old) (nil deletes) atomically;
-   nil, "timeout" when the lock was not had within timeout seconds. fn runs in this process
-   with the dict's lock held, so it must not use this dict. When fn raises, or its result
-   cannot be stored, nothing changes and the error is raised. */
+   nil, "timeout", "timeout" when the lock was not had within timeout seconds. fn runs in
+   this process with the dict's lock held, so it must not use this dict. When fn raises,
+   or its result cannot be stored, nothing changes and the error is raised. */
 static int dict_update(lua_State *L) {
     dict *d = check_dict(L, 1);
     size_t len;
