@@ -47,6 +47,13 @@ end
 
 local function exists(path) return read(path) ~= nil end
 
+-- True when process pid sleeps in a futex wait, as the kernel's wchan says: a condition
+-- waiter asleep there has its notification counted, so a notify made now is neither
+-- missed nor given to a waiter still on its way to sleep.
+local function in_futex(pid)
+  return (read("/proc/" .. pid .. "/wchan") or ""):find("futex", 1, true) ~= nil
+end
+
 -- The largest number of "+" lines not yet matched by "-" lines.
 local function max_depth(path)
   local depth, max = 0, 0
@@ -507,7 +514,12 @@ describe("forage.condition", function()
     local cond, log, mark = forage.condition(forage.lock()), tmp(), tmp()
     for _ = 1, 3 do waiter(cond, log, mark) end
     assert.is_true(wait_until(function() return #lines(mark) == 3 end))
-    cond:with(function() forage.sleep(0.05) end)   -- all three are asleep in wait now
+    assert.is_true(wait_until(function()   -- all three are asleep in wait
+      for _, p in ipairs(children) do
+        if not in_futex(p.pid) then return false end
+      end
+      return true
+    end))
     cond:with(cond.notify, cond, 1)
     assert.is_true(wait_until(function() return #lines(log) == 1 end))
     forage.sleep(0.1)
@@ -593,7 +605,7 @@ describe("forage.condition", function()
     join(doomed)
     local p = waiter(cond, log, mark)
     assert.is_true(wait_until(function() return #lines(mark) == 2 end))
-    cond:with(function() forage.sleep(0.02) end)
+    assert.is_true(wait_until(function() return in_futex(p.pid) end))
     cond:with(cond.notify, cond)
     assert.equal(0, join(p))
     assert.same({ "true" }, lines(log))
