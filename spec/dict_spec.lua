@@ -1,5 +1,6 @@
 local forage = require "forage"
 
+local core = require "forage.core"
 local join_within = require("helpers").join_or_fail
 
 -- Runs fn in a child and returns its exit code (0 when fn returned, 1 when it raised).
@@ -59,17 +60,26 @@ describe("forage.dict", function()
     assert.equal(4, #d)
   end)
 
-  it("pairs() is a snapshot copy, and pairs(d) iterates one", function()
+  it("copy() is a snapshot table; d:pairs() and pairs(d) iterate a snapshot taken at the call", function()
     local d <close> = forage.dict()
     for i = 1, 50 do d:set("k" .. i, i) end
-    local snapshot = d:pairs()
+    local snapshot = d:copy()
     assert.equal(50, count(snapshot))
     for i = 1, 50 do assert.equal(i, snapshot["k" .. i]) end
     snapshot.k1 = "changed"
     d:set("k51", 51)
     assert.equal(1, d:get("k1"))
     assert.equal(50, count(snapshot))
+    -- for k, v in d:pairs() do: an iterator, whose snapshot later changes do not touch
     local seen = {}
+    for k, v in d:pairs() do
+      d:set("new" .. k, 0)                        -- not seen by this loop
+      seen[k] = v
+    end
+    assert.equal(51, count(seen))
+    for i = 1, 51 do assert.equal(i, seen["k" .. i]) end
+    for i = 1, 51 do d:delete("newk" .. i) end
+    seen = {}
     for k, v in pairs(d) do
       d:delete(k)                                 -- safe: the loop walks the snapshot
       seen[k] = v
@@ -77,7 +87,8 @@ describe("forage.dict", function()
     assert.equal(51, count(seen))
     assert.equal(51, seen.k51)
     assert.equal(0, #d)
-    assert.same({}, d:pairs())
+    assert.same({}, d:copy())
+    for _ in d:pairs() do error("an empty dict has nothing to iterate") end
   end)
 
   it("runs the blog's Manager example with string keys, and refuses other keys", function()
@@ -89,13 +100,13 @@ describe("forage.dict", function()
       d:set("0.25", nil)                          -- a Lua dict has no None: nil deletes
     end):start()
     assert.equal(0, join_within(p, 5))
-    assert.same({ ["1"] = "1", ["2"] = 2 }, d:pairs())
-    assert.has_error(function() d:set(1, "1") end, "bad argument #1 to 'set' (dict key must be a string, got number)")
-    assert.has_error(function() d:get(0.25) end, "bad argument #1 to 'get' (dict key must be a string, got number)")
+    assert.same({ ["1"] = "1", ["2"] = 2 }, d:copy())
+    assert.has_error(function() d:set(1, "1") end, "bad argument #1 to 'set' (string expected, got number)")
+    assert.has_error(function() d:get(0.25) end, "bad argument #1 to 'get' (string expected, got number)")
     assert.has_error(function() d:delete(true) end,
-      "bad argument #1 to 'delete' (dict key must be a string, got boolean)")
+      "bad argument #1 to 'delete' (string expected, got boolean)")
     assert.has_error(function() d:update(nil, tostring) end,
-      "bad argument #1 to 'update' (dict key must be a string, got nil)")
+      "bad argument #1 to 'update' (string expected, got nil)")
     assert.equal(2, #d)
   end)
 
@@ -141,10 +152,10 @@ describe("forage.dict", function()
     assert.has_error(function() d:set("c", 3) end, "dict is full (capacity 2 entries)")
     assert.has_error(function() d:update("c", function() return 3 end) end, "dict is full (capacity 2 entries)")
     d:set("a", "replaced")                        -- a full dict still replaces
-    assert.same({ a = "replaced", b = 2 }, d:pairs())
+    assert.same({ a = "replaced", b = 2 }, d:copy())
     d:delete("b")
     d:set("c", 3)
-    assert.same({ a = "replaced", c = 3 }, d:pairs())
+    assert.same({ a = "replaced", c = 3 }, d:copy())
 
     local default <close> = forage.dict()
     local huge = string.rep("x", 2 * 1024 * 1024)
@@ -176,15 +187,23 @@ describe("forage.dict", function()
       assert.is_true(d:delete("gone" .. i))
     end
     assert.equal(4, #d)
-    for k, v in pairs(d:pairs()) do assert.is_true(valid(k, v)) end
+    for k, v in d:pairs() do assert.is_true(valid(k, v)) end
   end)
 
   it("checks its options", function()
-    assert.has_error(function() forage.dict{ capacty = 3 } end, "forage.dict: unknown option 'capacty'")
+    assert.has_error(function() forage.dict{ capacty = 3 } end,
+      "forage.dict: unknown option 'capacty' (known: bytes, capacity)")
     assert.has_error(function() forage.dict{ capacity = 0 } end,
-      "forage.dict: capacity must be an integer from 1 to 268435456")
+      "forage.dict: option 'capacity' must be an integer from 1 to 268435456, got 0")
     assert.has_error(function() forage.dict{ bytes = 1.5 } end,
-      "forage.dict: bytes must be an integer from 64 to 1099511627776")
+      "forage.dict: option 'bytes' must be an integer from 64 to 1099511627776, got 1.5")
+    assert.has_error(function() forage.dict("big") end, "bad argument #1 to 'dict' (table expected, got string)")
+    local d <close> = forage.dict()
+    assert.has_error(function() d:update("k", tostring, -1) end,
+      "bad argument #3 to 'update' (timeout must be nil or a non-negative number of seconds, got -1)")
+    assert.has_error(function() d:update("k", tostring, 0 / 0) end)
+    assert.equal("1", d:update("k", function() return "1" end, math.huge))
+    assert.equal("11", d:update("k", function(v) return v .. "1" end, 0))
   end)
 
   it("closes idempotently and says so afterwards", function()
@@ -194,8 +213,8 @@ describe("forage.dict", function()
     d:close()
     d:close()
     assert.equal("forage.Dict (closed)", tostring(d))
-    assert.has_error(function() d:get("a") end, "attempt to use a closed dict")
-    assert.has_error(function() return #d end, "attempt to use a closed dict")
+    assert.has_error(function() d:get("a") end, "attempt to use a closed forage.Dict")
+    assert.has_error(function() return #d end, "attempt to use a closed forage.Dict")
   end)
 
   it("stays consistent when writers are SIGKILLed in the middle of set/update/delete", function()
@@ -224,20 +243,31 @@ describe("forage.dict", function()
         end
       end
     end
-    math.randomseed(42)
+    -- Each round kills two writers: one stopped at a pause point inside the lock (in turn:
+    -- just locked, a record appended but not referenced, the slot switched but the counters
+    -- not, a delete found or committed, a compaction halfway or before its flip), the
+    -- other wherever it is.
+    local names = { "dict.locked", "dict.store.appended", "dict.store.committed", "dict.delete.found",
+      "dict.delete.committed", "dict.rebuild.copying", "dict.rebuild.commit" }
+    local points = {}
+    for i, name in ipairs(names) do points[i] = core.pause_point(name) end
+    local kills = 0
     for round = 1, 50 do
-      local a = forage.process(writer, round * 2):start()
+      local point = points[(round - 1) % #points + 1]
+      local a = forage.process(function(seed) point:arm() writer(seed) end, round * 2):start()
       local b = forage.process(writer, round * 2 + 1):start()
-      forage.sleep(0.001 + math.random() * 0.008)
+      assert.equal(a.pid, point:wait(10), "round " .. round .. ": " .. names[(round - 1) % #points + 1])
       a:kill()
       b:kill()
       assert.equal(-9, join_within(a, 5))
       assert.equal(-9, join_within(b, 5))
+      kills = kills + 2
     end
+    assert.equal(100, kills)
     -- First from a child with a time limit, so that a lock left broken fails instead of hanging.
     assert.equal(0, in_child(function()
       local n = 0
-      for k, v in pairs(d:pairs()) do
+      for k, v in d:pairs() do
         n = n + 1
         assert(valid(k, v), "bad value under " .. k)
       end
@@ -246,7 +276,7 @@ describe("forage.dict", function()
       assert(d:update("after", function(v) return v + 1 end) == 2)
       assert(d:delete("after"))
     end, 5))
-    local snapshot = d:pairs()
+    local snapshot = d:copy()
     assert.equal(count(snapshot), #d)
     for k, v in pairs(snapshot) do
       assert.is_true(valid(k, v), "bad value under " .. k)
@@ -256,16 +286,16 @@ describe("forage.dict", function()
     assert.equal(#keys, #d)
   end)
 
-  it("update with a timeout returns nil, 'timeout' while another process holds the lock", function()
+  it("update with a timeout returns nil, 'timeout', 'timeout' while another process holds the lock", function()
     local d = forage.dict {}
-    local inside = forage.event()
+    local inside, done = forage.event(), forage.event()
     local p = forage.process(function()
-      d:update("k", function() inside:set() forage.sleep(0.6) return 1 end)
+      d:update("k", function() inside:set() assert(done:wait(10)) return 1 end)
     end):start()
-    assert.is_true(inside:wait(5))   -- the child holds the dict's lock from now for 0.6 s
-    local v, err = d:update("k", function(old) return (old or 0) + 1 end, 0.05)
-    assert.is_nil(v)
-    assert.equal("timeout", err)
+    assert.is_true(inside:wait(5))   -- the child holds the dict's lock until done is set
+    assert.same({ nil, "timeout", "timeout" }, { d:update("k", function(old) return (old or 0) + 1 end, 0.05) })
+    assert.same({ nil, "timeout", "timeout" }, { d:update("k", function(old) return (old or 0) + 1 end, 0) })
+    done:set()
     assert.equal(2, d:update("k", function(old) return (old or 0) + 1 end, 5))
     assert.equal(0, p:join(5))
   end)

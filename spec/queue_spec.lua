@@ -1,5 +1,6 @@
 local forage = require "forage"
 
+local core = require "forage.core"
 local reap = require("helpers").join_or_fail
 
 -- The size of v's record payload, as the queue counts it.
@@ -18,13 +19,39 @@ describe("forage.queue", function()
     assert.is_false(q:full())
   end)
 
-  it("refuses bad options", function()
+  it("refuses bad options, naming the option and the function", function()
     assert.has_error(function() forage.queue { bytes = 10 } end,
-      "forage.queue: bytes must be an integer from 64 to 2147483648")
+      "forage.queue: option 'bytes' must be an integer from 64 to 2147483648, got 10")
     assert.has_error(function() forage.queue { bytes = 1.5 } end,
-      "forage.queue: bytes must be an integer from 64 to 2147483648")
-    assert.has_error(function() forage.queue { size = 10 } end, "forage.queue: unknown option 'size'")
-    assert.has_error(function() forage.queue(1000) end)
+      "forage.queue: option 'bytes' must be an integer from 64 to 2147483648, got 1.5")
+    assert.has_error(function() forage.queue { byts = 1 } end,
+      "forage.queue: unknown option 'byts' (known: bytes)")
+    assert.has_error(function() forage.queue { [string.rep("k", 1000)] = 1 } end,
+      "forage.queue: unknown option '" .. string.rep("k", 60) .. "...' (known: bytes)")
+    assert.has_error(function() forage.queue(1000) end,
+      "bad argument #1 to 'queue' (table expected, got number)")
+  end)
+
+  it("takes timeouts by the one rule: nil or math.huge wait, 0 does not, negative or NaN raise", function()
+    local q = forage.queue { bytes = 64 }
+    assert.same({ nil, "timeout", "timeout" }, { q:get(0) })
+    assert.has_error(function() q:get(-1) end,
+      "bad argument #1 to 'get' (timeout must be nil or a non-negative number of seconds, got -1)")
+    assert.has_error(function() q:get(0 / 0) end)
+    assert.has_error(function() q:join(-0.5) end,
+      "bad argument #1 to 'join' (timeout must be nil or a non-negative number of seconds, got -0.5)")
+    assert.has_error(function() q:put(1, "soon") end,
+      "bad argument #2 to 'put' (timeout must be nil or a non-negative number of seconds, got 'soon')")
+    assert.is_true(q:put(1, math.huge))
+    assert.equal(1, q:get(math.huge))
+    assert.is_true(q:put(2, nil))
+    assert.equal(2, q:get(nil))
+  end)
+
+  it("raises Lua's own message for a wrong object", function()
+    local q = forage.queue()
+    assert.has_error(function() q.put(io.stdout, 1) end, "bad argument #1 to 'put' (forage.Queue expected, got FILE*)")
+    assert.has_error(function() q.get({}) end, "bad argument #1 to 'get' (forage.Queue expected, got table)")
   end)
 
   it("keeps FIFO order and carries any value that can travel", function()
@@ -57,13 +84,13 @@ describe("forage.queue", function()
 
   it("put_nowait says full and get_nowait says empty", function()
     local q = forage.queue { bytes = 128 }
-    assert.same({ nil, "empty" }, { q:get_nowait() })
+    assert.same({ nil, "empty", "empty" }, { q:get_nowait() })
     local x20 = string.rep("x", 20)   -- a record of 4 bytes of length and 23 of message
     assert.equal(23, encoded_size(x20))
     local n = 0
     while q:put_nowait(x20) do n = n + 1 end
     assert.equal(4, n)
-    assert.same({ nil, "full" }, { q:put_nowait(x20) })
+    assert.same({ nil, "full", "full" }, { q:put_nowait(x20) })
     assert.is_true(q:full())
     assert.is_true(q:put_nowait("x"))   -- 20 bytes were free
     assert.equal(x20, q:get_nowait())
@@ -96,12 +123,12 @@ describe("forage.queue", function()
   it("times out: get on an empty queue, put on a full one", function()
     local q = forage.queue { bytes = 64 }
     local t0 = forage.now()
-    assert.same({ nil, "timeout" }, { q:get(0.05) })
+    assert.same({ nil, "timeout", "timeout" }, { q:get(0.05) })
     assert.is_true(forage.now() - t0 >= 0.05)
-    assert.same({ nil, "timeout" }, { q:get(0) })
+    assert.same({ nil, "timeout", "timeout" }, { q:get(0) })
     assert.is_true(q:put(string.rep("x", 50)))
     t0 = forage.now()
-    assert.same({ nil, "timeout" }, { q:put(string.rep("x", 10), 0.05) })
+    assert.same({ nil, "timeout", "timeout" }, { q:put(string.rep("x", 10), 0.05) })
     assert.is_true(forage.now() - t0 >= 0.05)
     assert.has_error(function() q:get(-1) end)
     assert.has_error(function() q:put(1, "soon") end)
@@ -134,10 +161,10 @@ describe("forage.queue", function()
     assert.has_error(function() q:task_done() end, "task_done() called too many times")
     q:put("a")
     q:put("b")
-    assert.same({ nil, "timeout" }, { q:join(0.02) })
+    assert.same({ nil, "timeout", "timeout" }, { q:join(0.02) })
     q:get()
     q:task_done()
-    assert.same({ nil, "timeout" }, { q:join(0) })
+    assert.same({ nil, "timeout", "timeout" }, { q:join(0) })
     q:get()
     q:task_done()
     assert.is_true(q:join(1))
@@ -150,13 +177,13 @@ describe("forage.queue", function()
     q:put(2)
     q:close()
     q:close()
-    assert.same({ nil, "closed" }, { q:put(3) })
-    assert.same({ nil, "closed" }, { q:put_nowait(3) })
+    assert.same({ nil, "closed", "closed" }, { q:put(3) })
+    assert.same({ nil, "closed", "closed" }, { q:put_nowait(3) })
     assert.equal("forage.Queue (2 messages, 14 of 1048576 bytes, closed)", tostring(q))
     assert.equal(1, q:get(1))
     assert.equal(2, q:get_nowait())
-    assert.same({ nil, "closed" }, { q:get(1) })
-    assert.same({ nil, "closed" }, { q:get_nowait() })
+    assert.same({ nil, "closed", "closed" }, { q:get(1) })
+    assert.same({ nil, "closed", "closed" }, { q:get_nowait() })
     q:task_done()
     q:task_done()
     assert.is_true(q:join(0))
@@ -202,9 +229,9 @@ describe("forage.queue", function()
       q:put(1)
     end
     assert.equal("forage.Queue (closed)", tostring(q))
-    assert.has_error(function() q:put(1) end, "attempt to use a closed queue")
-    assert.has_error(function() q:get() end, "attempt to use a closed queue")
-    assert.has_error(function() return #q end, "attempt to use a closed queue")
+    assert.has_error(function() q:put(1) end, "attempt to use a closed forage.Queue")
+    assert.has_error(function() q:get() end, "attempt to use a closed forage.Queue")
+    assert.has_error(function() return #q end, "attempt to use a closed forage.Queue")
     getmetatable(q).__gc(q)
     assert.has_error(function() q.put(io.stdout, 1) end)
   end)
@@ -301,28 +328,37 @@ describe("forage.queue", function()
       "value: cannot send forage.Queue in data mode (only inside the process tree)")
   end)
 
-  it("survives a process killed while copying a large message inside the lock", function()
+  it("survives a process killed at each point of a large put and get inside the lock", function()
+    -- Each child stops at a pause point inside the lock (after taking it, halfway through
+    -- its copy, just before its commit) and is killed there: a put killed anywhere leaves
+    -- nothing behind, a get killed anywhere leaves the message for the next consumer.
     local q = forage.queue { bytes = 24 << 20 }
     local big = string.rep("z", 20 << 20)
-    local attempts, recovered = 0, false
-    while not recovered and attempts < 40 do
-      attempts = attempts + 1
-      local p = forage.process(function()
-        while true do
-          q:put(big)
-          q:get()
+    local kills = 0
+    for _, op in ipairs({ "put", "get" }) do
+      for _, at in ipairs({ "locked", "copy", "commit" }) do
+        local point = core.pause_point("queue." .. op .. "." .. at)
+        if op == "get" then assert.is_true(q:put(big, 1)) end
+        local p = forage.process(function()
+          point:arm()
+          if op == "put" then q:put(big) else q:get() end
+          os.exit(3)   -- never reached: the point stops it
+        end):start()
+        assert.equal(p.pid, point:wait(10), op .. "." .. at)
+        p:kill()
+        assert.equal(-9, reap(p))
+        kills = kills + 1
+        if op == "put" then
+          assert.equal(0, #q, "a put killed at " .. at .. " left a message")
+        else
+          assert.equal(1, #q, "a get killed at " .. at .. " took the message")
+          assert.equal(big, q:get(1))
         end
-      end):start()
-      forage.sleep(0.005 + math.random() * 0.03)
-      p:kill()
-      assert.equal(-9, reap(p))
-      recovered = tostring(q):match("recovered") ~= nil
-      local n = #q
-      assert.is_true(n == 0 or n == 1)
-      if n == 1 then assert.equal(big, q:get(1)) end
-      assert.equal(0, #q)
+        assert.equal(0, #q)
+      end
     end
-    assert.is_true(recovered, "no kill landed inside the lock in " .. attempts .. " attempts")
+    assert.equal(string.format("forage.Queue (0 messages, 0 of %d bytes, recovered %d times)", 24 << 20, kills),
+      tostring(q))
     assert.is_true(q:put("after", 1))
     assert.equal("after", q:get(1))
   end)
@@ -341,10 +377,11 @@ describe("forage.queue", function()
     assert(os.execute("mkdir " .. dir))
     -- Each child logs, unbuffered, every put and get it completed: a child killed between an
     -- operation and its log line leaves at most one put and one get unlogged.
-    local function child(id)
+    local function child(id, point)
       local log = assert(io.open(dir .. "/" .. id, "w"))
       log:setvbuf("no")
       math.randomseed(id)
+      if point then point:arm() end
       local seq = 0
       while true do
         if math.random() < 0.5 then
@@ -366,19 +403,26 @@ describe("forage.queue", function()
         end
       end
     end
-    local live, next_id, kills = {}, 1, 60
-    local function spawn()
-      live[#live + 1] = { id = next_id, p = forage.process(child, next_id):start() }
+    -- Three children put and get all along; a fourth, armed with one of the pause points
+    -- inside the lock (in turn), stops there and is killed there, and another replaces it.
+    local names = { "queue.put.locked", "queue.put.copy", "queue.put.commit", "queue.get.locked",
+      "queue.get.copy", "queue.get.commit", "queue.task_done.locked" }
+    local points = {}
+    for i, name in ipairs(names) do points[i] = core.pause_point(name) end
+    local live, next_id, kills = {}, 1, 64
+    local function spawn(point)
+      local c = { id = next_id, p = forage.process(child, next_id, point):start() }
       next_id = next_id + 1
+      return c
     end
-    for _ = 1, 4 do spawn() end
-    math.randomseed(7)
-    for _ = 1, kills do
-      forage.sleep(0.001 + math.random() * 0.008)
-      local victim = table.remove(live, math.random(#live))
+    for _ = 1, 3 do live[#live + 1] = spawn() end
+    for k = 1, kills do
+      local point = points[(k - 1) % #points + 1]
+      local victim = spawn(point)
+      assert.equal(victim.p.pid, point:wait(10),
+        "child " .. victim.id .. " never reached " .. names[(k - 1) % #points + 1])
       victim.p:kill()
       assert.equal(-9, reap(victim.p), "child " .. victim.id .. " died of something else")
-      spawn()
     end
     for _, c in ipairs(live) do
       c.p:kill()
@@ -395,10 +439,13 @@ describe("forage.queue", function()
       remaining[#remaining + 1] = m
       q:task_done()
     end
-    assert.same({ nil, "empty" }, { q:get_nowait() })
+    assert.same({ nil, "empty", "empty" }, { q:get_nowait() })
     assert.is_true(q:put("probe", 1))
     assert.equal("probe", q:get(1))
     assert.equal(0, #q)
+    -- Every kill at a point held the lock, and the next taker recovered it.
+    local recoveries = tonumber(tostring(q):match("recovered (%d+) times"))
+    assert.is_true(recoveries >= kills, tostring(q))
 
     -- The accounts: what was put was got or is still there, but for the operations a kill
     -- left unlogged (at most one put and one get per killed child).

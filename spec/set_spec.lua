@@ -1,5 +1,6 @@
 local forage = require "forage"
 
+local core = require "forage.core"
 local helpers = require "helpers"
 local slurp, join_or_kill = helpers.read, helpers.join_or_kill
 
@@ -28,11 +29,15 @@ describe("forage.set", function()
     assert.equal(5, forage.set(5):capacity())
     assert.equal(1000000, forage.set():capacity())
     assert.equal(1000000, forage.set {}:capacity())
-    assert.has_error(function() forage.set { size = 3 } end, "set: unknown option 'size'")
+    assert.has_error(function() forage.set { capacty = 1 } end,
+      "forage.set: unknown option 'capacty' (known: capacity)")
     assert.has_error(function() forage.set { capacity = 0 } end,
-      "set: capacity must be an integer from 1 to 2147483648, got 0")
+      "forage.set: option 'capacity' must be an integer from 1 to 2147483648, got 0")
     assert.has_error(function() forage.set { capacity = 2.5 } end,
-      "set: capacity must be an integer from 1 to 2147483648, got 2.5")
+      "forage.set: option 'capacity' must be an integer from 1 to 2147483648, got 2.5")
+    assert.has_error(function() forage.set(0) end, "bad argument #1 to 'set' (capacity must be from 1 to 2147483648)")
+    assert.has_error(function() forage.set(2.5) end,
+      "bad argument #1 to 'set' (number has no integer representation)")
     assert.has_error(function() forage.set "big" end,
       "bad argument #1 to 'set' (table of options or capacity expected, got string)")
     assert.has_error(function() forage.set(1):add({}) end, "bad argument #1 to 'add' (string expected, got table)")
@@ -137,25 +142,33 @@ describe("forage.set", function()
     local s = forage.set { capacity = 200000 }
     local log = os.tmpname()
     local rounds = 50
-    math.randomseed(42)
+    -- In each round one child stops at one of the pause points inside an add (a place
+    -- reserved, the slot claimed, the fingerprint written: in turn) and is killed there,
+    -- while the other, racing it for the same keys, is killed wherever it is.
+    local names = { "set.add.reserved", "set.add.claimed", "set.add.written" }
+    local points = {}
+    for i, name in ipairs(names) do points[i] = core.pause_point(name) end
     for round = 1, rounds do
+      local point = points[(round - 1) % #points + 1]
       local procs = {}
       for k = 1, 2 do
         procs[k] = forage.process(function()
           local f = assert(io.open(log, "a"))
           f:setvbuf("no")
           -- Both children add the same keys, racing for each; a key is reported with one
-          -- write, after add returned true.
-          -- At most 3000 keys a round (50 rounds fit the capacity however fast the
-          -- machine), then wait to be killed.
+          -- write, after add returned true. From its 1000th key on the armed child stops at
+          -- the first new key it adds (its own last key at the latest); the other waits to
+          -- be killed. So each round reports its first 999 keys, but one in flight.
           for n = 1, 3000 do
+            if k == 1 and n == 1000 then point:arm() end
             local key = "r" .. round .. "/" .. n
             if s:add(key) then f:write(key .. "\n") end
           end
+          if s:add("own" .. round .. "/" .. k) then f:write("own" .. round .. "/" .. k .. "\n") end
           forage.sleep(60)
         end):start()
       end
-      forage.sleep(0.001 + math.random() * 0.01)
+      assert.equal(procs[1].pid, point:wait(10), "round " .. round .. ": " .. names[(round - 1) % #points + 1])
       for _, p in ipairs(procs) do p:kill() end
       for _, p in ipairs(procs) do assert.equal(-9, p:join(5)) end
     end
@@ -166,7 +179,7 @@ describe("forage.set", function()
       lines = lines + 1
     end
     os.remove(log)
-    assert.is_true(lines > rounds, "the children added too little to test anything: " .. lines)
+    assert.is_true(lines >= 998 * rounds, "the children added too little to test anything: " .. lines)
     for key in pairs(reported) do assert.is_true(s:has(key), key) end
     assert.is_true(#s >= lines)
     -- Fresh adds and lookups still work, in a child given a deadline so a hang fails the test.
@@ -199,8 +212,8 @@ describe("forage.set", function()
     s:close()
     s:close()
     assert.equal("forage.Set (closed)", tostring(s))
-    assert.has_error(function() s:add("a") end, "attempt to use a closed set")
-    assert.has_error(function() return #s end, "attempt to use a closed set")
+    assert.has_error(function() s:add("a") end, "attempt to use a closed forage.Set")
+    assert.has_error(function() return #s end, "attempt to use a closed forage.Set")
     do
       local scoped <close> = forage.set(1)
       assert.is_true(scoped:add("x"))

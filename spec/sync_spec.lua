@@ -1,6 +1,7 @@
 -- Locks, semaphores, events, conditions and barriers shared by forked processes.
 -- No shared value exists here: processes count in files, bumped under the lock.
 local forage = require "forage"
+local core = require "forage.core"
 local helpers = require "helpers"
 
 local children = {}
@@ -45,6 +46,13 @@ local function wait_until(pred, timeout)
 end
 
 local function exists(path) return read(path) ~= nil end
+
+-- True when process pid sleeps in a futex wait, as the kernel's wchan says: a condition
+-- waiter asleep there has its notification counted, so a notify made now is neither
+-- missed nor given to a waiter still on its way to sleep.
+local function in_futex(pid)
+  return (read("/proc/" .. pid .. "/wchan") or ""):find("futex", 1, true) ~= nil
+end
 
 -- The largest number of "+" lines not yet matched by "-" lines.
 local function max_depth(path)
@@ -108,11 +116,11 @@ describe("forage.lock", function()
   end)
 
   it("acquire(timeout) returns false while another process holds it, true once released", function()
-    local lock, held = forage.lock(), tmp()
+    local lock, held, done = forage.lock(), tmp(), forage.event()
     spawn(function()
       lock:acquire()
       write(held, "yes")
-      forage.sleep(0.5)
+      assert(done:wait(10))   -- holds the lock until the parent has seen its acquires fail
       lock:release()
     end)
     assert.is_true(wait_until(function() return exists(held) end))
@@ -120,8 +128,10 @@ describe("forage.lock", function()
     local t = forage.now()
     assert.is_false(lock:acquire(0.1))
     local waited = forage.now() - t
-    assert.is_true(waited >= 0.09 and waited < 0.45, "waited " .. waited)
+    assert.is_true(waited >= 0.09 and waited < 5, "waited " .. waited)
     assert.is_false(lock:acquire(0))
+    done:set()
+    t = forage.now()
     assert.is_true(lock:acquire(5))
     assert.is_true(forage.now() - t < 2)
     lock:release()
@@ -132,7 +142,12 @@ describe("forage.lock", function()
     local lock, held = forage.lock(), tmp()
     assert.has_error(function() lock:release() end, "release unlocked lock")
     assert.has_error(function() lock:acquire(-1) end,
-      "bad argument #1 to 'acquire' (timeout must be a non-negative number of seconds)")
+      "bad argument #1 to 'acquire' (timeout must be nil or a non-negative number of seconds, got -1)")
+    assert.has_error(function() lock:acquire(0 / 0) end)
+    assert.has_error(function() lock:acquire("1") end,
+      "bad argument #1 to 'acquire' (timeout must be nil or a non-negative number of seconds, got '1')")
+    assert.is_true(lock:acquire(math.huge))
+    lock:release()
     assert.is_true(lock:acquire())
     assert.has_error(function() lock:acquire() end, "lock: acquire would deadlock: already held by this process")
     assert.is_false(lock:acquire(0.02))   -- with a timeout, as Python: waits it out
@@ -236,28 +251,35 @@ describe("forage.lock", function()
 
   it("stays usable through 50 SIGKILLs of processes looping acquire/release", function()
     local lock, progress = forage.lock(), tmp()
-    local function looper(n)
+    local function looper(n, point)
+      if point then point:arm() end
       local i = 0
       while true do
         lock:acquire()
-        helpers.spin(0.001)   -- held most of the time, so that most kills land while held
+        helpers.spin(0.0002)
         lock:release()
         i = i + 1
         if i % 20 == 0 then append(progress, n) end
       end
     end
+    -- Each victim stops at a pause point while it holds the lock (just acquired, or about
+    -- to release: in turn) and is killed there, while the other looper waits for the lock.
+    local names = { "lock.acquired", "lock.releasing" }
+    local points = { core.pause_point(names[1]), core.pause_point(names[2]) }
     local procs = { spawn(looper, 1), spawn(looper, 2) }
-    local killed_holding = 0
     for i = 1, 50 do
-      forage.sleep(0.002 + (i % 4) * 0.002)
       local k = i % 2 + 1
-      local victim = procs[k]
-      if tostring(lock) == "forage.Lock (locked by " .. victim.pid .. ")" then killed_holding = killed_holding + 1 end
+      local point = points[i % 2 + 1]
+      procs[k]:kill()   -- an unarmed looper, killed wherever it is
+      assert.equal(-9, join(procs[k]))
+      local victim = spawn(looper, k, point)
+      procs[k] = victim
+      assert.equal(victim.pid, point:wait(10), "kill " .. i .. ": " .. names[i % 2 + 1])
+      assert.equal("forage.Lock (locked by " .. victim.pid .. ")", tostring(lock))
       victim:kill()
       assert.equal(-9, join(victim))
       procs[k] = spawn(looper, k)
     end
-    assert.is_true(killed_holding >= 5, killed_holding .. " kills landed while holding")
     -- The survivors still take turns: both make progress after the last kill.
     write(progress, "")
     assert.is_true(wait_until(function()
@@ -378,20 +400,31 @@ describe("forage.semaphore", function()
 
   it("permits held by a killed process are not returned; its internal lock never stays locked", function()
     local sem = forage.semaphore(100)
-    local function looper()
-      while true do sem:acquire() sem:release() end
+    -- A looper stopped at a pause point (in turn: holding the inner lock before taking a
+    -- permit, holding it after taking one, holding it to give one back) is killed there.
+    -- Killed at the first, it held no permit; at the other two, one, which is lost.
+    local names = { "semaphore.acquire.locked", "semaphore.acquire.taken", "semaphore.release.locked" }
+    local loses = { 0, 1, 1 }
+    local points = {}
+    for i, name in ipairs(names) do points[i] = core.pause_point(name) end
+    local other = spawn(function() while true do sem:acquire() sem:release() end end)
+    local lost = 0
+    for i = 1, 21 do
+      local k = (i - 1) % #points + 1
+      local p = spawn(function()
+        points[k]:arm()
+        while true do sem:acquire() sem:release() end
+      end)
+      assert.equal(p.pid, points[k]:wait(10), names[k])
+      p:kill()
+      assert.equal(-9, join(p))
+      lost = lost + loses[k]
     end
-    local procs = { spawn(looper), spawn(looper) }
-    for i = 1, 20 do
-      forage.sleep(0.003)
-      local k = i % 2 + 1
-      procs[k]:kill()
-      join(procs[k])
-      procs[k] = spawn(looper)
-    end
-    for _, p in ipairs(procs) do p:kill() join(p) end
-    local value = sem:get_value()
-    assert.is_true(value >= 80 and value <= 100, "value " .. value)
+    -- The other looper holds one permit or none when it is stopped: stop it outside.
+    other:kill()
+    join(other)
+    local value = sem:get_value()   -- recovers the inner lock if the other died holding it
+    assert.is_true(value == 100 - lost or value == 100 - lost - 1, "value " .. value .. ", lost " .. lost)
     assert.is_true(sem:acquire(1))
     sem:release()
   end)
@@ -446,7 +479,7 @@ describe("forage.event", function()
     assert.is_false(ev:is_set())
     assert.is_false(ev:wait(0))
     assert.has_error(function() ev:wait(-1) end,
-      "bad argument #1 to 'wait' (timeout must be a non-negative number of seconds)")
+      "bad argument #1 to 'wait' (timeout must be nil or a non-negative number of seconds, got -1)")
   end)
 
   it("has no acquire: it is waited on", function()
@@ -481,7 +514,12 @@ describe("forage.condition", function()
     local cond, log, mark = forage.condition(forage.lock()), tmp(), tmp()
     for _ = 1, 3 do waiter(cond, log, mark) end
     assert.is_true(wait_until(function() return #lines(mark) == 3 end))
-    cond:with(function() forage.sleep(0.05) end)   -- all three are asleep in wait now
+    assert.is_true(wait_until(function()   -- all three are asleep in wait
+      for _, p in ipairs(children) do
+        if not in_futex(p.pid) then return false end
+      end
+      return true
+    end))
     cond:with(cond.notify, cond, 1)
     assert.is_true(wait_until(function() return #lines(log) == 1 end))
     forage.sleep(0.1)
@@ -567,7 +605,7 @@ describe("forage.condition", function()
     join(doomed)
     local p = waiter(cond, log, mark)
     assert.is_true(wait_until(function() return #lines(mark) == 2 end))
-    cond:with(function() forage.sleep(0.02) end)
+    assert.is_true(wait_until(function() return in_futex(p.pid) end))
     cond:with(cond.notify, cond)
     assert.equal(0, join(p))
     assert.same({ "true" }, lines(log))
@@ -612,15 +650,13 @@ describe("forage.barrier", function()
     local barrier, log = forage.barrier(3), tmp()
     local p = spawn(function() append(log, table.concat({ tostring(barrier:wait(5)) }, ",")) end)
     assert.is_true(wait_until(function() return barrier.n_waiting == 1 end))
-    local index, err = barrier:wait(0.05)
-    assert.is_nil(index)
-    assert.equal("broken", err)
+    assert.same({ nil, "broken", "broken" }, { barrier:wait(0.05) })
     assert.equal(0, join(p))
     assert.same({ "nil" }, lines(log))
     assert.is_true(barrier.broken)
     assert.equal(0, barrier.n_waiting)
     assert.equal("forage.Barrier (broken)", tostring(barrier))
-    index, err = barrier:wait(5)   -- at once
+    local index, err = barrier:wait(5)   -- at once
     assert.is_nil(index)
     assert.equal("broken", err)
     barrier:reset()
@@ -665,7 +701,7 @@ describe("forage.barrier", function()
   it("refuses bad arguments and has no acquire", function()
     assert.has_error(function() forage.barrier(0) end, "bad argument #1 to 'barrier' (parties must be at least 1)")
     assert.has_error(function() forage.barrier(2, -1) end,
-      "bad argument #2 to 'barrier' (timeout must be a non-negative number of seconds)")
+      "bad argument #2 to 'barrier' (timeout must be nil or a non-negative number of seconds, got -1)")
     local barrier = forage.barrier(1)
     assert.equal(0, barrier:wait())
     assert.is_nil(barrier.acquire)

@@ -17,13 +17,18 @@
    pages of the generation left behind are handed back (MADV_REMOVE) after each flip. */
 #include <errno.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "core.h"
+#include "hash.h"
 #include "lauxlib.h"
+#include "luatype.h"
+#include "pause.h"
 #include "shm.h"
 #include "wire.h"
 
@@ -96,14 +101,9 @@ static uint64_t record_size(uint64_t key_len, uint64_t value_len) {
     return align8(sizeof(record) + key_len + value_len);
 }
 
-/* FNV-1a with a final mix, so that the low bits (the slot index) depend on every byte. */
+/* The low bits (the slot index) must depend on every byte: FNV-1a with a final mix. */
 static uint64_t hash_key(const char *key, size_t len) {
-    uint64_t h = 0xcbf29ce484222325u;
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 0x100000001b3u;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdu;
-    h ^= h >> 33;
-    return h;
+    return fnv1a_mixed(key, len);
 }
 
 /* Where key is (its slot index in *at, returns 1), or where it would go (returns 0 and
@@ -174,6 +174,7 @@ static void rebuild(dict_shared *s, uint64_t skip, uint64_t hash, const char *ke
         place_ref(s, to, r->hash,
                   append_record(s, to, r->hash, bytes, r->key_len, bytes + r->key_len, r->value_len));
         live++;
+        if (live == 1) PAUSE_POINT("dict.rebuild.copying");
     }
     if (key != NULL) {
         place_ref(s, to, hash, append_record(s, to, hash, key, key_len, value, value_len));
@@ -182,6 +183,7 @@ static void rebuild(dict_shared *s, uint64_t skip, uint64_t hash, const char *ke
     to->live = live;
     to->deleted = 0;
     to->live_bytes = atomic_load_explicit(&to->top, memory_order_relaxed);
+    PAUSE_POINT("dict.rebuild.commit");
     atomic_store_explicit(&s->active, 1 - from_index, memory_order_release);   /* the commit */
     /* The old generation is garbage now: give its pages back (it reads as zeros after). */
     long page = sysconf(_SC_PAGESIZE);
@@ -235,7 +237,9 @@ static enum store_result store(dict_shared *s, const char *key, size_t key_len, 
     }
     uint64_t ref = append_record(s, g, hash, key, key_len, value, value_len);
     int was_deleted = !found && !fills_empty_slot;
+    PAUSE_POINT("dict.store.appended");
     atomic_store_explicit(&slots[at], ref, memory_order_release);   /* the commit */
+    PAUSE_POINT("dict.store.committed");
     if (!found) g->live++;
     if (was_deleted) g->deleted--;
     g->live_bytes = g->live_bytes - old_size + need;
@@ -250,7 +254,9 @@ static int remove_key(dict_shared *s, const char *key, size_t key_len) {
     if (!find_slot(s, g, key, key_len, hash_key(key, key_len), &at)) return 0;
     const record *r = record_at(s, g, atomic_load_explicit(&slots[at], memory_order_relaxed));
     uint64_t size = record_size(r->key_len, r->value_len);
+    PAUSE_POINT("dict.delete.found");
     atomic_store_explicit(&slots[at], REF_DELETED, memory_order_release);   /* the commit */
+    PAUSE_POINT("dict.delete.committed");
     g->live--;
     g->deleted++;
     g->live_bytes -= size;
@@ -272,16 +278,15 @@ static int copy_value(dict_shared *s, const char *key, size_t key_len, buf *b) {
 
 static dict *check_dict(lua_State *L, int i) {
     dict *d = luaL_checkudata(L, i, DICT_TYPE);
-    if (d->shared == NULL) luaL_error(L, "attempt to use a closed dict");
+    if (d->shared == NULL) type_closed_error(L, DICT_TYPE);
     if (d->busy) luaL_error(L, "cannot use a dict inside the function of its own update");
     return d;
 }
 
+/* The key at index i: a string, never a number converted to one (d:set(1, x) and
+   d:get("1") would otherwise meet). */
 static const char *check_key(lua_State *L, int i, size_t *len) {
-    if (lua_type(L, i) != LUA_TSTRING) {
-        const char *msg = lua_pushfstring(L, "dict key must be a string, got %s", luaL_typename(L, i));
-        luaL_argerror(L, i, msg);
-    }
+    if (lua_type(L, i) != LUA_TSTRING) luaL_typeerror(L, i, "string");
     return lua_tolstring(L, i, len);
 }
 
@@ -292,6 +297,7 @@ static void dict_lock(lua_State *L, dict *d) {
     int rc = shm_lock_acquire(&d->shared->lock, -1, &recovered);
     if (rc != 0) luaL_error(L, "cannot lock dict: %s", strerror(rc));
     if (recovered) repair(d->shared);
+    PAUSE_POINT("dict.locked");
 }
 
 static void dict_unlock(dict *d) {
@@ -327,28 +333,13 @@ static void decode_value(lua_State *L, const buf *b) {
 /* forage.dict([{ capacity = 1024, bytes = 1 MiB }]) -> a Dict. capacity counts entries,
    bytes the heap that holds keys and encoded values. Unknown options raise. */
 static int dict_new(lua_State *L) {
+    static const char *const names[] = {"bytes", "capacity", NULL};
     lua_Integer capacity = DICT_DEFAULT_CAPACITY, bytes = DICT_DEFAULT_BYTES;
     if (!lua_isnoneornil(L, 1)) {
         luaL_checktype(L, 1, LUA_TTABLE);
-        lua_pushnil(L);
-        while (lua_next(L, 1) != 0) {
-            lua_pop(L, 1);
-            const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-            if (strcmp(name, "capacity") != 0 && strcmp(name, "bytes") != 0)
-                return luaL_error(L, "forage.dict: unknown option '%s'", luaL_tolstring(L, -1, NULL));
-        }
-        int isint;
-        if (lua_getfield(L, 1, "capacity") != LUA_TNIL) {
-            capacity = lua_tointegerx(L, -1, &isint);
-            if (!isint || capacity < 1 || capacity > DICT_MAX_CAPACITY)
-                return luaL_error(L, "forage.dict: capacity must be an integer from 1 to %I", DICT_MAX_CAPACITY);
-        }
-        if (lua_getfield(L, 1, "bytes") != LUA_TNIL) {
-            bytes = lua_tointegerx(L, -1, &isint);
-            if (!isint || bytes < 64 || bytes > DICT_MAX_BYTES)
-                return luaL_error(L, "forage.dict: bytes must be an integer from 64 to %I", DICT_MAX_BYTES);
-        }
-        lua_pop(L, 2);
+        args_check_options(L, 1, "forage.dict", names);
+        capacity = args_opt_integer(L, 1, "forage.dict", "capacity", DICT_DEFAULT_CAPACITY, 1, DICT_MAX_CAPACITY);
+        bytes = args_opt_integer(L, 1, "forage.dict", "bytes", DICT_DEFAULT_BYTES, 64, DICT_MAX_BYTES);
     }
     uint64_t nslots = 8;
     while (nslots < 2 * (uint64_t)capacity) nslots *= 2;
@@ -362,13 +353,8 @@ static int dict_new(lua_State *L) {
     memset(d, 0, sizeof *d);
     luaL_setmetatable(L, DICT_TYPE);
     size_t size = header + 2 * gen_size;
-    dict_shared *s = shm_map(size);
-    if (s == NULL) return luaL_error(L, "cannot map dict (%I bytes): %s", (lua_Integer)size, strerror(errno));
-    int rc = shm_lock_init(&s->lock);
-    if (rc != 0) {
-        shm_unmap(s, size);
-        return luaL_error(L, "cannot create dict lock: %s", strerror(rc));
-    }
+    dict_shared *s = shm_map_locked(size, offsetof(dict_shared, lock));
+    if (s == NULL) return luaL_error(L, "forage.dict: cannot map %I bytes: %s", (lua_Integer)size, strerror(errno));
     s->capacity = (uint64_t)capacity;
     s->nslots = nslots;
     s->heap_bytes = (uint64_t)bytes;
@@ -445,28 +431,25 @@ static int update_call(lua_State *L) {
 }
 
 /* d:update(key, fn [, timeout]) -> the new value: stores fn(old) (nil deletes) atomically;
-   nil, "timeout" when the lock was not had within timeout seconds. fn runs in this process
-   with the dict's lock held, so it must not use this dict. When fn raises, or its result
-   cannot be stored, nothing changes and the error is raised. */
+   nil, "timeout", "timeout" when the lock was not had within timeout seconds. fn runs in
+   this process with the dict's lock held, so it must not use this dict. When fn raises,
+   or its result cannot be stored, nothing changes and the error is raised. */
 static int dict_update(lua_State *L) {
     dict *d = check_dict(L, 1);
     size_t len;
     const char *key = check_key(L, 2, &len);
     luaL_checktype(L, 3, LUA_TFUNCTION);
-    double deadline = shm_deadline(shm_opt_timeout(L, 4));
+    double deadline = shm_deadline(args_timeout(L, 4));
     lua_settop(L, 3);
     lua_pushcfunction(L, update_call);
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 3);
     int recovered;
     int lrc = shm_lock_acquire(&d->shared->lock, deadline, &recovered);
-    if (lrc == ETIMEDOUT) {
-        luaL_pushfail(L);
-        lua_pushliteral(L, "timeout");
-        return 2;
-    }
+    if (lrc == ETIMEDOUT) return args_fail(L, "timeout", "timeout");
     if (lrc != 0) return luaL_error(L, "cannot lock dict: %s", strerror(lrc));
     if (recovered) repair(d->shared);
+    PAUSE_POINT("dict.locked");
     int found = copy_value(d->shared, key, len, &d->scratch);
     if (found < 0) {
         dict_unlock(d);
@@ -518,15 +501,15 @@ static void push_snapshot(lua_State *L, dict *d) {
         const char *bytes = d->scratch.data + at + sizeof r;
         lua_pushlstring(L, bytes, r.key_len);
         if (wire_decode(L, bytes + r.key_len, r.value_len, WIRE_CODE, err, sizeof err) != 0)
-            luaL_error(L, "dict value of key '%s' does not decode: %s", lua_tostring(L, -1), err);
+            luaL_error(L, "dict value of key %s does not decode: %s", args_show(L, -1), err);
         lua_rawset(L, -3);
         at += sizeof r + r.key_len + r.value_len;
     }
     trim(&d->scratch);
 }
 
-/* d:pairs() -> a table copy of the entries, taken at one instant. */
-static int dict_pairs(lua_State *L) {
+/* d:copy() -> a table copy of the entries, taken at one instant (Python's dict.copy()). */
+static int dict_copy(lua_State *L) {
     dict *d = check_dict(L, 1);
     push_snapshot(L, d);
     return 1;
@@ -540,8 +523,10 @@ static int snapshot_next(lua_State *L) {
     return 1;
 }
 
-/* __pairs: iterates a snapshot, as d:pairs() would give. */
-static int dict_meta_pairs(lua_State *L) {
+/* d:pairs() and __pairs -> an iterator over a copy of the entries taken at the call, so
+   that `for k, v in d:pairs() do` and `for k, v in pairs(d) do` both work and never hold
+   the lock across the loop's body. */
+static int dict_pairs(lua_State *L) {
     dict *d = check_dict(L, 1);
     lua_pushcfunction(L, snapshot_next);
     push_snapshot(L, d);
@@ -602,17 +587,13 @@ static int dict_tostring(lua_State *L) {
 void forage_open_dict(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"get", dict_get}, {"set", dict_set}, {"update", dict_update}, {"delete", dict_delete},
-        {"pairs", dict_pairs}, {"close", dict_close}, {NULL, NULL},
+        {"pairs", dict_pairs}, {"copy", dict_copy}, {"close", dict_close}, {NULL, NULL},
     };
     static const luaL_Reg meta[] = {
-        {"__len", dict_len}, {"__pairs", dict_meta_pairs}, {"__tostring", dict_tostring},
+        {"__len", dict_len}, {"__pairs", dict_pairs}, {"__tostring", dict_tostring},
         {"__gc", dict_gc}, {"__close", dict_close}, {NULL, NULL},
     };
-    luaL_newmetatable(L, DICT_TYPE);
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    type_register(L, DICT_TYPE, methods, meta, 0);
     lua_pushcfunction(L, dict_new);
     lua_setfield(L, -2, "dict");
 }

@@ -32,9 +32,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "core.h"
 #include "frame.h"
 #include "lauxlib.h"
+#include "luatype.h"
+#include "pause.h"
 #include "shm.h"
 #include "wire.h"
 
@@ -95,28 +98,16 @@ typedef struct ring_state {
     uint32_t used;         /* their bytes */
 } ring_state;
 
-/* Returns the queue at index i; raises on another type. Every function of the type has the
-   metatable as its first upvalue: no registry lookup on the fast path. */
-static queue *to_queue(lua_State *L, int i) {
-    queue *q = lua_touserdata(L, i);
-    if (q == NULL || !lua_getmetatable(L, i) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
-        luaL_typeerror(L, i, QUEUE_TYPE);
-    lua_pop(L, 1);
-    return q;
-}
-
 /* Returns the open queue at index i; raises on another type or an unmapped queue. */
 static queue *check_queue(lua_State *L, int i) {
-    queue *q = to_queue(L, i);
-    if (q->sh == NULL) luaL_error(L, "attempt to use a closed queue");
+    queue *q = type_check_fast(L, i, QUEUE_TYPE);
+    if (q->sh == NULL) type_closed_error(L, QUEUE_TYPE);
     return q;
 }
 
-/* Returns 2 after pushing nil and why. */
+/* Returns 3 after pushing nil, why and why again: the message is the kind. */
 static int push_fail(lua_State *L, const char *why) {
-    luaL_pushfail(L);
-    lua_pushstring(L, why);
-    return 2;
+    return args_fail(L, why, "%s", why);
 }
 
 /* ---------------------------------------------------------------- the shared state */
@@ -147,7 +138,7 @@ static uint32_t ring_advance(size_t size, uint32_t offset, size_t n) {
     return (uint32_t)(at >= size ? at - size : at);
 }
 
-static void ring_write(queue_shared *sh, size_t size, uint32_t at, const char *p, size_t n) {
+static void ring_write_bytes(queue_shared *sh, size_t size, uint32_t at, const char *p, size_t n) {
     size_t first = size - at < n ? size - at : n;
     memcpy(RING(sh) + at, p, first);
     if (n > first) memcpy(RING(sh), p + first, n - first);
@@ -157,6 +148,23 @@ static void ring_read(const queue_shared *sh, size_t size, uint32_t at, char *p,
     size_t first = size - at < n ? size - at : n;
     memcpy(p, RING(sh) + at, first);
     if (n > first) memcpy(p + first, RING(sh), n - first);
+}
+
+/* A put's copy into the ring. With a pause point armed it copies in two halves with the
+   point "queue.put.copy" between them, so that a spec can kill a put mid-copy. */
+static void ring_write(queue_shared *sh, size_t size, uint32_t at, const char *p, size_t n) {
+    size_t half = pause_armed_name != NULL ? n / 2 : n;
+    ring_write_bytes(sh, size, at, p, half);
+    PAUSE_POINT("queue.put.copy");
+    if (half < n) ring_write_bytes(sh, size, ring_advance(size, at, half), p + half, n - half);
+}
+
+/* A get's copy out of the ring, with "queue.get.copy" halfway as in ring_write. */
+static void ring_read_record(const queue_shared *sh, size_t size, uint32_t at, char *p, size_t n) {
+    size_t half = pause_armed_name != NULL ? n / 2 : n;
+    ring_read(sh, size, at, p, half);
+    PAUSE_POINT("queue.get.copy");
+    if (half < n) ring_read(sh, size, ring_advance(size, at, half), p + half, n - half);
 }
 
 /* Returns the length of the record at offset at, or 0 when its header does not describe a
@@ -275,11 +283,11 @@ static void encode_record(lua_State *L, queue *q) {
     put_u32(q->out.data, (uint32_t)len);
 }
 
-/* put and put_nowait: returns true, or nil and "timeout", "full" or "closed". */
+/* put and put_nowait: returns true, or nil, why, why with why "timeout", "full" or "closed". */
 static int queue_put_value(lua_State *L, int nowait) {
     queue *q = check_queue(L, 1);
     luaL_checkany(L, 2);
-    double deadline = nowait ? -1 : shm_deadline(shm_opt_timeout(L, 3));
+    double deadline = nowait ? -1 : shm_deadline(args_timeout(L, 3));
     encode_record(L, q);
     queue_shared *sh = q->sh;
     size_t need = q->out.len;
@@ -289,6 +297,7 @@ static int queue_put_value(lua_State *L, int nowait) {
        now, not inside the lock. */
     __builtin_prefetch(RING(sh) + q->put_hint, 1);
     if (queue_lock(L, q, deadline) != 0) return push_fail(L, "timeout");
+    PAUSE_POINT("queue.put.locked");
     for (;;) {
         if (sh->closed) {
             why = "closed";
@@ -300,6 +309,7 @@ static int queue_put_value(lua_State *L, int nowait) {
             ring_write(sh, q->size, s.head, q->out.data, need);
             wake_all(&sh->not_empty, &sh->getters_waiting);
             q->put_hint = ring_advance(q->size, s.head, need);
+            PAUSE_POINT("queue.put.commit");
             atomic_store_explicit(&sh->head_puts, pack(q->put_hint, s.puts + 1), memory_order_release);
             shm_lock_release(&sh->lock);
             break;
@@ -320,15 +330,16 @@ static int queue_put_value(lua_State *L, int nowait) {
     return 1;
 }
 
-/* get and get_nowait: returns the oldest value, or nil and "timeout", "empty" or "closed"
-   (closed and drained). */
+/* get and get_nowait: returns the oldest value, or nil, why, why with why "timeout", "empty"
+   or "closed" (closed and drained). */
 static int queue_get_value(lua_State *L, int nowait) {
     queue *q = check_queue(L, 1);
-    double deadline = nowait ? -1 : shm_deadline(shm_opt_timeout(L, 2));
+    double deadline = nowait ? -1 : shm_deadline(args_timeout(L, 2));
     queue_shared *sh = q->sh;
     int spun = 0;
     __builtin_prefetch(RING(sh) + q->get_hint, 0);   /* as in put: the producer wrote it */
     if (queue_lock(L, q, deadline) != 0) return push_fail(L, "timeout");
+    PAUSE_POINT("queue.get.locked");
     for (;;) {
         ring_state s = state_read(sh, q->size);
         if (s.count > 0) {
@@ -342,10 +353,11 @@ static int queue_get_value(lua_State *L, int nowait) {
                 shm_lock_release(&sh->lock);
                 return luaL_error(L, "not enough memory");
             }
-            ring_read(sh, q->size, ring_advance(q->size, s.tail, QUEUE_RECORD_HEADER), q->in.data, len);
+            ring_read_record(sh, q->size, ring_advance(q->size, s.tail, QUEUE_RECORD_HEADER), q->in.data, len);
             q->in.len = len;
             wake_all(&sh->not_full, &sh->putters_waiting);
             q->get_hint = ring_advance(q->size, s.tail, QUEUE_RECORD_HEADER + (size_t)len);
+            PAUSE_POINT("queue.get.commit");
             atomic_store_explicit(&sh->tail_gets, pack(q->get_hint, s.gets + 1), memory_order_release);
             shm_lock_release(&sh->lock);
             break;
@@ -365,16 +377,18 @@ static int queue_get_value(lua_State *L, int nowait) {
     return 1;
 }
 
-/* q:put(v [, timeout]) -> true, or nil, "timeout" / nil, "closed". Waits while full. */
+/* q:put(v [, timeout]) -> true, or nil, "timeout", "timeout" / nil, "closed", "closed". Waits
+   while full. */
 static int queue_put(lua_State *L) { return queue_put_value(L, 0); }
 
-/* q:put_nowait(v) -> true, or nil, "full" / nil, "closed". */
+/* q:put_nowait(v) -> true, or nil, "full", "full" / nil, "closed", "closed". */
 static int queue_put_nowait(lua_State *L) { return queue_put_value(L, 1); }
 
-/* q:get([timeout]) -> v, or nil, "timeout" / nil, "closed" (closed and empty). */
+/* q:get([timeout]) -> v, or nil, "timeout", "timeout" / nil, "closed", "closed" (closed and
+   empty). */
 static int queue_get(lua_State *L) { return queue_get_value(L, 0); }
 
-/* q:get_nowait() -> v, or nil, "empty" / nil, "closed" (closed and empty). */
+/* q:get_nowait() -> v, or nil, "empty", "empty" / nil, "closed", "closed" (closed and empty). */
 static int queue_get_nowait(lua_State *L) { return queue_get_value(L, 1); }
 
 /* ---------------------------------------------------------------- the rest */
@@ -420,6 +434,7 @@ static int queue_task_done(lua_State *L) {
     queue *q = check_queue(L, 1);
     queue_shared *sh = q->sh;
     queue_lock(L, q, -1);
+    PAUSE_POINT("queue.task_done.locked");
     uint32_t left = unfinished(sh);
     if (left == 0) {
         shm_lock_release(&sh->lock);
@@ -432,11 +447,12 @@ static int queue_task_done(lua_State *L) {
     return 0;
 }
 
-/* q:join([timeout]) -> true once every value put has had its task_done, or nil, "timeout".
+/* q:join([timeout]) -> true once every value put has had its task_done, or nil, "timeout",
+   "timeout".
    close() does not end it: the values still in the queue can be taken and finished. */
 static int queue_join(lua_State *L) {
     queue *q = check_queue(L, 1);
-    double deadline = shm_deadline(shm_opt_timeout(L, 2));
+    double deadline = shm_deadline(args_timeout(L, 2));
     queue_shared *sh = q->sh;
     int spun = 1;   /* joins are long: sleep at once */
     if (queue_lock(L, q, deadline) != 0) return push_fail(L, "timeout");
@@ -466,7 +482,7 @@ static int queue_close(lua_State *L) {
 /* __gc and __close: unmaps this process's view (the other processes keep theirs) and frees
    the local buffers. Idempotent. */
 static int queue_gc(lua_State *L) {
-    queue *q = to_queue(L, 1);
+    queue *q = type_check_fast(L, 1, QUEUE_TYPE);
     if (q->sh != NULL) shm_unmap(q->sh, q->map_size);
     q->sh = NULL;
     buf_free(&q->out);
@@ -477,7 +493,7 @@ static int queue_gc(lua_State *L) {
 /* __tostring -> "forage.Queue (N messages, U of S bytes)", with ", closed" after close() and
    ", recovered K times" once a process died holding its lock. */
 static int queue_tostring(lua_State *L) {
-    queue *q = to_queue(L, 1);
+    queue *q = type_check_fast(L, 1, QUEUE_TYPE);
     if (q->sh == NULL) {
         lua_pushliteral(L, "forage.Queue (closed)");
         return 1;
@@ -499,26 +515,12 @@ static int queue_tostring(lua_State *L) {
 
 /* Returns the ring size asked for by the options table at index 1 (none: the default). */
 static size_t queue_options(lua_State *L) {
-    size_t bytes = QUEUE_DEFAULT_BYTES;
-    if (lua_isnoneornil(L, 1)) return bytes;
+    static const char *const names[] = {"bytes", NULL};
+    if (lua_isnoneornil(L, 1)) return QUEUE_DEFAULT_BYTES;
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_pushnil(L);
-    while (lua_next(L, 1) != 0) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "bytes") != 0)
-            return (size_t)luaL_error(L, "forage.queue: unknown option '%s'", luaL_tolstring(L, -1, NULL));
-    }
-    lua_getfield(L, 1, "bytes");
-    if (!lua_isnil(L, -1)) {
-        int isint;
-        lua_Integer n = lua_tointegerx(L, -1, &isint);
-        if (!isint || n < (lua_Integer)QUEUE_MIN_BYTES || n > (lua_Integer)QUEUE_MAX_BYTES)
-            luaL_error(L, "forage.queue: bytes must be an integer from %I to %I", (lua_Integer)QUEUE_MIN_BYTES,
-                       (lua_Integer)QUEUE_MAX_BYTES);
-        bytes = (size_t)n;
-    }
-    lua_pop(L, 1);
-    return bytes;
+    args_check_options(L, 1, "forage.queue", names);
+    return (size_t)args_opt_integer(L, 1, "forage.queue", "bytes", (lua_Integer)QUEUE_DEFAULT_BYTES,
+                                    (lua_Integer)QUEUE_MIN_BYTES, (lua_Integer)QUEUE_MAX_BYTES);
 }
 
 /* forage.queue{ bytes = N } -> a new queue (the ring holds N bytes; 1 MiB by default). */
@@ -529,13 +531,8 @@ static int queue_new(lua_State *L) {
     luaL_setmetatable(L, QUEUE_TYPE);
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t map_size = (RING_OFFSET + bytes + page - 1) / page * page;
-    queue_shared *sh = shm_map(map_size);
+    queue_shared *sh = shm_map_locked(map_size, offsetof(queue_shared, lock));
     if (sh == NULL) return luaL_error(L, "forage.queue: cannot map %I bytes: %s", (lua_Integer)map_size, strerror(errno));
-    int rc = shm_lock_init(&sh->lock);
-    if (rc != 0) {
-        shm_unmap(sh, map_size);
-        return luaL_error(L, "forage.queue: cannot create its lock: %s", strerror(rc));
-    }
     sh->size = bytes;
     q->size = bytes;
     q->sh = sh;
@@ -554,14 +551,7 @@ void forage_open_queue(lua_State *L) {
         {"__gc", queue_gc}, {"__close", queue_gc}, {"__len", queue_len},
         {"__tostring", queue_tostring}, {NULL, NULL},
     };
-    luaL_newmetatable(L, QUEUE_TYPE);
-    lua_pushvalue(L, -1);
-    luaL_setfuncs(L, meta, 1);
-    luaL_newlibtable(L, methods);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, methods, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    type_register(L, QUEUE_TYPE, methods, meta, 1);
     lua_pushcfunction(L, queue_new);
     lua_setfield(L, -2, "queue");
 }

@@ -39,9 +39,13 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "args.h"
 #include "core.h"
 #include "fork.h"
+#include "hash.h"
 #include "lauxlib.h"
+#include "luatype.h"
+#include "pause.h"
 #include "shm.h"
 
 #define SET_TYPE "forage.Set"
@@ -82,60 +86,6 @@ typedef struct set {
     pid_t victim_pid;     /* the process next_victim belongs to (the userdata is copied by fork) */
     unsigned next_victim; /* its next stripe to take a place from, once its own is empty */
 } set;
-
-/* ---------------------------------------------------------------------------------
-   SipHash-2-4, 128-bit output (Aumasson and Bernstein's reference, outlen 16). */
-
-static uint64_t rotl(uint64_t x, unsigned b) {
-    return (x << b) | (x >> (64 - b));
-}
-
-static uint64_t load_le64(const unsigned char *p) {
-    return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
-           (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
-}
-
-#define SIPROUND                                                                                              \
-    do {                                                                                                      \
-        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);                                             \
-        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;                                                                \
-        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;                                                                \
-        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);                                             \
-    } while (0)
-
-static void siphash128(const uint64_t key[2], const void *data, size_t len, uint64_t out[2]) {
-    const unsigned char *in = data;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ key[0];
-    uint64_t v1 = 0x646f72616e646f6dULL ^ key[1] ^ 0xee;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ key[0];
-    uint64_t v3 = 0x7465646279746573ULL ^ key[1];
-    const unsigned char *end = in + (len & ~(size_t)7);
-    for (; in != end; in += 8) {
-        uint64_t m = load_le64(in);
-        v3 ^= m;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t b = (uint64_t)len << 56;
-    for (size_t k = 0; k < (len & 7); k++) b |= (uint64_t)in[k] << (8 * k);
-    v3 ^= b;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xee;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    out[0] = v0 ^ v1 ^ v2 ^ v3;
-    v1 ^= 0xdd;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    out[1] = v0 ^ v1 ^ v2 ^ v3;
-}
 
 /* ---------------------------------------------------------------------------------
    The table */
@@ -219,16 +169,22 @@ static add_result set_insert(set *s, fingerprint f) {
         if (hi == 0) {
             /* Not in the set: this slot ends its probe sequence, unless someone claims it first. */
             if (!reserved && !(reserved = reserve_entry(s))) return ADD_FULL;
+            PAUSE_POINT("set.add.reserved");
             if (atomic_compare_exchange_strong(&slot->hi, &hi, f.hi)) {
                 hi = f.hi;
                 reserved = 0;
+                PAUSE_POINT("set.add.claimed");
             }
         }
         if (hi == f.hi) {
             uint64_t lo = atomic_load(&slot->lo);
             add_result r = ADD_NEW;
-            if (lo == 0 && atomic_compare_exchange_strong(&slot->lo, &lo, f.lo)) lo = f.lo;
-            else r = ADD_PRESENT;
+            if (lo == 0 && atomic_compare_exchange_strong(&slot->lo, &lo, f.lo)) {
+                lo = f.lo;
+                PAUSE_POINT("set.add.written");
+            } else {
+                r = ADD_PRESENT;
+            }
             if (lo == f.lo) {
                 if (reserved) release_entry(s);   /* a place reserved for a claim that another made */
                 return r;
@@ -260,53 +216,24 @@ static int set_contains(const set *s, fingerprint f) {
 /* ---------------------------------------------------------------------------------
    Lua */
 
-/* The set at index i, else raises "forage.Set expected". Every function of the type has
-   the metatable as upvalue 1: comparing with it is cheaper than luaL_checkudata. */
-static set *to_set(lua_State *L, int i) {
-    set *s = lua_touserdata(L, i);
-    int same = 0;
-    if (s != NULL && lua_getmetatable(L, i)) {
-        same = lua_rawequal(L, -1, lua_upvalueindex(1));
-        lua_pop(L, 1);
-    }
-    return same ? s : luaL_checkudata(L, i, SET_TYPE);
-}
-
 static set *check_set(lua_State *L, int i) {
-    set *s = to_set(L, i);
-    if (s->shared == NULL) luaL_error(L, "attempt to use a closed set");
+    set *s = type_check_fast(L, i, SET_TYPE);
+    if (s->shared == NULL) type_closed_error(L, SET_TYPE);
     return s;
-}
-
-/* The capacity at index i (a number or nil), or raises. */
-static lua_Integer check_capacity(lua_State *L, int i) {
-    if (lua_isnil(L, i)) return SET_DEFAULT_CAPACITY;
-    int isnum;
-    lua_Integer n = lua_tointegerx(L, i, &isnum);
-    if (!isnum || n < 1 || n > SET_MAX_CAPACITY)
-        luaL_error(L, "set: capacity must be an integer from 1 to %I, got %s", (LUAI_UACINT)SET_MAX_CAPACITY,
-                   luaL_tolstring(L, i, NULL));
-    return n;
 }
 
 /* forage.set{ capacity = n } or forage.set(n) -> an empty Set for up to n strings
    (default 1,000,000), using 32 bytes of shared memory per place. */
 static int set_new(lua_State *L) {
-    lua_Integer capacity;
+    static const char *const names[] = {"capacity", NULL};
+    lua_Integer capacity = SET_DEFAULT_CAPACITY;
     if (lua_type(L, 1) == LUA_TTABLE) {
-        lua_pushnil(L);
-        while (lua_next(L, 1) != 0) {
-            if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "capacity") != 0)
-                return luaL_error(L, "set: unknown option '%s'", luaL_tolstring(L, -2, NULL));
-            lua_pop(L, 1);
-        }
-        lua_getfield(L, 1, "capacity");
-        capacity = check_capacity(L, -1);
-        lua_pop(L, 1);
-    } else if (lua_isnoneornil(L, 1) || lua_type(L, 1) == LUA_TNUMBER) {
-        lua_settop(L, 1);
-        capacity = check_capacity(L, 1);
-    } else {
+        args_check_options(L, 1, "forage.set", names);
+        capacity = args_opt_integer(L, 1, "forage.set", "capacity", SET_DEFAULT_CAPACITY, 1, SET_MAX_CAPACITY);
+    } else if (lua_type(L, 1) == LUA_TNUMBER) {
+        capacity = luaL_checkinteger(L, 1);
+        luaL_argcheck(L, capacity >= 1 && capacity <= SET_MAX_CAPACITY, 1, "capacity must be from 1 to 2147483648");
+    } else if (!lua_isnoneornil(L, 1)) {
         return luaL_typeerror(L, 1, "table of options or capacity");
     }
     set *s = lua_newuserdatauv(L, sizeof *s, 0);
@@ -316,9 +243,10 @@ static int set_new(lua_State *L) {
     size_t map_size = sizeof(set_shared) + (size_t)nslots * sizeof(set_slot);
     uint64_t key[2];
     if (getrandom(key, sizeof key, 0) != (ssize_t)sizeof key)
-        return luaL_error(L, "set: cannot draw a random key: %s", strerror(errno));
+        return luaL_error(L, "forage.set: cannot draw a random key: %s", strerror(errno));
     set_shared *sh = shm_map(map_size);
-    if (sh == NULL) return luaL_error(L, "set: cannot map %zu bytes of shared memory: %s", map_size, strerror(errno));
+    if (sh == NULL) return luaL_error(L, "forage.set: cannot map %I bytes of shared memory: %s", (lua_Integer)map_size,
+                                      strerror(errno));
     sh->capacity = (uint64_t)capacity;
     sh->nslots = nslots;
     sh->key[0] = key[0];
@@ -378,7 +306,7 @@ static int set_bytes(lua_State *L) {
 
 /* set:close(), __gc and __close: unmaps this process's view; idempotent. */
 static int set_close(lua_State *L) {
-    set *s = to_set(L, 1);
+    set *s = type_check_fast(L, 1, SET_TYPE);
     shm_unmap(s->shared, s->map_size);
     s->shared = NULL;
     s->slots = NULL;
@@ -386,7 +314,7 @@ static int set_close(lua_State *L) {
 }
 
 static int set_tostring(lua_State *L) {
-    set *s = to_set(L, 1);
+    set *s = type_check_fast(L, 1, SET_TYPE);
     if (s->shared == NULL) lua_pushliteral(L, "forage.Set (closed)");
     else
         lua_pushfstring(L, "forage.Set (%I of %I)", (LUAI_UACINT)set_count(s),
@@ -402,14 +330,7 @@ void forage_open_set(lua_State *L) {
     static const luaL_Reg meta[] = {
         {"__len", set_len}, {"__gc", set_close}, {"__close", set_close}, {"__tostring", set_tostring}, {NULL, NULL},
     };
-    luaL_newmetatable(L, SET_TYPE);
-    lua_pushvalue(L, -1);
-    luaL_setfuncs(L, meta, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, methods, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    type_register(L, SET_TYPE, methods, meta, 1);
     lua_pushcfunction(L, set_new);
     lua_setfield(L, -2, "set");
 }

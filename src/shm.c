@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "frame.h"
+#include "clock.h"
 #include "lauxlib.h"
 
 #define SHM_LOCK_TRIES 100   /* trylocks before sleeping on a contended lock */
@@ -111,13 +111,6 @@ int shm_cond_wait(shm_cond *c, shm_lock *l, double deadline, int *recovered) {
 void shm_cond_notify(shm_cond *c, int n) {
     atomic_fetch_add(&c->seq, 1);
     syscall(SYS_futex, &c->seq, FUTEX_WAKE, n, NULL, NULL, 0);
-}
-
-double shm_opt_timeout(lua_State *L, int i) {
-    if (lua_isnoneornil(L, i)) return -1;
-    double t = luaL_checknumber(L, i);
-    luaL_argcheck(L, t >= 0, i, "timeout must be a non-negative number of seconds");
-    return t;
 }
 
 /* Two tables in the registry: userdata -> id (weak keys) for the sender, id -> userdata

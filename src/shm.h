@@ -34,7 +34,7 @@ int shm_lock_init(shm_lock *l);
    is left mapped). */
 void *shm_map_locked(size_t size, size_t lock_at);
 
-/* Deadlines are absolute seconds on the monotonic clock (see now_seconds in frame.h);
+/* Deadlines are absolute seconds on the monotonic clock (see now_seconds in clock.h);
    a negative deadline waits forever. */
 double shm_deadline(double timeout);
 
@@ -72,9 +72,5 @@ int shm_shared_id(lua_State *L, int idx, lua_Integer *id);
 /* Pushes the shared object with this id and returns 1, or pushes nothing and returns 0
    (it was created after this process was forked, or elsewhere). */
 int shm_push_shared(lua_State *L, lua_Integer id);
-
-/* The optional timeout argument at index i: -1 (forever) when none or nil; raises on a
-   negative or non-number value. */
-double shm_opt_timeout(lua_State *L, int i);
 
 #endif

@@ -8,12 +8,16 @@
    beside a mutex that is held for a few instructions inside one C call, never across a
    call into Lua, and wait on a shm_cond. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "core.h"
 #include "lauxlib.h"
+#include "luatype.h"
+#include "pause.h"
 #include "shm.h"
 
 #define GUARD_TYPE "forage.Guard"
@@ -58,7 +62,7 @@ static const sync_kind *kind_of_method(lua_State *L) {
 static sync_object *check_object(lua_State *L, int i) {
     const sync_kind *kind = kind_of_method(L);
     sync_object *o = luaL_checkudata(L, i, kind->type);
-    if (o->state == NULL) luaL_error(L, "attempt to use a closed %s", kind->type);
+    if (o->state == NULL) type_closed_error(L, kind->type);
     return o;
 }
 
@@ -125,6 +129,7 @@ static int lock_acquire(lua_State *L, int self, double deadline) {
     int rc = shm_lock_acquire(&s->h.lock, deadline, NULL);
     if (rc == ETIMEDOUT) return 0;
     if (rc != 0) luaL_error(L, "lock: cannot acquire: %s", strerror(rc));
+    PAUSE_POINT("lock.acquired");
     return 1;
 }
 
@@ -133,6 +138,7 @@ static int lock_acquire(lua_State *L, int self, double deadline) {
 static void lock_release(lua_State *L, int self) {
     lock_state *s = state_at(L, self);
     if (held_here(&s->h.lock)) {
+        PAUSE_POINT("lock.releasing");
         shm_lock_release(&s->h.lock);
         return;
     }
@@ -174,6 +180,7 @@ static int rlock_acquire(lua_State *L, int self, double deadline) {
     int rc = shm_lock_acquire(&s->h.lock, deadline, NULL);
     if (rc == ETIMEDOUT) return 0;
     if (rc != 0) luaL_error(L, "rlock: cannot acquire: %s", strerror(rc));
+    PAUSE_POINT("rlock.acquired");
     s->count = 1;
     return 1;
 }
@@ -208,6 +215,7 @@ typedef struct semaphore_state {
 static int semaphore_acquire(lua_State *L, int self, double deadline) {
     semaphore_state *s = state_at(L, self);
     hold_state(L, &s->h);
+    PAUSE_POINT("semaphore.acquire.locked");
     while (s->value == 0) {
         if (wait_state(&s->h, deadline) == ETIMEDOUT && s->value == 0) {
             shm_lock_release(&s->h.lock);
@@ -215,6 +223,7 @@ static int semaphore_acquire(lua_State *L, int self, double deadline) {
         }
     }
     int more = --s->value > 0;
+    PAUSE_POINT("semaphore.acquire.taken");
     shm_lock_release(&s->h.lock);
     /* Pass the wake-up on: a release of n wakes n waiters, but a newcomer may have taken
        a permit meant for one of them. */
@@ -226,6 +235,7 @@ static int semaphore_acquire(lua_State *L, int self, double deadline) {
 static const char *semaphore_give(lua_State *L, semaphore_state *s, lua_Integer n) {
     const char *refused = NULL;
     hold_state(L, &s->h);
+    PAUSE_POINT("semaphore.release.locked");
     if (n > INT64_MAX - s->value || (s->bound >= 0 && s->value + n > s->bound))
         refused = "semaphore released too many times";
     else
@@ -308,7 +318,7 @@ static int event_is_set(lua_State *L) {
 /* ev:wait([timeout]) -> true once set, false when the timeout passed first. */
 static int event_wait(lua_State *L) {
     event_state *s = (event_state *)check_object(L, 1)->state;
-    double deadline = shm_deadline(shm_opt_timeout(L, 2));
+    double deadline = shm_deadline(args_timeout(L, 2));
     hold_state(L, &s->h);
     while (!s->flag && wait_state(&s->h, deadline) != ETIMEDOUT) {}
     int flag = s->flag;
@@ -337,7 +347,7 @@ static const sync_kind lock_kind, rlock_kind;
 static const sync_kind *push_condition_lock(lua_State *L, int self) {
     lua_getiuservalue(L, self, 1);
     const sync_kind *kind = luaL_testudata(L, -1, lock_kind.type) != NULL ? &lock_kind : &rlock_kind;
-    if (state_at(L, -1) == NULL) luaL_error(L, "attempt to use a closed %s", kind->type);
+    if (state_at(L, -1) == NULL) type_closed_error(L, kind->type);
     return kind;
 }
 
@@ -392,7 +402,7 @@ static int condition_wait_until(lua_State *L, int self, double deadline) {
    The lock is held again on return either way. */
 static int condition_wait(lua_State *L) {
     check_object(L, 1);
-    double deadline = shm_deadline(shm_opt_timeout(L, 2));
+    double deadline = shm_deadline(args_timeout(L, 2));
     lua_pushboolean(L, condition_wait_until(L, 1, deadline));
     return 1;
 }
@@ -402,7 +412,7 @@ static int condition_wait(lua_State *L) {
 static int condition_wait_for(lua_State *L) {
     check_object(L, 1);
     luaL_checkany(L, 2);
-    double deadline = shm_deadline(shm_opt_timeout(L, 3));
+    double deadline = shm_deadline(args_timeout(L, 3));
     const sync_kind *kind;
     held_condition_lock(L, 1, "wait", &kind);
     lua_settop(L, 2);
@@ -499,17 +509,13 @@ static lua_Integer barrier_arrive(lua_State *L, barrier_state *s, double deadlin
 }
 
 /* b:wait([timeout]) -> the arrival index, 0 .. parties - 1 (the last to arrive gets
-   parties - 1); nil, "broken" when the barrier is broken, aborted, reset while waiting,
+   parties - 1); nil, "broken", "broken" when the barrier is broken, aborted, reset while waiting,
    or the timeout (the barrier's default when none) passed, which breaks it. */
 static int barrier_wait(lua_State *L) {
     barrier_state *s = (barrier_state *)check_object(L, 1)->state;
-    double timeout = lua_isnoneornil(L, 2) ? s->timeout : shm_opt_timeout(L, 2);
+    double timeout = lua_isnoneornil(L, 2) ? s->timeout : args_timeout(L, 2);
     lua_Integer index = barrier_arrive(L, s, shm_deadline(timeout));
-    if (index < 0) {
-        luaL_pushfail(L);
-        lua_pushliteral(L, "broken");
-        return 2;
-    }
+    if (index < 0) return args_fail(L, "broken", "broken");
     lua_pushinteger(L, index);
     return 1;
 }
@@ -613,11 +619,9 @@ static void *new_object(lua_State *L, const sync_kind *kind, int user_values) {
     sync_object *o = lua_newuserdatauv(L, sizeof *o, user_values);
     o->state = NULL;
     luaL_setmetatable(L, kind->type);
-    sync_header *h = shm_map(kind->state_size);
+    sync_header *h = shm_map_locked(kind->state_size, offsetof(sync_header, lock));
     if (h == NULL) luaL_error(L, "%s: cannot map shared memory: %s", kind->noun, strerror(errno));
     o->state = h;
-    int rc = shm_lock_init(&h->lock);
-    if (rc != 0) luaL_error(L, "%s: cannot create its mutex: %s", kind->noun, strerror(rc));
     shm_share(L, -1);
     return h;
 }
@@ -625,7 +629,7 @@ static void *new_object(lua_State *L, const sync_kind *kind, int user_values) {
 /* obj:acquire([timeout]) -> true, or false when the timeout passed. */
 static int sync_acquire(lua_State *L) {
     check_object(L, 1);
-    double deadline = shm_deadline(shm_opt_timeout(L, 2));
+    double deadline = shm_deadline(args_timeout(L, 2));
     lua_pushboolean(L, kind_of_method(L)->acquire(L, 1, deadline));
     return 1;
 }
@@ -668,7 +672,7 @@ typedef struct guard {
 static int sync_guard(lua_State *L) {
     const sync_kind *kind = kind_of_method(L);
     check_object(L, 1);
-    double deadline = shm_deadline(shm_opt_timeout(L, 2));
+    double deadline = shm_deadline(args_timeout(L, 2));
     guard *g = lua_newuserdatauv(L, sizeof *g, 1);   /* before acquiring: no memory error after */
     g->kind = kind;
     g->held = 0;
@@ -686,7 +690,7 @@ static int guard_release(lua_State *L) {
     if (!g->held) return 0;
     g->held = 0;
     lua_getiuservalue(L, 1, 1);
-    if (state_at(L, -1) == NULL) return luaL_error(L, "attempt to use a closed %s", g->kind->type);
+    if (state_at(L, -1) == NULL) return type_closed_error(L, g->kind->type);
     g->kind->release(L, lua_gettop(L));
     return 0;
 }
@@ -794,7 +798,7 @@ static int condition_new(lua_State *L) {
 static int barrier_new(lua_State *L) {
     lua_Integer parties = luaL_checkinteger(L, 1);
     luaL_argcheck(L, parties >= 1, 1, "parties must be at least 1");
-    double timeout = shm_opt_timeout(L, 2);
+    double timeout = args_timeout(L, 2);
     barrier_state *s = new_object(L, &barrier_kind, 0);
     s->parties = parties;
     s->timeout = timeout;
@@ -846,10 +850,6 @@ void forage_open_sync(lua_State *L) {
         {"__close", guard_release}, {"__tostring", guard_tostring}, {NULL, NULL},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) register_kind(L, kinds[i]);
-    luaL_newmetatable(L, GUARD_TYPE);
-    luaL_setfuncs(L, guard_meta, 0);
-    luaL_newlib(L, guard_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    type_register(L, GUARD_TYPE, guard_methods, guard_meta, 0);
     luaL_setfuncs(L, constructors, 0);
 }

@@ -10,8 +10,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "args.h"
 #include "core.h"
 #include "lauxlib.h"
+#include "luatype.h"
 #include "shm.h"
 
 #define VALUE_TYPE "forage.Value"
@@ -71,8 +73,8 @@ static const elem_type *check_type(lua_State *L, int i, const char *who) {
     const char *name = luaL_checkstring(L, i);
     const elem_type *t = find_type(name);
     if (t == NULL)
-        luaL_error(L, "%s: unknown type '%s' (expected int8, int16, int32, int64, uint8, uint16, uint32, "
-                      "uint64, float, double, or a code b B h H i I l L q Q f d)", who, name);
+        luaL_error(L, "%s: unknown type %s (expected int8, int16, int32, int64, uint8, uint16, uint32, "
+                      "uint64, float, double, or a code b B h H i I l L q Q f d)", who, args_show(L, i));
     return t;
 }
 
@@ -264,7 +266,8 @@ static shared_numbers *new_shared(lua_State *L, const char *tname, const elem_ty
     size_t bytes = (size_t)count * t->size;
     s->map_size = bytes > 0 ? bytes : 1;
     s->data = shm_map(s->map_size);
-    if (s->data == NULL) luaL_error(L, "%s: cannot map %zu bytes of shared memory: %s", who, s->map_size, strerror(errno));
+    if (s->data == NULL)
+        luaL_error(L, "%s: cannot map %I bytes of shared memory: %s", who, (lua_Integer)s->map_size, strerror(errno));
     s->count = count;
     s->type = t;
     shm_share(L, -1);
@@ -272,16 +275,10 @@ static shared_numbers *new_shared(lua_State *L, const char *tname, const elem_ty
 }
 
 /* The object at index i if it is a tname, else raises "tname expected". Every function
-   of the two types has its type's metatable as upvalue 1: comparing with it is much
-   cheaper than luaL_checkudata's registry lookup, on the path of every v:add(1). */
+   of the two types has its type's metatable as upvalue 1 (type_check_fast): much cheaper
+   than luaL_checkudata's registry lookup, on the path of every v:add(1). */
 static shared_numbers *to_numbers(lua_State *L, int i, const char *tname) {
-    shared_numbers *s = lua_touserdata(L, i);
-    int same = 0;
-    if (s != NULL && lua_getmetatable(L, i)) {
-        same = lua_rawequal(L, -1, lua_upvalueindex(1));
-        lua_pop(L, 1);
-    }
-    return same ? s : luaL_checkudata(L, i, tname);
+    return type_check_fast(L, i, tname);
 }
 
 static int shared_close(lua_State *L, const char *tname) {
@@ -296,7 +293,7 @@ static int shared_close(lua_State *L, const char *tname) {
 
 static shared_numbers *check_value(lua_State *L, int i) {
     shared_numbers *s = to_numbers(L, i, VALUE_TYPE);
-    if (s->data == NULL) luaL_error(L, "attempt to use a closed value");
+    if (s->data == NULL) type_closed_error(L, VALUE_TYPE);
     return s;
 }
 
@@ -395,7 +392,7 @@ static int value_index(lua_State *L) {
 static int value_newindex(lua_State *L) {
     shared_numbers *s = check_value(L, 1);
     if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "value") != 0)
-        return luaL_error(L, "value: cannot set field '%s' (only 'value')", luaL_tolstring(L, 2, NULL));
+        return luaL_error(L, "value: cannot set field %s (only 'value')", args_show(L, 2));
     bits_store(s->data, s->type->size, check_bits(L, 3, s->type, "value"));
     return 0;
 }
@@ -416,7 +413,7 @@ static int value_tostring(lua_State *L) {
 
 static shared_numbers *check_array(lua_State *L, int i) {
     shared_numbers *s = to_numbers(L, i, ARRAY_TYPE);
-    if (s->data == NULL) luaL_error(L, "attempt to use a closed array");
+    if (s->data == NULL) type_closed_error(L, ARRAY_TYPE);
     return s;
 }
 
@@ -459,10 +456,18 @@ static int array_new(lua_State *L) {
     return 1;
 }
 
-/* arr[i] (an atomic load), arr.type, or a method. */
+/* arr[i] (an atomic load), arr.type, or a method. Reading an integer index out of
+   1..#arr gives nil, as a Lua list does, so that ipairs(arr) stops after the last element;
+   a non-integer index raises. */
 static int array_index(lua_State *L) {
     if (lua_type(L, 2) == LUA_TNUMBER) {
         shared_numbers *s = check_array(L, 1);
+        int isint;
+        lua_Integer index = lua_tointegerx(L, 2, &isint);
+        if (isint && (index < 1 || index > s->count)) {
+            lua_pushnil(L);
+            return 1;
+        }
         void *p = check_element(L, s, 2);
         push_bits(L, s->type, bits_load(p, s->type->size));
         return 1;
@@ -538,8 +543,7 @@ static int array_next(lua_State *L) {
     return 2;
 }
 
-/* pairs(arr) -> i, arr[i] for i = 1..#arr (ipairs stops with an error at #arr + 1, since
-   an index out of range raises). */
+/* pairs(arr) -> i, arr[i] for i = 1..#arr. */
 static int array_pairs(lua_State *L) {
     check_array(L, 1);
     lua_pushcfunction(L, array_next);
@@ -559,21 +563,18 @@ static int array_tostring(lua_State *L) {
     return 1;
 }
 
-/* Registers tname with meta and an __index closure over a table of methods; every one of
-   them gets the metatable as upvalue 1 (see to_numbers), __index the methods as upvalue 2. */
+/* Registers tname (type_register, fast) and replaces its __index table of methods by an
+   __index closure with the metatable as upvalue 1 (see to_numbers) and the methods as
+   upvalue 2. */
 static void register_type(lua_State *L, const char *tname, const luaL_Reg *meta, const luaL_Reg *methods,
                           lua_CFunction index) {
-    luaL_newmetatable(L, tname);
+    type_register(L, tname, methods, meta, 1);
+    luaL_getmetatable(L, tname);
     lua_pushvalue(L, -1);
-    luaL_setfuncs(L, meta, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, methods, 1);
-    lua_pushvalue(L, -2);
-    lua_pushvalue(L, -2);
+    lua_getfield(L, -2, "__index");
     lua_pushcclosure(L, index, 2);
-    lua_setfield(L, -3, "__index");
-    lua_pop(L, 2);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
 }
 
 void forage_open_value(lua_State *L) {
