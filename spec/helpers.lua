@@ -58,7 +58,18 @@ function M.join_or_kill(p, seconds)
   return code
 end
 
--- The same, but a process that overstays fails the spec.
+-- Kills and reaps p when the running test ends, passed or failed: a failed assertion
+-- never leaves a child behind (holding busted's output open). Returns p. `finally` is
+-- busted's, passed in: busted gives it to spec files, not to the modules they require.
+function M.reaped(finally, p)
+  finally(function()
+    if p:alive() then p:kill() end
+    p:join(5)
+  end)
+  return p
+end
+
+-- Joins p within seconds, like join_or_kill, but a process that overstays fails the spec.
 function M.join_or_fail(p, seconds)
   local code = M.join_or_kill(p, seconds or 5)
   if code == nil then error(string.format("process %d still running after %g s", p.pid, seconds or 5), 2) end

@@ -1,17 +1,13 @@
 local forage = require "forage"
 local show = require("forage.args").show
+local helpers = require "helpers"
 
 -- This file's name as Lua reports it in error positions.
 local SOURCE = debug.getinfo(1, "S").short_src
 
 -- Starts fn in a child that is killed and reaped when the test ends, passed or failed.
 local function start_reaped(fn)
-  local p = forage.process(fn):start()
-  finally(function()
-    if p:alive() then p:kill() end
-    p:join(5)
-  end)
-  return p
+  return helpers.reaped(finally, forage.process(fn):start())
 end
 
 describe("forage.pipe", function()

@@ -6,15 +6,7 @@ local show = require("forage.args").show
 -- This file's name as Lua reports it in error positions.
 local SOURCE = debug.getinfo(1, "S").short_src
 
--- Kills and reaps p when the test ends, passed or failed: a failed assertion never
--- leaves a child behind (holding busted's output open).
-local function reaped(p)
-  finally(function()
-    if p:alive() then p:kill() end
-    p:join(5)
-  end)
-  return p
-end
+local function reaped(p) return helpers.reaped(finally, p) end
 
 -- A started child that blocks until told to go (go(), then it exits 0) or killed: a
 -- process whose state the spec decides, never a timed busy loop.

@@ -11,6 +11,7 @@
 #include "args.h"
 #include "frame.h"
 #include "lauxlib.h"
+#include "luatype.h"
 #include "shm.h"
 
 #define PAUSE_TYPE "forage.PausePoint"
@@ -39,7 +40,7 @@ void pause_reached(const char *name) {
 
 static pause_point *check_pause(lua_State *L, int i) {
     pause_point *p = luaL_checkudata(L, i, PAUSE_TYPE);
-    if (p->sh == NULL) luaL_error(L, "attempt to use a closed pause point");
+    if (p->sh == NULL) type_closed_error(L, PAUSE_TYPE);
     return p;
 }
 
@@ -112,11 +113,7 @@ void forage_open_pause(lua_State *L) {
         {"arm", pause_arm}, {"disarm", pause_disarm}, {"wait", pause_wait}, {"hits", pause_hits}, {NULL, NULL},
     };
     static const luaL_Reg meta[] = {{"__gc", pause_gc}, {"__close", pause_gc}, {NULL, NULL}};
-    luaL_newmetatable(L, PAUSE_TYPE);
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    type_register(L, PAUSE_TYPE, methods, meta, 0);
     lua_pushcfunction(L, pause_new);
     lua_setfield(L, -2, "pause_point");
 }

@@ -24,6 +24,7 @@
 #include "frame.h"
 #include "hash.h"
 #include "lauxlib.h"
+#include "luatype.h"
 #include "lease.h"
 #include "pool.h"
 #include "pool_proto.h"
@@ -1010,11 +1011,7 @@ void forage_open_pool(lua_State *L) {
     static const luaL_Reg meta[] = {
         {"__gc", pool_terminate}, {"__close", pool_terminate}, {NULL, NULL},
     };
-    luaL_newmetatable(L, POOL_TYPE);
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    type_register(L, POOL_TYPE, methods, meta, 0);
     lua_pushcfunction(L, pool_new);
     lua_setfield(L, -2, "pool_core");
 }
