@@ -34,16 +34,10 @@ void siphash128(const uint64_t key[2], const void *data, size_t len, uint64_t ou
     SIPROUND;
     v0 ^= b;
     v2 ^= 0xee;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
+    for (int r = 0; r < 4; r++) SIPROUND;   /* the 4 finalization rounds of SipHash-2-4 */
     out[0] = v0 ^ v1 ^ v2 ^ v3;
     v1 ^= 0xdd;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
+    for (int r = 0; r < 4; r++) SIPROUND;
     out[1] = v0 ^ v1 ^ v2 ^ v3;
 }
 
