@@ -65,29 +65,29 @@ describe("pool resources", function()
     assert.equal(2, counts.failures)
   end)
 
-  -- Two pools: a cooldown long enough that no slow machine sees it end before the check,
-  -- and one short enough to wait out.
-  it("swap_resource cools the held one at once", function()
-    local pool <close> = forage.pool { workers = 1, resources = { "a", "b" },
-                                       resource = { cooldown = 600, max_cooldown = 600 } }
+  -- A pool of one worker and two resources whose worker swaps its resource once; returns
+  -- the pool and { old, new }. Two cooldowns: one long enough that no slow machine sees it
+  -- end before the check, and one short enough to wait out.
+  local function swapped_once(cooldown)
+    local pool = forage.pool { workers = 1, resources = { "a", "b" },
+                               resource = { cooldown = cooldown, max_cooldown = cooldown } }
     local swapped = pool:apply(function()
       local old = forage.worker.resource()
       return { old, forage.worker.swap_resource("banned by the site") }
     end)
     assert.are_not.equal(swapped[1], swapped[2])
+    return pool, swapped
+  end
+
+  it("swap_resource cools the held one at once", function()
+    local pool <close>, swapped = swapped_once(600)
     local state = by_value(pool)
     assert.equal("cooling", state[swapped[1]].state)
     assert.equal("banned by the site", state[swapped[1]].reason)
   end)
 
   it("a swapped resource comes back after its cooldown", function()
-    local pool <close> = forage.pool { workers = 1, resources = { "a", "b" },
-                                       resource = { cooldown = 0.2, max_cooldown = 0.2 } }
-    local swapped = pool:apply(function()
-      local old = forage.worker.resource()
-      return { old, forage.worker.swap_resource("banned by the site") }
-    end)
-    assert.are_not.equal(swapped[1], swapped[2])
+    local pool <close>, swapped = swapped_once(0.2)
     forage.sleep(0.35)    -- the jittered cooldown is at most 1.5 x 0.2 s: it has ended
     assert.equal("free", by_value(pool)[swapped[1]].state)
   end)
