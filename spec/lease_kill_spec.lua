@@ -204,7 +204,7 @@ describe("a pool worker killed inside swap_resource or retire_resource", functio
         error("the worker never stopped at " .. points[round])
       end
       os.execute("kill -KILL " .. pid)
-      assert.is_not_nil(r:get(20))
+      assert.is_not_nil(r:get(120))
       kills, covered[points[round]] = kills + 1, (covered[points[round]] or 0) + 1
 
       local live, leased, counted = {}, 0, 0

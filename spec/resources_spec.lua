@@ -148,7 +148,7 @@ describe("pool resources", function()
     while runs.value == 0 and forage.now() < deadline do forage.sleep(0.001) end
     assert.equal(1, runs.value)
     for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid) end
-    assert.equal("rerun", r:get(20))
+    assert.equal("rerun", r:get(120))
     assert.equal(2, runs.value)
     for _, res in ipairs(pool:resources()) do
       assert.are_not.equal("cooling", res.state)

@@ -93,6 +93,23 @@ void child_exit(int code) {
     _exit(code);
 }
 
+/* os.exit([code [, close]]) in a forked child: close is ignored (the parent's state is
+   not this process's to tear down). */
+static int child_os_exit(lua_State *L) {
+    int code;
+    if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+    else code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+    child_exit(code);
+}
+
+void child_own_os_exit(lua_State *L) {
+    if (lua_getglobal(L, "os") == LUA_TTABLE) {
+        lua_pushcfunction(L, child_os_exit);
+        lua_setfield(L, -2, "exit");
+    }
+    lua_pop(L, 1);
+}
+
 int traceback_handler(lua_State *L) {
     const char *msg = lua_tostring(L, 1);
     if (msg == NULL) {

@@ -24,6 +24,12 @@ pid_t current_pid(void);
    no Lua finalisers: nothing the parent owns is torn down here). */
 _Noreturn void child_exit(int code);
 
+/* Makes os.exit in this (forked) Lua state leave through child_exit, with os.exit's
+   codes (true, false or an integer; default true): a task or process that calls os.exit
+   runs none of the atexit handlers it inherited from its parent (a library's cleanup, a
+   sanitizer's leak scan of the whole inherited heap). Call it in the child after fork. */
+void child_own_os_exit(lua_State *L);
+
 /* A lua_pcall message handler: the message with a traceback appended. */
 int traceback_handler(lua_State *L);
 

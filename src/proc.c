@@ -68,6 +68,7 @@ static int process_new(lua_State *L) {
 /* Runs in the child: calls the function, reports an error with its traceback, leaves. */
 static _Noreturn void process_run(lua_State *L, int self) {
     lua_settop(L, self);
+    child_own_os_exit(L);
     lua_pushcfunction(L, traceback_handler);
     lua_getiuservalue(L, self, 1);
     lua_rawgeti(L, -1, 2);

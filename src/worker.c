@@ -283,6 +283,7 @@ void worker_prepare(lua_State *L, int config) {
 _Noreturn void worker_main(lua_State *L, int config, int slot_index, shared_slot *slot, pid_t parent, int task_fd,
                            int result_fd) {
     current_slot = slot_index + 1;
+    child_own_os_exit(L);
     if (lua_getfield(L, config, "leases") != LUA_TNIL) current_leases = lease_check(L, -1);   /* config keeps it */
     lua_pop(L, 1);
     lua_pushvalue(L, config);
