@@ -315,7 +315,7 @@ static int worker_can_take(pool *p, int i, size_t depth) {
     if (p->max_tasks > 0 && w->dispatched >= (uint64_t)p->max_tasks) return 0;
     /* With resources, a worker runs a task only while it holds one: fewer live resources than
        workers leaves the extra workers idle, never running without. */
-    if (p->leases && lease_held(p->leases, i) < 0 && lease_acquire(p->leases, i) < 0) return 0;
+    if (p->leases && lease_acquire(p->leases, i) < 0) return 0;   /* what it holds, or a free one */
     return 1;
 }
 
