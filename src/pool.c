@@ -342,13 +342,15 @@ static size_t worker_take_back(pool *p, int i) {
     /* Every task after seq `started` is the parent's again; the worker skips them. */
     task_list back = {NULL, NULL, 0};
     task **at = &w->inflight.head, *last = NULL;
+    size_t kept = 0;
     while (*at && (*at)->seq <= started) {
         last = *at;
         at = &(*at)->next;
+        kept++;
     }
     back.head = *at;
     back.tail = w->inflight.tail;
-    for (task *t = back.head; t; t = t->next) back.n++;
+    back.n = w->inflight.n - kept;
     *at = NULL;
     w->inflight.tail = last;
     w->inflight.n -= back.n;
@@ -564,7 +566,7 @@ static void worker_ended(lua_State *L, pool *p, int i, int ev, int *nev) {
             if (t->attempts > p->task_retries) {
                 if (code < 0) lua_pushfstring(L, "worker died (signal %d)", -code);
                 else lua_pushfstring(L, "worker died (exit %d)", code);
-                proto_push_error_message(L, lua_tostring(L, -1));
+                proto_push_error(L, -1, NULL);
                 lua_remove(L, -2);
                 proto_error_origin(L, -1, 0, w->pid);   /* the task as a whole: which item died is not tracked */
                 push_event(L, ev, nev, t->id, "lost");
