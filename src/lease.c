@@ -412,17 +412,16 @@ int32_t lease_slots(lease_table *t) { return t->nslots; }
 
 /* ---------- Lua ---------- */
 
-static lease_table *check_leases(lua_State *L, int i) {
-    leases_box *b = type_check_fast(L, i, LEASES_TYPE);
+static lease_table *open_table(lua_State *L, leases_box *b) {
     if (b->t == NULL) type_closed_error(L, LEASES_TYPE);
     return b->t;
 }
 
-lease_table *lease_check(lua_State *L, int i) {
-    leases_box *b = luaL_checkudata(L, i, LEASES_TYPE);
-    if (b->t == NULL) type_closed_error(L, LEASES_TYPE);
-    return b->t;
-}
+/* For the methods, which type_register gave the metatable as upvalue 1. */
+static lease_table *check_leases(lua_State *L, int i) { return open_table(L, type_check_fast(L, i, LEASES_TYPE)); }
+
+/* For pool.c and worker.c, whose functions have no such upvalue. */
+lease_table *lease_check(lua_State *L, int i) { return open_table(L, luaL_checkudata(L, i, LEASES_TYPE)); }
 
 /* Slots are 1-based in Lua. */
 static int32_t check_slot(lua_State *L, lease_table *t, int i) {
@@ -616,7 +615,7 @@ static int leases_stats(lua_State *L) {
 /* __gc and __close: unmap (each process its own view). */
 static int leases_gc(lua_State *L) {
     leases_box *b = luaL_checkudata(L, 1, LEASES_TYPE);
-    if (b->t != NULL) shm_unmap(b->t, b->size);
+    shm_unmap(b->t, b->size);   /* NULL once closed: shm_unmap skips it */
     b->t = NULL;
     return 0;
 }
