@@ -195,13 +195,19 @@ static int xpath_query(lua_State *L, int doc_index, xmlNodePtr at, const char *e
     return 1;
 }
 
-/* The XPath expression at i: a string without NUL (libxml2 would run the part before it). */
-static const char *check_expression(lua_State *L, int i) {
+/* The string at i (not a number), raising with nul_message when it holds a NUL, which
+   libxml2 would cut it at. */
+static const char *check_c_string(lua_State *L, int i, const char *nul_message) {
     luaL_checktype(L, i, LUA_TSTRING);
     size_t len;
-    const char *expr = lua_tolstring(L, i, &len);
-    luaL_argcheck(L, strlen(expr) == len, i, "expression contains a NUL byte");
-    return expr;
+    const char *s = lua_tolstring(L, i, &len);
+    luaL_argcheck(L, strlen(s) == len, i, nul_message);
+    return s;
+}
+
+/* The XPath expression at i: a string without NUL (libxml2 would run the part before it). */
+static const char *check_expression(lua_State *L, int i) {
+    return check_c_string(L, i, "expression contains a NUL byte");
 }
 
 /* Replaces the CSS selector at index i by its XPath translation (forage.css, cached there),
@@ -230,12 +236,7 @@ static const char *css_to_xpath(lua_State *L, int i, int from_node) {
 /* The string argument at i, or NULL when it is none or nil; raises for another type (a
    number is not read as a string) or an embedded NUL (libxml2 would cut it there). */
 static const char *opt_string_arg(lua_State *L, int i) {
-    if (lua_isnoneornil(L, i)) return NULL;
-    luaL_checktype(L, i, LUA_TSTRING);
-    size_t len;
-    const char *s = lua_tolstring(L, i, &len);
-    luaL_argcheck(L, strlen(s) == len, i, "string contains a NUL byte");
-    return s;
+    return lua_isnoneornil(L, i) ? NULL : check_c_string(L, i, "string contains a NUL byte");
 }
 
 /* html.parse(body [, url [, encoding]]) -> document. The encoding defaults to the page's

@@ -154,10 +154,7 @@ static const char *const request_options[] = {
     "url", "method", "headers", "body", "proxy", "timeout", "connect_timeout", "max_bytes",
     "follow", "cookies", "insecure", "cainfo", "user_agent", NULL,
 };
-static const char *const get_options[] = {
-    "method", "headers", "body", "proxy", "timeout", "connect_timeout", "max_bytes",
-    "follow", "cookies", "insecure", "cainfo", "user_agent", NULL,
-};
+static const char *const *const get_options = request_options + 1;   /* all but "url" */
 
 #define DEFAULT_TIMEOUT 30.0
 #define DEFAULT_CONNECT_TIMEOUT 10.0
