@@ -20,6 +20,8 @@ parses pages with forage.http (libcurl), forage.html (libxml2) and forage.url.
 }
 dependencies = {
    "lua >= 5.4",
+   "argparse",
+   "lua-cjson",
 }
 -- CURL is declared by its library only: Debian keeps curl/curl.h under
 -- /usr/include/<multiarch>, where the compiler looks by itself but luarocks' header check
