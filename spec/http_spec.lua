@@ -322,6 +322,27 @@ describe("forage.http", function()
       assert.are.equal(0, c:pending())
     end)
 
+    it("step(timeout, fd) also wakes for a descriptor, with or without transfers", function()
+      local forage = require "forage"
+      local c <close> = http.client()
+      local a, b = forage.pipe()
+      local pending, readable = c:step(0, a:fileno())
+      assert.are.equal(0, pending)
+      assert.is_false(readable)
+      b:send("wake")
+      pending, readable = c:step(30, a:fileno())      -- no transfer: returns for the fd alone
+      assert.are.equal(0, pending)
+      assert.is_true(readable)
+      assert.are.equal("wake", a:recv(0))
+      local got
+      c:submit({ url = fx.base .. "/page.txt" }, function(r) got = r.status end)
+      while not got do c:step(30, a:fileno()) end
+      assert.are.equal(200, got)
+      assert.has_error(function() c:step(0, -1) end)
+      a:close()
+      b:close()
+    end)
+
     it("passes failures to callbacks as nil, message, kind, err and lets them submit more", function()
       local c <close> = http.client()
       local seen = {}

@@ -754,9 +754,14 @@ static int client_pending(lua_State *L) {
 /* Runs one round: waits up to timeout_ms for activity, lets curl work, and runs the callbacks
    of finished transfers under lua_pcall. Returns with the first callback error on the stack
    top (and 1), or 0. */
-static int client_round(lua_State *L, http_client *c, int timeout_ms) {
+static int client_round(lua_State *L, http_client *c, int timeout_ms, struct curl_waitfd *wake) {
     int running = 0;
-    if (c->active > 0 && timeout_ms > 0) curl_multi_poll(c->multi, NULL, 0, timeout_ms, NULL);
+    if (wake != NULL || (timeout_ms > 0 && c->active > 0)) {
+        /* with a descriptor to watch, an idle client still waits for it (a crawl worker
+           waits for its transfers and for its parent's messages in one poll) */
+        if (wake != NULL) wake->revents = 0;
+        curl_multi_poll(c->multi, wake, wake != NULL ? 1 : 0, timeout_ms, NULL);
+    }
     curl_multi_perform(c->multi, &running);
     /* collect the finished boxes first: no Lua error can come between reading a message and
        taking its handle out */
@@ -816,24 +821,35 @@ static int check_timeout_ms(lua_State *L, int i) {
 }
 
 /* Runs a round under the re-entry guard; raises the first callback error after it. */
-static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms) {
+static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms, struct curl_waitfd *wake) {
     if (c->running)
         luaL_error(L, "forage.http.Client: step() or run() inside a callback of the same client would wait for itself");
     c->running = 1;
-    int failed = client_round(L, c, timeout_ms);
+    int failed = client_round(L, c, timeout_ms, wake);
     c->running = 0;
     if (failed) lua_error(L);
 }
 
-/* c:step([timeout = 0]) -> pending count after one round of work, waiting up to timeout
-   seconds for activity. Re-raises the first callback error of the round. */
+/* c:step([timeout = 0 [, fd]]) -> pending count after one round of work, waiting up to
+   timeout seconds for activity; with fd (a descriptor, e.g. a Connection's fileno()), the
+   wait also ends when fd is readable, even with no transfer, and a second result says
+   whether it is. Re-raises the first callback error of the round. */
 static int client_step(lua_State *L) {
     http_client *c = check_client(L, 1);
     int timeout_ms = check_timeout_ms(L, 2);
+    struct curl_waitfd wake = {.fd = -1, .events = CURL_WAIT_POLLIN, .revents = 0};
+    int has_fd = !lua_isnoneornil(L, 3);
+    if (has_fd) {
+        lua_Integer fd = luaL_checkinteger(L, 3);
+        luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 3, "not a file descriptor");
+        wake.fd = (curl_socket_t)fd;
+    }
     lua_settop(L, 1);
-    client_guarded_round(L, c, timeout_ms);
+    client_guarded_round(L, c, timeout_ms, has_fd ? &wake : NULL);
     lua_pushinteger(L, c->active + (int)(c->tail - c->head));
-    return 1;
+    if (!has_fd) return 1;
+    lua_pushboolean(L, (wake.revents & (CURL_WAIT_POLLIN | CURL_WAIT_POLLPRI)) != 0);
+    return 2;
 }
 
 /* c:run() -> true once every submitted transfer has run its callback (callbacks may submit
@@ -841,7 +857,7 @@ static int client_step(lua_State *L) {
 static int client_run(lua_State *L) {
     http_client *c = check_client(L, 1);
     lua_settop(L, 1);
-    while (c->active > 0 || c->head < c->tail) client_guarded_round(L, c, 1000);
+    while (c->active > 0 || c->head < c->tail) client_guarded_round(L, c, 1000, NULL);
     lua_pushboolean(L, 1);
     return 1;
 }

@@ -144,6 +144,57 @@ static int connection_fileno(lua_State *L) {
     return 1;
 }
 
+/* True when a whole frame (or corrupt bytes) is already buffered: recv answers without reading. */
+static int frame_buffered(connection *c) {
+    const char *p;
+    size_t n;
+    int got = frame_next(&c->in, &p, &n);
+    if (got == 1) c->in.pos -= FRAME_HEADER + n;   /* peek only */
+    return got != 0;   /* a corrupt stream too: recv says so */
+}
+
+#define WAIT_MAX 4096
+
+/* forage.wait(connections [, timeout]) -> the list of those whose recv would not block (a
+   message, or the far end closed), in their order; an empty list when timeout ran out. As
+   Python's multiprocessing.connection.wait: no timeout (nil) waits for ever, 0 does not
+   wait. Closed and send-only connections raise. */
+static int connections_wait(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    double timeout = args_timeout(L, 2);
+    lua_Integer n = luaL_len(L, 1);
+    luaL_argcheck(L, n <= WAIT_MAX, 1, "too many connections (at most 4096)");
+    struct pollfd fds[WAIT_MAX];
+    int any_buffered = 0;
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 1, i);
+        connection *c = type_check_fast(L, -1, CONNECTION_TYPE);
+        if (c->fd < 0) type_closed_error(L, CONNECTION_TYPE);
+        if (!c->readable) return luaL_error(L, "connection %d is send-only", (int)i);
+        lua_pop(L, 1);
+        fds[i - 1] = (struct pollfd){.fd = c->fd, .events = POLLIN, .revents = 0};
+        if (frame_buffered(c)) {
+            fds[i - 1].revents = POLLIN;
+            any_buffered = 1;
+        }
+    }
+    if (!any_buffered) {
+        int ms = timeout < 0 || timeout > 86400 ? -1 : (int)(timeout * 1000 + 0.999);
+        int rc;
+        do rc = poll(fds, (nfds_t)n, ms);
+        while (rc < 0 && errno == EINTR);
+        if (rc < 0) return luaL_error(L, "cannot wait: %s", strerror(errno));
+    }
+    lua_createtable(L, 0, 0);
+    lua_Integer count = 0;
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (fds[i - 1].revents == 0) continue;
+        lua_rawgeti(L, 1, i);
+        lua_rawseti(L, -2, ++count);
+    }
+    return 1;
+}
+
 /* conn:close(), __gc and __close: idempotent. */
 static int connection_close(lua_State *L) {
     connection *c = type_check_fast(L, 1, CONNECTION_TYPE);
@@ -173,4 +224,6 @@ void forage_open_pipe(lua_State *L) {
     type_register(L, CONNECTION_TYPE, methods, meta, 1);
     lua_pushcfunction(L, pipe_new);
     lua_setfield(L, -2, "pipe");
+    lua_pushcfunction(L, connections_wait);
+    lua_setfield(L, -2, "wait");
 }

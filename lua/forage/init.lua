@@ -15,6 +15,9 @@ forage.process = core.process
 
 -- forage.pipe([duplex = true]) -> two Connections: send(v), recv([timeout]), poll([timeout]), close().
 forage.pipe = core.pipe
+-- forage.wait(connections [, timeout]) -> those whose recv would not block (Python's
+-- multiprocessing.connection.wait).
+forage.wait = core.wait
 
 -- forage.pool(n) or forage.pool{ workers, init, init_args, max_tasks, task_retries, resources, resource }.
 forage.pool = pool.new
@@ -47,6 +50,11 @@ setmetatable(forage, {
     return web[name]
   end,
 })
+
+-- forage.crawl(spider [, opts]) -> stats: the crawl layer, loaded on first use.
+function forage.crawl(spider, opts)
+  return require("forage.crawl").run(spider, opts)
+end
 
 forage.cpu_count = core.cpu_count
 forage.getpid = core.getpid

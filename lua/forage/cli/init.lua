@@ -7,10 +7,10 @@
 local M = {}
 
 -- Exit codes, the same for every command (docs/cli.md).
-M.OK, M.FAILED, M.USAGE = 0, 1, 2
+M.OK, M.FAILED, M.USAGE, M.NO_PROXY = 0, 1, 2, 3
 
 -- The commands in the order `forage --help` lists them.
-local COMMANDS = { "fetch", "shell", "version", "help" }
+local COMMANDS = { "crawl", "demo", "fetch", "shell", "version", "help" }
 
 -- Writes "forage: <message>" on stderr and returns code, for `return cli.fail(...)`.
 function M.fail(code, message)
@@ -39,9 +39,10 @@ end
 local function build_parser(argparse)
   local version = require("forage").version
   local parser = argparse("forage")
-    :description("forage " .. version .. ": fetch a page and try selectors on it before a spider is written.")
-    :epilog("Exit codes: 0 ok; 1 the fetch failed, no match, a non-2xx status or an unreadable file;\n"
-      .. "2 bad arguments (an unknown option, a bad XPath or CSS selector).\n"
+    :description("forage " .. version .. ": crawl with spiders in Lua through sticky proxies; fetch a page and "
+      .. "try selectors on it before a spider is written.")
+    :epilog("Exit codes: 0 ok; 1 a fatal error (crawl), the fetch failed, no match, a non-2xx status or an\n"
+      .. "unreadable file (fetch); 2 bad arguments or a bad spider; 3 no live proxy left (crawl).\n"
       .. "`forage help COMMAND` or `forage COMMAND --help` shows a command's options.")
     :command_target("command")
     :help_max_width(100)

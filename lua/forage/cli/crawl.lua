@@ -1,0 +1,143 @@
+-- forage crawl SPIDER.lua: runs a spider file, items to JSON Lines (or CSV), a failed
+-- file beside them, stats at the end; exit 0 done, 1 fatal, 2 bad input, 3 no live proxy.
+local M = {
+  summary = "Run a spider file: items to a file, failures beside them, a live progress line.",
+  description = "Run a spider file (a Lua file returning a spider table). Items go to -o FILE "
+    .. "(JSON Lines, or CSV for .csv; stdout without -o), failures to FILE.failed.jsonl, stats to "
+    .. "FILE.stats.json.\nExit codes: 0 done (also when some requests failed), 1 a fatal error stopped "
+    .. "the crawl, 2 bad arguments or a bad spider, 3 no live proxy left.",
+}
+
+function M.configure(command)
+  command:argument("spider", "The spider file: a Lua file that returns the spider table.")
+  command:option("-o --output", "Write items to FILE (.jsonl JSON Lines, .csv CSV; - for stdout)."):argname("FILE")
+  command:option("-s --set", "Override a setting: -s key=value (proxy.slots=4 for the proxy table); repeatable.")
+    :argname("KEY=VALUE"):count("*")
+  command:option("--workers", "Worker processes (default: the number of CPUs)."):argname("N")
+  command:option("--concurrency", "Requests in flight in total (slots)."):argname("N")
+  command:option("--proxies", "A file of proxy URLs, one a line."):argname("FILE")
+  command:option("--max-pages", "Stop after N pages."):argname("N")
+  command:option("--max-items", "Stop after N items."):argname("N")
+  command:option("--cache", "Keep responses in DIR and serve them from there next time."):argname("DIR")
+  command:flag("--cache-refresh", "Fetch again what the cache has (and store it anew).")
+  command:option("--stats", "Write the stats as JSON to FILE (default: beside -o's file)."):argname("FILE")
+  command:option("--log-level", "debug, info, warn or error (default info)."):argname("LEVEL")
+  command:flag("-q --quiet", "Print errors only: no progress line, no summary.")
+end
+
+-- "10" -> 10, "true" -> true, "a,b" stays a string unless the key wants a list.
+local function parse_value(v)
+  if v == "true" then return true elseif v == "false" then return false end
+  local n = tonumber(v)
+  if n then return math.tointeger(n) or n end
+  return v
+end
+
+local LIST_SETTINGS = { allowed_domains = true, start = true, proxies = true, ["proxy.ban_status"] = true }
+
+-- The overrides of -s key=value and the flags; nil and a message for a malformed one.
+local function overrides_of(parsed)
+  local o = {}
+  for _, kv in ipairs(parsed.set or {}) do
+    local key, value = kv:match("^([%w_.]+)=(.*)$")
+    if not key then return nil, ("-s %s: expected KEY=VALUE"):format(require("forage.args").show(kv)) end
+    local v = parse_value(value)
+    if LIST_SETTINGS[key] and type(v) == "string" and value:find(",", 1, true) then
+      local list = {}
+      for part in value:gmatch("[^,]+") do list[#list + 1] = parse_value(part) end
+      v = list
+    elseif LIST_SETTINGS[key] and key ~= "start" and key ~= "proxies" then
+      v = { v }
+    end
+    local group, sub = key:match("^(%w+)%.([%w_]+)$")
+    if group then
+      o[group] = o[group] or {}
+      if type(o[group]) ~= "table" then return nil, ("-s %s: '%s' is not a table of settings"):format(kv, group) end
+      o[group][sub] = v
+    else
+      o[key] = v
+    end
+  end
+  local function number(flag, key)
+    local v = parsed[flag]
+    if v == nil then return true end
+    local n = tonumber(v)
+    if not n then
+      return nil, ("--%s: expected a number, got %s"):format(flag:gsub("_", "-"), require("forage.args").show(v))
+    end
+    o[key] = math.tointeger(n) or n
+    return true
+  end
+  for flag, key in pairs { workers = "workers", concurrency = "concurrency", max_pages = "max_pages",
+    max_items = "max_items" } do
+    local ok, err = number(flag, key)
+    if not ok then return nil, err end
+  end
+  if parsed.proxies then o.proxies = parsed.proxies end
+  if parsed.cache then o.cache = parsed.cache end
+  if parsed.cache_refresh then o.cache_refresh = true end
+  return o
+end
+
+local function stats_path_for(output)
+  if not output or output == "-" then return nil end
+  return (output:gsub("%.[^./]*$", "")) .. ".stats.json"
+end
+
+local function summary(stats, out)
+  local lines = {}
+  lines[#lines + 1] = ("%s: %s: %d pages, %d items, %d failed in %.1f s (%.0f pages/s, %.1f CPU s)"):format(
+    stats.name, stats.finished, stats.pages, stats.items, stats.failed, stats.elapsed, stats.pages_per_s,
+    stats.cpu_seconds)
+  local extra = {}
+  for _, k in ipairs { "retries", "proxy_switches", "duplicates", "skipped_links", "offsite", "depth_dropped",
+    "robots_forbidden", "cache_hits", "items_dropped", "worker_deaths" } do
+    if (stats[k] or 0) > 0 then extra[#extra + 1] = k .. " " .. stats[k] end
+  end
+  if #extra > 0 then lines[#lines + 1] = "  " .. table.concat(extra, ", ") end
+  if stats.failed > 0 then
+    lines[#lines + 1] = "  failed requests and items: " .. (stats.failed_output or "in the stats")
+  end
+  if #stats.proxies > 0 then
+    lines[#lines + 1] = ("  %-32s %-8s %8s %8s %8s %5s %9s  %s"):format("proxy", "state", "requests", "ok",
+      "failures", "bans", "cooldowns", "last error")
+    for _, p in ipairs(stats.proxies) do
+      lines[#lines + 1] = ("  %-32s %-8s %8d %8d %8d %5d %9d  %s"):format(p.url, p.state or "?", p.requests,
+        p.successes, p.failures, p.bans, p.cooldowns or 0, p.last_error or "")
+    end
+  end
+  out:write(table.concat(lines, "\n"), "\n")
+end
+M.summary = summary
+
+-- Runs spider (a table) with opts; prints the summary; returns the exit code.
+function M.crawl(spider, opts, cli, quiet)
+  local crawl = require "forage.crawl"
+  local ok, err = pcall(crawl.check, spider, opts)
+  if not ok then return cli.fail(cli.USAGE, cli.clean_error(err)) end
+  local done, stats = xpcall(crawl.run, debug.traceback, spider, opts)
+  if not done then return cli.fail(cli.FAILED, cli.clean_error(stats)) end
+  if not quiet then summary(stats, io.stderr) end
+  if stats.exit_code == crawl.NO_PROXY or stats.exit_code == crawl.BAD_INPUT or stats.exit_code == crawl.FATAL then
+    io.stderr:write("forage: ", tostring(stats.message), "\n")
+  end
+  return stats.exit_code
+end
+
+function M.run(parsed, cli)
+  local crawl = require "forage.crawl"
+  local spider, err = crawl.load(parsed.spider)
+  if not spider then return cli.fail(cli.USAGE, err) end
+  local opts, bad = overrides_of(parsed)
+  if not opts then return cli.fail(cli.USAGE, bad) end
+  opts.output = parsed.output or "-"
+  if opts.output == "-" then
+    opts.failed = (type(spider.name) == "string" and spider.name or "spider") .. ".failed.jsonl"
+  end
+  opts.stats = parsed.stats or stats_path_for(parsed.output)
+  if parsed.log_level then opts.log_level = parsed.log_level end
+  opts.quiet = parsed.quiet or nil
+  return M.crawl(spider, opts, cli, parsed.quiet)
+end
+
+return M

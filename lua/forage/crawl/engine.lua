@@ -1,0 +1,537 @@
+-- The crawl's parent: the frontier and the seen set, the workers, retries, the items'
+-- pipelines and outputs, the stats, and the exact end.
+--
+-- The crawl ends by itself when nothing is queued, nothing is in flight (sent to a worker,
+-- or waiting for a retry's backoff) and the start URLs are all read: every callback has
+-- returned by then (its results arrive in one message with the request's end) and every
+-- pipeline has run (they run here, as each message is handled). No polling of private
+-- state, no sleep-and-hope.
+local forage = require "forage"
+local core = require "forage.core"
+local spider_mod = require "forage.crawl.spider"
+local worker_mod = require "forage.crawl.worker"
+local frontier_mod = require "forage.crawl.frontier"
+local output = require "forage.crawl.output"
+local progress_mod = require "forage.crawl.progress"
+local log_mod = require "forage.crawl.log"
+local cache_mod = require "forage.crawl.cache"
+
+local M = {}
+
+-- Exit codes (also the CLI's).
+M.DONE, M.FATAL, M.BAD_INPUT, M.NO_PROXY = 0, 1, 2, 3
+
+local START_LOW_WATER = 10000      -- start requests read ahead into the frontier
+local BYTES_IN_FLIGHT = 96 * 1024  -- request bytes sent to a worker and not yet answered
+local WORKER_DEATHS = 3            -- a request whose worker died this often fails
+
+local function hex(s)
+  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+-- The crawl. Returns the stats table (stats.exit_code says how it ended).
+function M.run(spider, overrides)
+  local s = spider_mod.check(spider, overrides)
+  local run = s.run
+  local now = forage.now
+  local url_lib = forage.url
+  local log = log_mod.new { level = run.log_level or "info", quiet = run.quiet }
+  local started_at, cpu0 = now(), os.clock()
+
+  local stats = {
+    name = s.name, pages = 0, items = 0, bytes = 0, requests = 0, by_status = {}, errors = {},
+    retries = 0, proxy_switches = 0, duplicates = 0, skipped_links = 0, offsite = 0, depth_dropped = 0,
+    robots_forbidden = 0, cache_hits = 0, failed = 0, items_dropped = 0, worker_deaths = 0,
+    proxies = {}, finished = "done", exit_code = M.DONE,
+  }
+  for i, p in ipairs(s.proxies or {}) do
+    stats.proxies[i] = { url = spider_mod.mask(p), requests = 0, successes = 0, failures = 0, bans = 0 }
+  end
+
+  -- outputs
+  local items_out = run.output and output.open(run.output) or nil
+  local failed_path = run.failed or (run.output and output.failed_path(run.output)) or nil
+  local failed_out
+  local failures = {}            -- kept for the stats when there is no failed file
+  local function record_failure(record)
+    stats.failed = stats.failed + 1
+    if failed_path then
+      failed_out = failed_out or output.open(failed_path)
+      local ok, err = failed_out:write(record)
+      if not ok then
+        record.item = nil
+        record.reasons[#record.reasons + 1] = "cannot write the item: " .. tostring(err)
+        failed_out:write(record)
+      end
+    else
+      failures[#failures + 1] = record
+    end
+  end
+  -- A failure about an item of req's page (res): a pipeline raised, the item cannot be
+  -- written, on_item raised. The item goes with it when it can.
+  local function item_failure(res, req, reason, item)
+    record_failure { url = res.url, callback = req.callback, reasons = { reason }, attempts = req.attempts,
+      switches = req.switches, depth = req.depth, item = item }
+  end
+  local function fail_request(req, reason)
+    local reasons = req.reasons or {}
+    if reason then reasons[#reasons + 1] = reason end
+    record_failure { url = req.url, callback = req.callback or "parse", reasons = reasons,
+      attempts = req.attempts or 0, switches = req.switches or 0, depth = req.depth or 0 }
+  end
+
+  -- the shared lease table: one truth for the parent and every worker
+  local leases
+  if s.proxies then
+    leases = core.leases { count = #s.proxies, slots = s.concurrency, per_resource = s.proxy.slots,
+      max_failures = s.proxy.max_failures, cooldown = s.proxy.cooldown, max_cooldown = s.proxy.max_cooldown,
+      retire_after = s.proxy.retire_after, name = "forage.crawl proxy" }
+  end
+  local cache = s.cache and cache_mod.open(s.cache, { refresh = s.cache_refresh }) or nil
+
+  local fr = frontier_mod.memory { per_host = s.per_host }
+  local inflight, ninflight = {}, 0     -- id -> { req, worker } (worker nil: waiting for a backoff)
+  local delayed = {}                    -- { due, req }, for retries after a backoff
+
+  -- Queues a request (a start request or a follow): dedupe, then the frontier.
+  local function enqueue(req)
+    req.callback = req.callback or "parse"
+    req.depth = req.depth or 0
+    req.priority = req.priority or 0
+    req.attempts, req.switches, req.reasons = req.attempts or 0, req.switches or 0, req.reasons or {}
+    local host = req.url:match("^%a[%w+.-]*://([^/?#]*)")
+    req.host = host and host:gsub("^.*@", ""):lower() or ""
+    local fp = url_lib.fingerprint(req.url)
+    if not fp then
+      stats.skipped_links = stats.skipped_links + 1
+      return false
+    end
+    local method = req.method and req.method:upper() or "GET"
+    if method ~= "GET" or req.body then fp = fp .. "\0" .. method .. "\0" .. (req.body or "") end
+    req.fp = fp
+    if cache and method == "GET" and not req.body then req.fp_hex = hex(fp) end
+    local pushed, new = pcall(fr.push, fr, req)
+    if not pushed then
+      -- data that cannot be queued (a function in meta): this request fails, the crawl goes on
+      fail_request(req, "cannot queue the request: " .. tostring(new))
+      return false
+    end
+    if not new then
+      stats.duplicates = stats.duplicates + 1
+      return false
+    end
+    return true
+  end
+
+  -- start requests, read ahead as the frontier empties
+  local start_it = spider_mod.start_iterator(s)
+  local start_done = false
+  local function feed_start()
+    while not start_done and fr:counts().queued < START_LOW_WATER do
+      local req = start_it()
+      if not req then
+        start_done = true
+        break
+      end
+      local copy = {}
+      for k, v in pairs(req) do copy[k] = v end
+      if copy.callback and not s.callbacks[copy.callback] then
+        error(string.format("forage.crawl: a start request names callback '%s', which the spider does not have",
+          copy.callback), 0)
+      end
+      enqueue(copy)
+    end
+  end
+  feed_start()
+
+  -- workers
+  local workers = {}
+  local per, extra = s.concurrency // s.workers, s.concurrency % s.workers
+  local first = 1
+  for i = 1, s.workers do
+    local count = per + (i <= extra and 1 or 0)
+    workers[i] = { index = i, first = first, count = count, inflight = {}, bytes = 0 }
+    first = first + count
+  end
+
+  local function spawn(w)
+    local parent_end, child_end = forage.pipe()
+    local proc = forage.process(function()
+      parent_end:close()
+      for _, other in ipairs(workers) do
+        if other.conn then other.conn:close() end
+      end
+      worker_mod.run(child_end, s, { first = w.first, count = w.count, leases = leases, cache = cache })
+    end)
+    proc:start()
+    child_end:close()
+    w.conn, w.proc = parent_end, proc
+    w.free, w.got, w.sent, w.cpu, w.bytes = 0, 0, 0, 0, 0
+  end
+  for _, w in ipairs(workers) do spawn(w) end
+
+  local cpu_of_dead = 0
+  local stopping, stop_reason
+  local function stop(finished, code, message)
+    if not stopping then
+      stopping, stop_reason = true, message
+      stats.finished, stats.exit_code = finished, code
+    end
+  end
+
+  local function backoff(attempt)
+    local base = math.min(0.5 * 2 ^ (attempt - 1), 30)
+    return base * (0.5 + math.random())
+  end
+
+  local function handle_items(res, req)
+    for _, item in ipairs(res.items or {}) do
+      if s.max_items > 0 and stats.items >= s.max_items then
+        stats.items_dropped = stats.items_dropped + 1
+      else
+        local info = { url = res.url, callback = req.callback }
+        local ok = true
+        for _, pipeline in ipairs(s.pipelines or {}) do
+          local good, out = xpcall(pipeline, debug.traceback, item, info)
+          if not good then
+            item_failure(res, req, "pipeline raised: " .. tostring(out), item)
+            ok = false
+            break
+          end
+          item = out
+          if item == nil then
+            stats.items_dropped = stats.items_dropped + 1
+            ok = false
+            break
+          end
+        end
+        if ok then
+          local written = true
+          if items_out then
+            local good, err = items_out:write(item)
+            if not good then
+              written = false
+              item_failure(res, req, "cannot write the item: " .. tostring(err))
+            end
+          end
+          if written then
+            stats.items = stats.items + 1
+            if s.on_item then
+              local good, err = xpcall(s.on_item, debug.traceback, item, info)
+              if not good then
+                item_failure(res, req, "on_item raised: " .. tostring(err), item)
+              end
+            end
+          end
+        end
+      end
+    end
+  end
+
+  local function add_count(t, key)
+    t[key] = (t[key] or 0) + 1
+  end
+
+  -- One result of a worker: the request is done, retried, or failed.
+  local function handle_result(res)
+    local entry = inflight[res.id]
+    if not entry then return end
+    local req, w = entry.req, entry.worker
+    inflight[res.id] = nil
+    ninflight = ninflight - 1
+    if w then
+      w.inflight[res.id] = nil
+      w.bytes = w.bytes - entry.bytes
+    end
+    local pstats = res.proxy and stats.proxies[res.proxy]
+    local outcome = res.outcome
+    if outcome ~= "returned" and outcome ~= "robots" and not res.cached then
+      stats.requests = stats.requests + 1
+      if pstats then pstats.requests = pstats.requests + 1 end
+    end
+    if res.status then add_count(stats.by_status, res.status) end
+    if outcome == "ok" then
+      stats.pages = stats.pages + 1
+      stats.bytes = stats.bytes + (res.bytes or 0)
+      if pstats then pstats.successes = pstats.successes + 1 end
+      fr:ack(req)
+      handle_items(res, req)
+      for _, f in ipairs(res.follows or {}) do
+        if s.callbacks[f.callback] then enqueue(f) end
+      end
+    elseif outcome == "proxy" or outcome == "ban" then
+      if pstats then
+        if outcome == "ban" then pstats.bans = pstats.bans + 1 else pstats.failures = pstats.failures + 1 end
+      end
+      add_count(stats.errors, outcome == "ban" and "ban" or res.kind or "proxy")
+      req.reasons[#req.reasons + 1] = res.reason
+      if s.proxies then
+        req.switches = req.switches + 1
+        stats.proxy_switches = stats.proxy_switches + 1
+        if req.switches > s.proxy.switches then
+          fr:ack(req)
+          fail_request(req, ("gave up after %d proxy switches"):format(req.switches - 1))
+        else
+          fr:retry(req)
+        end
+      else
+        -- a ban without proxies: wait (Retry-After or a backoff) and retry, within retries
+        req.attempts = req.attempts + 1
+        if req.attempts > s.retries then
+          fr:ack(req)
+          fail_request(req, ("gave up after %d retries"):format(s.retries))
+        else
+          stats.retries = stats.retries + 1
+          delayed[#delayed + 1] = { due = now() + math.max(backoff(req.attempts), res.retry_after or 0), req = req }
+          inflight[req.id], ninflight = { req = req, bytes = 0 }, ninflight + 1
+        end
+      end
+    elseif outcome == "retry" then
+      add_count(stats.errors, res.kind or ("http_" .. tostring(res.status)))
+      req.reasons[#req.reasons + 1] = res.reason
+      req.attempts = req.attempts + 1
+      if req.attempts > s.retries then
+        fr:ack(req)
+        fail_request(req, ("gave up after %d retries"):format(s.retries))
+      else
+        stats.retries = stats.retries + 1
+        delayed[#delayed + 1] = { due = now() + backoff(req.attempts), req = req }
+        inflight[req.id], ninflight = { req = req, bytes = 0 }, ninflight + 1
+      end
+    elseif outcome == "fail" then
+      if res.kind then add_count(stats.errors, res.kind) end
+      if pstats and res.status then pstats.successes = pstats.successes + 1 end
+      fr:ack(req)
+      fail_request(req, res.reason)
+    elseif outcome == "robots" then
+      stats.robots_forbidden = stats.robots_forbidden + 1
+      fr:ack(req)
+    elseif outcome == "returned" then
+      fr:retry(req)
+    end
+  end
+
+  -- A worker died: its requests go back to the queue, its slots' proxies are freed
+  -- unharmed, and a new worker takes its slots.
+  local function worker_died(w)
+    stats.worker_deaths = stats.worker_deaths + 1
+    w.conn:close()
+    w.proc:join(5)
+    if w.proc:alive() then w.proc:kill() w.proc:join() end
+    cpu_of_dead = cpu_of_dead + (w.cpu or 0)
+    log:warn("worker %d (pid %d) died (exit %s); its %d requests go back to the queue", w.index, w.proc.pid,
+      tostring(w.proc.exitcode), (function() local n = 0 for _ in pairs(w.inflight) do n = n + 1 end return n end)())
+    for id in pairs(w.inflight) do
+      local entry = inflight[id]
+      inflight[id] = nil
+      ninflight = ninflight - 1
+      local req = entry.req
+      req.deaths = (req.deaths or 0) + 1
+      if req.deaths >= WORKER_DEATHS then
+        fr:ack(req)
+        fail_request(req, ("its worker died while handling it (%d times)"):format(req.deaths))
+      else
+        fr:retry(req)
+      end
+    end
+    w.inflight = {}
+    if leases then
+      for slot = w.first, w.first + w.count - 1 do leases:release(slot) end
+    end
+    if not stopping then spawn(w) else w.conn = nil end
+  end
+
+  local function handle_message(w, msg)
+    w.got, w.free, w.cpu = msg.got, msg.free, msg.cpu or w.cpu
+    for k, v in pairs(msg.stats or {}) do stats[k] = (stats[k] or 0) + v end
+    for _, res in ipairs(msg.results or {}) do handle_result(res) end
+    if msg.fatal then stop("fatal", M.BAD_INPUT, msg.fatal) end
+  end
+
+  -- Sends each worker as many requests as it has room for.
+  local function dispatch()
+    if stopping then return end
+    if s.max_items > 0 and stats.items >= s.max_items then return end
+    for _, w in ipairs(workers) do
+      if w.conn then
+        local room = w.free - (w.sent - w.got)
+        if s.max_pages > 0 then room = math.min(room, s.max_pages - stats.pages - ninflight) end
+        if room > 0 and w.bytes < BYTES_IN_FLIGHT then
+          local reqs = fr:pop(room)
+          if #reqs > 0 then
+            for _, req in ipairs(reqs) do
+              local size = #req.url + 64
+              inflight[req.id] = { req = req, worker = w, bytes = size }
+              ninflight = ninflight + 1
+              w.inflight[req.id] = true
+              w.bytes = w.bytes + size
+            end
+            w.sent = w.sent + #reqs
+            local ok = w.conn:send { reqs = reqs }
+            if not ok then worker_died(w) end
+          end
+        end
+      end
+    end
+  end
+
+  local function proxy_summary()
+    local snapshot = leases:snapshot()
+    local live, cooling, retired = 0, 0, 0
+    for i, r in ipairs(snapshot) do
+      local p = stats.proxies[i]
+      p.state, p.cooldowns, p.last_error = r.state, r.cooldowns, r.reason
+      if r.state == "retired" then retired = retired + 1
+      elseif r.state == "cooling" then cooling = cooling + 1
+      else live = live + 1 end
+    end
+    return live, cooling, retired
+  end
+
+  local progress = progress_mod.new { quiet = run.quiet or run.log_level == "error" }
+  local function snapshot_progress()
+    local counts = fr:counts()
+    local elapsed = now() - started_at
+    local snap = { done = stats.pages, queued = counts.queued, inflight = ninflight, items = stats.items,
+      failed = stats.failed, pages_per_s = elapsed > 0 and stats.pages / elapsed or 0 }
+    if leases then
+      local live, cooling, retired = proxy_summary()
+      snap.proxies = { live = live, cooling = cooling, retired = retired }
+    end
+    return snap
+  end
+  local last_progress = 0
+
+  -- the loop
+  local ok, err = xpcall(function()
+    while true do
+      local t = now()
+      -- retries whose backoff is over go back to the queue
+      if #delayed > 0 then
+        local keep = {}
+        for _, d in ipairs(delayed) do
+          if d.due <= t then
+            inflight[d.req.id] = nil
+            ninflight = ninflight - 1
+            fr:retry(d.req)
+          else
+            keep[#keep + 1] = d
+          end
+        end
+        delayed = keep
+      end
+      feed_start()
+      dispatch()
+      if stopping then break end
+      local queued = fr:counts().queued
+      if ninflight == 0 and start_done and (queued == 0 or (s.max_pages > 0 and stats.pages >= s.max_pages)
+          or (s.max_items > 0 and stats.items >= s.max_items)) then
+        if queued > 0 then
+          stats.finished = s.max_pages > 0 and stats.pages >= s.max_pages and "max_pages" or "max_items"
+        end
+        break
+      end
+      if leases and leases:none_left() then
+        stop("no_proxy", M.NO_PROXY, "no live proxy left")
+        break
+      end
+      if t - last_progress >= 0.2 then
+        last_progress = t
+        local snap = snapshot_progress()
+        progress:update(snap)
+        if run.on_progress then run.on_progress(snap) end
+      end
+      local timeout = 0.25
+      for _, d in ipairs(delayed) do timeout = math.min(timeout, math.max(0, d.due - t)) end
+      local conns = {}
+      for _, w in ipairs(workers) do if w.conn then conns[#conns + 1] = w.conn end end
+      local ready = forage.wait(conns, timeout)
+      for _, conn in ipairs(ready) do
+        for _, w in ipairs(workers) do
+          if w.conn == conn then
+            -- everything the worker has sent, without waiting for more
+            repeat
+              local msg, why = conn:recv(0)
+              if msg then
+                handle_message(w, msg)
+              elseif why == "closed" then
+                worker_died(w)
+              end
+            until not msg or not w.conn or w.conn ~= conn or not conn:poll()
+            break
+          end
+        end
+      end
+    end
+  end, debug.traceback)
+
+  -- stop the workers
+  for _, w in ipairs(workers) do
+    if w.conn then pcall(w.conn.send, w.conn, { stop = true }) end
+  end
+  for _, w in ipairs(workers) do
+    if w.proc then
+      w.proc:join(5)
+      if w.proc:alive() then w.proc:kill() w.proc:join() end
+      if w.conn then
+        -- the last stats and CPU figure it sent
+        while w.conn:poll() do
+          local msg = w.conn:recv(0)
+          if not msg then break end
+          w.cpu = msg.cpu or w.cpu
+        end
+        w.conn:close()
+      end
+    end
+  end
+
+  if not ok then
+    stop("fatal", M.FATAL, err)
+  end
+  -- what was not done is not lost: it goes to the failed output with the reason
+  if stopping then
+    local reason = stop_reason or stats.finished
+    for _, entry in pairs(inflight) do fail_request(entry.req, "not done: " .. tostring(reason)) end
+    while true do
+      local reqs = fr:pop(1000)
+      if #reqs == 0 then break end
+      for _, req in ipairs(reqs) do fail_request(req, "not done: " .. tostring(reason)) end
+    end
+    if stats.exit_code == M.NO_PROXY then
+      while true do
+        local req = start_it()
+        if not req then break end
+        fail_request(req, "not done: " .. tostring(reason))
+      end
+    end
+  end
+
+  if leases then proxy_summary() end
+  local elapsed = now() - started_at
+  stats.elapsed = elapsed
+  stats.pages_per_s = elapsed > 0 and stats.pages / elapsed or 0
+  local cpu = os.clock() - cpu0 + cpu_of_dead
+  for _, w in ipairs(workers) do cpu = cpu + (w.cpu or 0) end
+  stats.cpu_seconds = cpu
+  stats.message = stop_reason
+  if stats.exit_code == M.NO_PROXY then
+    local lines = { "no live proxy left:" }
+    for _, p in ipairs(stats.proxies) do
+      lines[#lines + 1] = ("  %s: %s (%s)"):format(p.url, p.state or "?", p.last_error or "no error recorded")
+    end
+    stats.message = table.concat(lines, "\n")
+  end
+  if not failed_path then stats.failures = failures end
+  stats.failed_output = failed_out and failed_path or nil
+  stats.output = run.output
+  progress:finish(snapshot_progress())
+  if items_out then items_out:close() end
+  if failed_out then failed_out:close() end
+  if cache then stats.cache_stores = cache.stores end
+  fr:close()
+  if leases and leases.close then leases:close() end
+  if run.stats then output.write_json(run.stats, stats) end
+  return stats
+end
+
+return M
