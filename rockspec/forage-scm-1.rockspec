@@ -68,5 +68,12 @@ build = {
       ["forage.cli.page"] = "lua/forage/cli/page.lua",
       ["forage.cli.shell"] = "lua/forage/cli/shell.lua",
       ["forage.cli.version"] = "lua/forage/cli/version.lua",
+      ["forage.cli.crawl"] = "lua/forage/cli/crawl.lua",
+      ["forage.cli.demo"] = "lua/forage/cli/demo.lua",
+      ["forage.crawl"] = "lua/forage/crawl/init.lua",
+      ["forage.crawl.engine"] = "lua/forage/crawl/engine.lua",
+      ["forage.crawl.page"] = "lua/forage/crawl/page.lua",
+      ["forage.crawl.spider"] = "lua/forage/crawl/spider.lua",
+      ["forage.crawl.worker"] = "lua/forage/crawl/worker.lua",
    },
 }
