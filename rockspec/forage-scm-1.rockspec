@@ -68,5 +68,12 @@ build = {
       ["forage.cli.page"] = "lua/forage/cli/page.lua",
       ["forage.cli.shell"] = "lua/forage/cli/shell.lua",
       ["forage.cli.version"] = "lua/forage/cli/version.lua",
+      ["forage.crawl.cache"] = "lua/forage/crawl/cache.lua",
+      ["forage.crawl.cookies"] = "lua/forage/crawl/cookies.lua",
+      ["forage.crawl.log"] = "lua/forage/crawl/log.lua",
+      ["forage.crawl.output"] = "lua/forage/crawl/output.lua",
+      ["forage.crawl.progress"] = "lua/forage/crawl/progress.lua",
+      ["forage.crawl.retry_after"] = "lua/forage/crawl/retry_after.lua",
+      ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
    },
 }
