@@ -13,7 +13,7 @@ local MAX_BYTES = 500 * 1024   -- RFC 9309 2.5: a crawler must parse at least 50
 local Rules = {}
 Rules.__index = Rules
 
--- Percent-encoding normalised: raw bytes that may not stand in a URL are encoded,
+-- Percent-encoding normalised: bytes that may not stand raw in a URL are encoded,
 -- escapes of unreserved characters are decoded, the others written in upper-case hex.
 local function normalise(s)
   s = s:gsub("%%(%x%x)", function(hex)
@@ -21,7 +21,8 @@ local function normalise(s)
     if c:match("^[%w%-%._~]$") then return c end
     return "%" .. hex:upper()
   end)
-  return (s:gsub("[^\33-\126]", function(c) return string.format("%%%02X", c:byte()) end))
+  -- what RFC 3986 lets stand raw: unreserved, reserved, and '%' of the escapes themselves
+  return (s:gsub("[^%w%-%._~:/?#%[%]@!$&'()*+,;=%%]", function(c) return string.format("%%%02X", c:byte()) end))
 end
 
 -- The product token of a user agent ("Forage/1.0 (+url)" -> "forage"), as Google's
