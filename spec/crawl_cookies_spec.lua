@@ -15,7 +15,7 @@ describe("forage.crawl.cookies", function()
   it("sends a Domain cookie to the domain and its subdomains, and refuses a foreign or dotless one", function()
     local jar = cookies.jar()
     jar:store("http://a.example.com/", { "d=1; Domain=example.com", "e=2; domain=.EXAMPLE.com",
-                                         "x=1; Domain=other.com", "y=1; Domain=com", "z=1; Domain=b.a.example.com" }, NOW)
+      "x=1; Domain=other.com", "y=1; Domain=com", "z=1; Domain=b.a.example.com" }, NOW)
     assert.equal("d=1; e=2", jar:header("http://example.com/", NOW))
     assert.equal("d=1; e=2", jar:header("http://deep.b.example.com/", NOW))
     assert.is_nil(jar:header("http://notexample.com/", NOW))
