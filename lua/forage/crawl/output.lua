@@ -142,9 +142,10 @@ local function csv_text(v, path)
   if v == nil or v == cjson.null then return "" end
   if t == "string" then return v end
   if t == "number" or t == "boolean" then
-    local s, message = M.encode(v)
-    if not s then return nil, message end
-    return s
+    local out = {}
+    local ok, message = encode_value(v, path, 1, {}, nil, out)
+    if not ok then return nil, "cannot write " .. message end
+    return out[1]
   end
   if t == "table" then
     local kind, n = table_kind(v)
