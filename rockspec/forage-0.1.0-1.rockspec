@@ -61,5 +61,12 @@ build = {
       ["forage.worker"] = "lua/forage/worker.lua",
       ["forage.css"] = "lua/forage/css.lua",
       ["forage.args"] = "lua/forage/args.lua",
+      ["forage.crawl.cache"] = "lua/forage/crawl/cache.lua",
+      ["forage.crawl.cookies"] = "lua/forage/crawl/cookies.lua",
+      ["forage.crawl.log"] = "lua/forage/crawl/log.lua",
+      ["forage.crawl.output"] = "lua/forage/crawl/output.lua",
+      ["forage.crawl.progress"] = "lua/forage/crawl/progress.lua",
+      ["forage.crawl.retry_after"] = "lua/forage/crawl/retry_after.lua",
+      ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
    },
 }

@@ -75,5 +75,12 @@ build = {
       ["forage.crawl.page"] = "lua/forage/crawl/page.lua",
       ["forage.crawl.spider"] = "lua/forage/crawl/spider.lua",
       ["forage.crawl.worker"] = "lua/forage/crawl/worker.lua",
+      ["forage.crawl.cache"] = "lua/forage/crawl/cache.lua",
+      ["forage.crawl.cookies"] = "lua/forage/crawl/cookies.lua",
+      ["forage.crawl.log"] = "lua/forage/crawl/log.lua",
+      ["forage.crawl.output"] = "lua/forage/crawl/output.lua",
+      ["forage.crawl.progress"] = "lua/forage/crawl/progress.lua",
+      ["forage.crawl.retry_after"] = "lua/forage/crawl/retry_after.lua",
+      ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
    },
 }
