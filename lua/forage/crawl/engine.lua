@@ -35,7 +35,9 @@ function M.run(spider, overrides)
   local run = s.run
   local now = forage.now
   local url_lib = forage.url
-  local log = log_mod.new { level = run.log_level or "info", quiet = run.quiet }
+  local progress = progress_mod.new { quiet = run.quiet or run.log_level == "error" }
+  local log = log_mod.new { level = run.log_level or "info", quiet = run.quiet,
+    before = function() progress:clear() end }
   local started_at, cpu0 = now(), os.clock()
 
   local stats = {
@@ -249,7 +251,7 @@ function M.run(spider, overrides)
       stats.requests = stats.requests + 1
       if pstats then pstats.requests = pstats.requests + 1 end
     end
-    if res.status then add_count(stats.by_status, res.status) end
+    if res.status then add_count(stats.by_status, tostring(res.status)) end
     if outcome == "ok" then
       stats.pages = stats.pages + 1
       stats.bytes = stats.bytes + (res.bytes or 0)
@@ -388,7 +390,6 @@ function M.run(spider, overrides)
     return live, cooling, retired
   end
 
-  local progress = progress_mod.new { quiet = run.quiet or run.log_level == "error" }
   local function snapshot_progress()
     local counts = fr:counts()
     local elapsed = now() - started_at
