@@ -42,6 +42,7 @@ build = {
       ["forage.core"] = {
          sources = {
             "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
+            "src/frontier.c",
             "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/proc.c",
             "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
             "src/worker.c",
@@ -68,5 +69,6 @@ build = {
       ["forage.crawl.progress"] = "lua/forage/crawl/progress.lua",
       ["forage.crawl.retry_after"] = "lua/forage/crawl/retry_after.lua",
       ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
+      ["forage.crawl.frontier"] = "lua/forage/crawl/frontier.lua",
    },
 }

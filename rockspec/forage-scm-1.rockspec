@@ -42,6 +42,7 @@ build = {
       ["forage.core"] = {
          sources = {
             "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
+            "src/frontier.c",
             "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/pool_proto.c",
             "src/proc.c",
             "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
@@ -62,6 +63,7 @@ build = {
       ["forage.worker"] = "lua/forage/worker.lua",
       ["forage.css"] = "lua/forage/css.lua",
       ["forage.args"] = "lua/forage/args.lua",
+      ["forage.crawl.frontier"] = "lua/forage/crawl/frontier.lua",
       ["forage.cli"] = "lua/forage/cli/init.lua",
       ["forage.cli.fetch"] = "lua/forage/cli/fetch.lua",
       ["forage.cli.help"] = "lua/forage/cli/help.lua",

@@ -24,6 +24,7 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_dict(L);
     forage_open_lease(L);
     forage_open_pause(L);
+    forage_open_frontier(L);
     lua_pushinteger(L, WIRE_VERSION);
     lua_setfield(L, -2, "wire_version");
     return 1;

@@ -19,6 +19,7 @@ void forage_open_set(lua_State *L);     /* set.c: forage.set */
 void forage_open_dict(lua_State *L);    /* dict.c: forage.dict */
 void forage_open_lease(lua_State *L);   /* lease.c: the sticky resource table */
 void forage_open_pause(lua_State *L);   /* pause.c: pause points for the specs */
+void forage_open_frontier(lua_State *L); /* frontier.c: the crawl's queue and seen set */
 /* The crawl layer's bindings, in their own module forage.web (web.c): */
 void forage_open_url(lua_State *L);     /* url.c: forage.url (curl's URL API) */
 void forage_open_html(lua_State *L);    /* html.c: forage.html (libxml2) */
