@@ -204,7 +204,8 @@ local function section(h)
 
   local d, derr = run_once(h, "dedupe")
   row = { name = string.format("(iv) dedupe %s URLs, ns/URL at 10M vs 1M (fingerprint excluded)",
-    h.thousands(DEDUPE_MARKS[#DEDUPE_MARKS])), peer = "-", target = tonumber(string.format("%.2f", 1 / FLAT_TARGET)), notes = {} }
+    h.thousands(DEDUPE_MARKS[#DEDUPE_MARKS])), peer = "-", notes = {},
+    target = tonumber(string.format("%.2f", 1 / FLAT_TARGET)) }
   if d then
     row.forage = string.format("%.0f ns -> %.0f ns", d.ns_excluded_1, d.ns_excluded_3)
     row.ratio = 1 / d.flat

@@ -256,6 +256,37 @@ describe("forage.crawl.frontier.memory (the backend interface)", function()
     assert.same(r, got[1])           -- push gave r its id too
   end)
 
+  it("gives back every field as it went, the unusual ones too", function()
+    local fr <close> = frontier.memory()
+    local cases = {
+      { url = "http://a.test/1", fp = "1" },                                -- host from the url
+      { url = "http://A.test/2", fp = "2", host = "a.test" },               -- the url's own host
+      { url = "http://a.test/3", fp = "3", host = "cdn.a.test" },           -- another host
+      { url = "http://a.test/4", fp = "4", callback = false, depth = "deep", priority = 2.0 },
+      { url = "http://a.test/5", fp = "5", id = "theirs", meta = { url = "inner", [1] = true } },
+      { url = "http://a.test/6", dont_filter = true, body = "", attempts = 0 },
+    }
+    for _, r in ipairs(cases) do assert.is_true(fr:push(r)) end
+    local got = {}
+    for _, r in ipairs(fr:pop(100)) do got[r.id] = r end
+    for _, r in ipairs(cases) do
+      assert.same(r, got[r.id])
+    end
+  end)
+
+  it("queues a realistic request in at most 200 bytes, its seen entry included", function()
+    local fr <close> = frontier.memory { per_host = 8 }
+    local n = 100000
+    local before = fr:counts().bytes
+    for i = 1, n do
+      local url = string.format("http://127.0.0.1:8080/detail/%d?ref=list-%d&sort=rating", 100000 + i, i // 10)
+      assert(fr:push { url = url, host = "127.0.0.1:8080", callback = "detail", depth = 2, priority = -2,
+                       fp = string.format("%032x", i) })
+    end
+    local per_request = (fr:counts().bytes - before) / n
+    assert.is_true(per_request <= 200, per_request)
+  end)
+
   it("dedupes by fp before queueing; dont_filter passes and marks nothing", function()
     local fr <close> = frontier.memory()
     assert.is_true(fr:push(req("http://a.test/1")))
