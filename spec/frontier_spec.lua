@@ -88,6 +88,43 @@ describe("forage.core.frontier (the C store)", function()
     assert.equal(100, free:counts().inflight)
   end)
 
+  it("keeps thousands of hosts apart as hosts come and go (its host table grows and shrinks)", function()
+    local f = core.frontier { per_host = 1 }
+    local hosts = 5000
+    for round = 1, 3 do
+      for h = 1, hosts do f:push("host" .. h, 0, round .. "@" .. h) end
+    end
+    assert.equal(hosts, f:counts().hosts)
+    local order = {}
+    for h = 1, hosts do order[h] = h end
+    for round = 1, 3 do
+      -- One round: each host once (per_host = 1), in the order they came back to the ring.
+      local got = f:pop(hosts * 3)
+      assert.equal(hosts, #got)
+      for k = 1, hosts do
+        local want = round .. "@" .. order[k]
+        if got[k] ~= want then error(string.format("round %d: %s where %s", round, got[k], want)) end
+      end
+      -- Ended in a scrambled order: the hosts that leave the table (round 3) leave holes
+      -- all over it, and the others come back to the ring in this order.
+      for k = 0, hosts - 1 do
+        order[k + 1] = k * 7919 % hosts + 1
+        f:done("host" .. order[k + 1])
+      end
+    end
+    assert.same({ 0, 0, 0 }, { f:counts().queued, f:counts().inflight, f:counts().hosts })
+    -- Every host is gone, and a new push of any of them starts afresh.
+    for h = hosts, 1, -1 do f:push("host" .. h, 0, "again" .. h) end
+    local again = f:pop(hosts)
+    assert.equal(hosts, #again)
+    assert.equal("again" .. hosts, again[1])
+    assert.equal("again1", again[hosts])
+    raises("host 'host1' has nothing in flight", function()
+      f:done("host1")
+      f:done("host1")
+    end)
+  end)
+
   it("keeps every entry's bytes, small, empty, binary and larger than a chunk, past many chunks", function()
     local f = core.frontier()
     local big = string.rep("\0\255x", 100000)   -- 300 KB: bigger than the largest chunk
