@@ -88,6 +88,43 @@ describe("forage.core.frontier (the C store)", function()
     assert.equal(100, free:counts().inflight)
   end)
 
+  it("keeps thousands of hosts apart as hosts come and go (its host table grows and shrinks)", function()
+    local f = core.frontier { per_host = 1 }
+    local hosts = 5000
+    for round = 1, 3 do
+      for h = 1, hosts do f:push("host" .. h, 0, round .. "@" .. h) end
+    end
+    assert.equal(hosts, f:counts().hosts)
+    local order = {}
+    for h = 1, hosts do order[h] = h end
+    for round = 1, 3 do
+      -- One round: each host once (per_host = 1), in the order they came back to the ring.
+      local got = f:pop(hosts * 3)
+      assert.equal(hosts, #got)
+      for k = 1, hosts do
+        local want = round .. "@" .. order[k]
+        if got[k] ~= want then error(string.format("round %d: %s where %s", round, got[k], want)) end
+      end
+      -- Ended in a scrambled order: the hosts that leave the table (round 3) leave holes
+      -- all over it, and the others come back to the ring in this order.
+      for k = 0, hosts - 1 do
+        order[k + 1] = k * 7919 % hosts + 1
+        f:done("host" .. order[k + 1])
+      end
+    end
+    assert.same({ 0, 0, 0 }, { f:counts().queued, f:counts().inflight, f:counts().hosts })
+    -- Every host is gone, and a new push of any of them starts afresh.
+    for h = hosts, 1, -1 do f:push("host" .. h, 0, "again" .. h) end
+    local again = f:pop(hosts)
+    assert.equal(hosts, #again)
+    assert.equal("again" .. hosts, again[1])
+    assert.equal("again1", again[hosts])
+    raises("host 'host1' has nothing in flight", function()
+      f:done("host1")
+      f:done("host1")
+    end)
+  end)
+
   it("keeps every entry's bytes, small, empty, binary and larger than a chunk, past many chunks", function()
     local f = core.frontier()
     local big = string.rep("\0\255x", 100000)   -- 300 KB: bigger than the largest chunk
@@ -254,6 +291,37 @@ describe("forage.crawl.frontier.memory (the backend interface)", function()
     assert.is_not.equal(r, got[1])   -- a fresh table
     assert.is_not_nil(got[1].id)
     assert.same(r, got[1])           -- push gave r its id too
+  end)
+
+  it("gives back every field as it went, the unusual ones too", function()
+    local fr <close> = frontier.memory()
+    local cases = {
+      { url = "http://a.test/1", fp = "1" },                                -- host from the url
+      { url = "http://A.test/2", fp = "2", host = "a.test" },               -- the url's own host
+      { url = "http://a.test/3", fp = "3", host = "cdn.a.test" },           -- another host
+      { url = "http://a.test/4", fp = "4", callback = false, depth = "deep", priority = 2.0 },
+      { url = "http://a.test/5", fp = "5", id = "theirs", meta = { url = "inner", [1] = true } },
+      { url = "http://a.test/6", dont_filter = true, body = "", attempts = 0 },
+    }
+    for _, r in ipairs(cases) do assert.is_true(fr:push(r)) end
+    local got = {}
+    for _, r in ipairs(fr:pop(100)) do got[r.id] = r end
+    for _, r in ipairs(cases) do
+      assert.same(r, got[r.id])
+    end
+  end)
+
+  it("queues a realistic request in at most 200 bytes, its seen entry included", function()
+    local fr <close> = frontier.memory { per_host = 8 }
+    local n = 100000
+    local before = fr:counts().bytes
+    for i = 1, n do
+      local url = string.format("http://127.0.0.1:8080/detail/%d?ref=list-%d&sort=rating", 100000 + i, i // 10)
+      assert(fr:push { url = url, host = "127.0.0.1:8080", callback = "detail", depth = 2, priority = -2,
+                       fp = string.format("%032x", i) })
+    end
+    local per_request = (fr:counts().bytes - before) / n
+    assert.is_true(per_request <= 200, per_request)
   end)
 
   it("dedupes by fp before queueing; dont_filter passes and marks nothing", function()

@@ -68,10 +68,61 @@ local function host_priority(req, fname)
   return host, priority
 end
 
+-- A request travels as one flat record: its usual fields by position, without their
+-- names (a million requests would otherwise carry 40 MB of "url", "callback", "priority"
+-- ...), the host as `true` when it is the url's own, and every other field (meta,
+-- headers, attempts ...) encoded on its own, with the field names in its errors
+-- ("request.meta.cb"). A usual field of an unusual type (a false callback, a table url)
+-- travels with the others, so every request comes back as it went.
+local FIELDS = { "url", "fp", "callback", "depth", "priority", "id" }
+local FIELD_TYPE = { url = "string", fp = "string", callback = "string", depth = "number", priority = "number",
+                     id = "number" }
+local HOST_SLOT, REST_SLOT = #FIELDS + 1, #FIELDS + 2
+local USUAL, FIELDS_AT = { host = true }, {}
+for i, name in ipairs(FIELDS) do USUAL[name], FIELDS_AT[name] = true, i end
+
 local function encoded(req, fname)
-  local ok, blob = pcall(encode, req, ENCODE_OPTS)
-  if not ok then bad_request(fname, blob, 3) end
-  return blob
+  local record = {}
+  for i, name in ipairs(FIELDS) do
+    local v = req[name]
+    record[i] = type(v) == FIELD_TYPE[name] and v or false
+  end
+  local host = req.host
+  if host == nil then
+    record[HOST_SLOT] = false
+  elseif type(host) == "string" and host == host_of_url(req.url) then
+    record[HOST_SLOT] = true
+  else
+    record[HOST_SLOT] = host
+  end
+  local rest
+  for k, v in pairs(req) do
+    if not USUAL[k] or (k ~= "host" and record[FIELDS_AT[k]] == false and v ~= nil) then
+      rest = rest or {}
+      rest[k] = v
+    end
+  end
+  record[REST_SLOT] = false
+  if rest then
+    local ok, blob = pcall(encode, rest, ENCODE_OPTS)
+    if not ok then bad_request(fname, blob, 3) end
+    record[REST_SLOT] = blob
+  end
+  return encode(record)
+end
+
+local function decoded(blob)
+  local record = assert(decode(blob))
+  local rest = record[REST_SLOT]
+  local req = rest and assert(decode(rest)) or {}
+  for i, name in ipairs(FIELDS) do
+    local v = record[i]
+    if v ~= false then req[name] = v end
+  end
+  local host = record[HOST_SLOT]
+  if host == true then req.host = host_of_url(req.url)
+  elseif host then req.host = host end
+  return req
 end
 
 -- frontier.memory{ per_host = 0 } -> an empty in-memory frontier; per_host: the most
@@ -127,7 +178,7 @@ function Memory:pop(n)
   local blobs = store:pop(n)
   local inflight = self._inflight
   for i = 1, #blobs do
-    local req = assert(decode(blobs[i]))
+    local req = decoded(blobs[i])
     inflight[req.id] = req.host or host_of_url(req.url)
     blobs[i] = req
   end
