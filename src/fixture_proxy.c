@@ -475,9 +475,9 @@ static void b64(const char *in, size_t n, char *out) {
     static const char T[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t o = 0;
     for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned char)in[i] << 16;
-        if (i + 1 < n) v |= (unsigned char)in[i + 1] << 8;
-        if (i + 2 < n) v |= (unsigned char)in[i + 2];
+        unsigned v = (unsigned)(unsigned char)in[i] << 16;
+        if (i + 1 < n) v |= (unsigned)(unsigned char)in[i + 1] << 8;
+        if (i + 2 < n) v |= (unsigned)(unsigned char)in[i + 2];
         out[o++] = T[(v >> 18) & 63];
         out[o++] = T[(v >> 12) & 63];
         out[o++] = i + 1 < n ? T[(v >> 6) & 63] : '=';

@@ -334,8 +334,8 @@ static int site_new(lua_State *L) {
     size_t robots_len = 0;
     const char *robots = args_opt_string(L, 1, SITE_FNAME, "robots", NULL, &robots_len);
     if (cfg.pages * cfg.per_page > SITE_MAX_MOVIES)
-        return luaL_error(L, "%s: pages * per_page must be at most %d, got %lld", SITE_FNAME, SITE_MAX_MOVIES,
-                          (long long)(cfg.pages * cfg.per_page));
+        return luaL_error(L, "%s: pages * per_page must be at most %d, got %I", SITE_FNAME, SITE_MAX_MOVIES,
+                          cfg.pages * cfg.per_page);
 
     /* Created stopped (nothing to release), then given each resource in turn, so that a
        failure part way leaves an object its __gc releases. */
