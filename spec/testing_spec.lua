@@ -179,9 +179,10 @@ describe("forage.testing.site", function()
     local counts = site:counters()
     assert.are.equal(5, counts.requests)
     assert.are.equal(1, counts.connections)
-    -- Two pipelined requests, the second with Connection: close: both answered, then EOF.
+    -- Two pipelined requests (a blank line between them is allowed), the second with
+    -- Connection: close: both answered, then EOF.
     local port = site.url:match(":(%d+)$")
-    local data = assert(raw(port, "GET /page/1 HTTP/1.1\r\nHost: x\r\n\r\n" ..
+    local data = assert(raw(port, "GET /page/1 HTTP/1.1\r\nHost: x\r\n\r\n\r\n" ..
       "GET /page/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
     local _, answers = data:gsub("HTTP/1%.1 200 OK", "")
     assert.are.equal(2, answers)

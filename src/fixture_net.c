@@ -233,11 +233,12 @@ static int value_has_token(const char *v, size_t len, const char *token) {
 
 int fixture_read_request(fixture_conn *c, fixture_request *r) {
     const char *end;
-    while ((end = find_head_end(c->in.data, c->in.len)) == NULL) {
-        if (c->in.len > HEAD_MAX) return -1;
-        if (!conn_fill(c)) return 0;
+    for (;;) {
         /* Blank lines before a request are allowed (RFC 9112 2.2). */
         while (c->in.len >= 2 && c->in.data[0] == '\r' && c->in.data[1] == '\n') fixture_consume(c, 2);
+        if ((end = find_head_end(c->in.data, c->in.len)) != NULL) break;
+        if (c->in.len > HEAD_MAX) return -1;
+        if (!conn_fill(c)) return 0;
     }
     memset(r, 0, sizeof *r);
     r->total = (size_t)(end - c->in.data) + 4;
