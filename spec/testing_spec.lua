@@ -350,7 +350,7 @@ describe("forage.testing.proxy", function()
   end)
 
   it("slow:MS answers after the others: ordering, not a stopwatch", function()
-    local slow <close> = testing.proxy("slow:400")
+    local slow <close> = testing.proxy("slow:1000")   -- far longer than any scheduling delay
     local good <close> = testing.proxy("good")
     local c <close> = http.client{ max = 10 }
     local order = {}
@@ -427,7 +427,8 @@ describe("forage.testing.proxy", function()
   end)
 
   it("counts requests in flight at once: parallel requests peak at their number, sequential at 1", function()
-    local slow_site <close> = testing.site{ pages = 1, latency = 300 }
+    -- each answer takes 1 s: far longer than the client needs to send all five
+    local slow_site <close> = testing.site{ pages = 1, latency = 1000 }
     local p <close> = testing.proxy("good")
     local c <close> = http.client{ max = 10 }
     local ok = 0
