@@ -45,7 +45,7 @@ all: $(SO)
 
 forage/core.so: $(CORE_SRC) $(HDR) Makefile
 	@mkdir -p forage
-	$(CC) $(ALL_CFLAGS) -shared -o $@ $(CORE_SRC)
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(CORE_SRC) -pthread
 
 forage/web.so: $(WEB_SRC) $(HDR) Makefile
 	@mkdir -p forage
@@ -135,7 +135,7 @@ ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) -O
   -fsanitize=address,undefined -fno-sanitize-recover=undefined
 build/asan/forage/core.so: $(CORE_SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage
-	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(CORE_SRC)
+	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(CORE_SRC) -pthread
 
 build/asan/forage/web.so: $(WEB_SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage

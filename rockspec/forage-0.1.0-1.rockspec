@@ -43,11 +43,13 @@ build = {
          sources = {
             "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
             "src/frontier.c",
+            "src/fixture_net.c", "src/fixture_proxy.c", "src/fixture_site.c",
             "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/proc.c",
             "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
             "src/worker.c",
          },
          defines = { "_GNU_SOURCE" },
+         libraries = { "pthread" },   -- forage.testing's servers (in libc itself since glibc 2.34)
       },
       ["forage.web"] = {
          sources = { "src/web.c", "src/url.c", "src/html.c", "src/http.c", "src/buf.c", "src/args.c", "src/hash.c",
@@ -70,5 +72,6 @@ build = {
       ["forage.crawl.retry_after"] = "lua/forage/crawl/retry_after.lua",
       ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
       ["forage.crawl.frontier"] = "lua/forage/crawl/frontier.lua",
+      ["forage.testing"] = "lua/forage/testing.lua",
    },
 }

@@ -43,12 +43,14 @@ build = {
          sources = {
             "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
             "src/frontier.c",
+            "src/fixture_net.c", "src/fixture_proxy.c", "src/fixture_site.c",
             "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/pool_proto.c",
             "src/proc.c",
             "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
             "src/worker.c",
          },
          defines = { "_GNU_SOURCE" },
+         libraries = { "pthread" },   -- forage.testing's servers (in libc itself since glibc 2.34)
       },
       ["forage.web"] = {
          sources = { "src/web.c", "src/url.c", "src/html.c", "src/http.c", "src/buf.c", "src/args.c", "src/hash.c",
@@ -64,6 +66,7 @@ build = {
       ["forage.css"] = "lua/forage/css.lua",
       ["forage.args"] = "lua/forage/args.lua",
       ["forage.crawl.frontier"] = "lua/forage/crawl/frontier.lua",
+      ["forage.testing"] = "lua/forage/testing.lua",
       ["forage.cli"] = "lua/forage/cli/init.lua",
       ["forage.cli.fetch"] = "lua/forage/cli/fetch.lua",
       ["forage.cli.help"] = "lua/forage/cli/help.lua",

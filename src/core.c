@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 
+#include "fixture.h"
 #include "lauxlib.h"
 #include "lua.h"
 #include "wire.h"
@@ -25,6 +26,8 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_lease(L);
     forage_open_pause(L);
     forage_open_frontier(L);
+    forage_open_fixture_site(L);
+    forage_open_fixture_proxy(L);
     lua_pushinteger(L, WIRE_VERSION);
     lua_setfield(L, -2, "wire_version");
     return 1;
