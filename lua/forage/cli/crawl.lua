@@ -108,7 +108,7 @@ local function summary(stats, out)
   end
   out:write(table.concat(lines, "\n"), "\n")
 end
-M.summary = summary
+M.print_summary = summary
 
 -- Runs spider (a table) with opts; prints the summary; returns the exit code.
 function M.crawl(spider, opts, cli, quiet)

@@ -71,7 +71,7 @@ function M.run(parsed, cli)
       out:write(("  %-40s %s\n"):format(items[i].title or "?", table.concat(items[i].directors, ", ")))
     end
     out:write("  ...\n\n")
-    crawl_cli.summary(stats, out)
+    crawl_cli.print_summary(stats, out)
   end
   -- the check: every movie once, with exactly the site's directors
   local answer, wrong, seen = site:answer(), 0, {}
