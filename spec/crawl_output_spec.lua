@@ -32,8 +32,8 @@ describe("forage.crawl.output", function()
       assert.equal(2, w.count)
       assert.is_true(w:close())
       assert.equal('{"directors":["A","B"],"empty":[],"f":0.1,"meta":{"a":false,"z":1},"n":9007199254740993,'
-        .. '"none":null,"url":"http:\\/\\/x\\/1"}\n'
-        .. '{"url":"http:\\/\\/x\\/2","ключ":"значение \\"q\\"\\n\\u0000"}\n', helpers.read(dir .. "/items.jsonl"))
+        .. '"none":null,"url":"http://x/1"}\n'
+        .. '{"url":"http://x/2","ключ":"значение \\"q\\"\\n\\u0000"}\n', helpers.read(dir .. "/items.jsonl"))
       local items = python_read("json", dir .. "/items.jsonl")
       assert.equal("значение \"q\"\n\0", items[2]["ключ"])
       assert.same({ "A", "B" }, items[1].directors)
@@ -104,6 +104,12 @@ describe("forage.crawl.output", function()
       assert(ok, out)
       assert.equal('{"a":"x","b":1}\nstill open\n', out)
     end)
+  end)
+
+  it("writes slashes as they are, and a backslash before one escaped", function()
+    local item = { a = "http://x/y", b = "x\\/y", c = "\\" }
+    assert.equal('{"a":"http://x/y","b":"x\\\\/y","c":"\\\\"}', output.encode(item))
+    assert.same(item, require("cjson").decode(output.encode(item)))
   end)
 
   describe("CSV", function()

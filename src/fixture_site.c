@@ -2,7 +2,8 @@
    served by a forked process on 127.0.0.1 (fixture.h says how the process lives and dies).
 
    /page/N (and /) list movies, /detail/ID shows one with its directors, /robots.txt,
-   /files/brochure.pdf (bytes that are not HTML); anything else is a 404. Every title and
+   /files/brochure.pdf (bytes that are not HTML), /status/CODE[?retry_after=S] answers that
+   status (for retry specs); anything else is a 404. Every title and
    name derives from the seed and the movie id through fixture_mix, so the parent computes
    the known answer (answer()) from the same functions the server writes its pages with. */
 #include <errno.h>
@@ -71,6 +72,7 @@ static int actor_count(const site_config *cfg, lua_Integer id) { return 2 + (int
 typedef struct page {
     buf b;
     int failed;
+    char extra[64];           /* an extra header line of this answer */
 } page;
 
 static void put(page *p, const char *s, size_t n) {
@@ -174,7 +176,7 @@ static void detail_page(page *p, const site_config *cfg, lua_Integer id) {
     puts_(p, "<div class=\"directors el-row\"><h3>Directors</h3>");
     int nd = director_count(cfg, id);
     for (int k = 1; k <= nd; k++) {
-        page name = {BUF_INIT, 0};
+        page name = {BUF_INIT, 0, {0}};
         director_name(&name, cfg, id, k);
         puts_(p, "<div class=\"director el-col\"><p class=\"name\">");
         put_escaped(p, name.b.data, name.b.len);
@@ -257,6 +259,17 @@ static int site_answer(int fd, const site_config *cfg, const fixture_request *r,
             status = 404, reason = "Not Found";
             puts_(p, "<html><body><h1>404 Not Found</h1></body></html>\n");
         }
+    } else if ((n = path_number(path, "/status/")) >= 200 && n <= 599) {
+        /* /status/CODE[?retry_after=S]: that status (and Retry-After), for retry specs */
+        count(cfg, C_OTHER);
+        status = (int)n, reason = "Status";
+        const char *ra = strstr(r->target, "retry_after=");
+        if (ra != NULL) {
+            long seconds = strtol(ra + strlen("retry_after="), NULL, 10);
+            snprintf(p->extra, sizeof p->extra, "Retry-After: %ld\r\n", seconds < 0 ? 0 : seconds);
+            extra = p->extra;
+        }
+        printf_(p, "<html><body><h1>%d</h1></body></html>\n", (int)n);
     } else if (strcmp(path, "/files/brochure.pdf") == 0) {
         count(cfg, C_OTHER);
         type = "application/pdf";
@@ -278,7 +291,7 @@ static int site_answer(int fd, const site_config *cfg, const fixture_request *r,
 static void site_handle(int fd, void *arg) {
     const site_config *cfg = arg;
     fixture_conn c = {fd, BUF_INIT};
-    page p = {BUF_INIT, 0};
+    page p = {BUF_INIT, 0, {0}};
     for (;;) {
         fixture_request r;
         int rc = fixture_read_request(&c, &r);
@@ -380,7 +393,7 @@ static int site_answer_table(lua_State *L) {
     site *s = check_open_site(L, 1);
     lua_Integer movies = s->cfg.pages * s->cfg.per_page;
     lua_createtable(L, 0, movies > INT32_MAX ? INT32_MAX : (int)movies);
-    page name = {BUF_INIT, 0};
+    page name = {BUF_INIT, 0, {0}};
     for (lua_Integer id = 1; id <= movies; id++) {
         lua_pushfstring(L, "http://127.0.0.1:%d/detail/%I", s->srv.port, id);
         int nd = director_count(&s->cfg, id);

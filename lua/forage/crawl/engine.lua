@@ -47,7 +47,7 @@ function M.run(spider, overrides)
     proxies = {}, finished = "done", exit_code = M.DONE,
   }
   for i, p in ipairs(s.proxies or {}) do
-    stats.proxies[i] = { url = spider_mod.mask(p), requests = 0, successes = 0, failures = 0, bans = 0 }
+    stats.proxies[i] = { url = spider_mod.mask(p), requests = 0, successes = 0, failures = 0, bans = 0, cooldowns = 0 }
   end
 
   -- outputs
@@ -246,6 +246,7 @@ function M.run(spider, overrides)
       w.bytes = w.bytes - entry.bytes
     end
     local pstats = res.proxy and stats.proxies[res.proxy]
+    if pstats and res.cooled then pstats.cooldowns = pstats.cooldowns + 1 end
     local outcome = res.outcome
     if outcome ~= "returned" and outcome ~= "robots" and not res.cached then
       stats.requests = stats.requests + 1
@@ -382,7 +383,7 @@ function M.run(spider, overrides)
     local live, cooling, retired = 0, 0, 0
     for i, r in ipairs(snapshot) do
       local p = stats.proxies[i]
-      p.state, p.cooldowns, p.last_error = r.state, r.cooldowns, r.reason
+      p.state, p.last_error = r.state, r.reason
       if r.state == "retired" then retired = retired + 1
       elseif r.state == "cooling" then cooling = cooling + 1
       else live = live + 1 end

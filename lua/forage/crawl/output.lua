@@ -57,6 +57,14 @@ end
 
 local encode_value
 
+-- A JSON string: cjson's, without its escaping of "/" (URLs read as URLs). Escapes are
+-- read in pairs, so an escaped backslash before a slash stays as it is.
+local function json_string(s)
+  local text = cjson.encode(s)
+  if not text:find("\\/", 1, true) then return text end
+  return (text:gsub("\\(.)", function(c) return c == "/" and "/" or "\\" .. c end))
+end
+
 local function encode_table(t, path, depth, active, indent, out)
   if active[t] then return nil, "a cycle at " .. where(path) end
   if depth > MAX_DEPTH then return nil, "tables nested deeper than " .. MAX_DEPTH .. " at " .. where(path) end
@@ -88,7 +96,7 @@ local function encode_table(t, path, depth, active, indent, out)
     out[#out + 1] = "{" .. nl
     for i, k in ipairs(keys) do
       if not utf8.len(k) then return nil, "a key that is not UTF-8 at " .. where(path) end
-      out[#out + 1] = pad_in .. cjson.encode(k) .. colon
+      out[#out + 1] = pad_in .. json_string(k) .. colon
       local ok, message = encode_value(t[k], path .. "." .. k, depth + 1, active, indent, out)
       if not ok then return nil, message end
       out[#out + 1] = (i < #keys and "," or "") .. nl
@@ -103,7 +111,7 @@ function encode_value(v, path, depth, active, indent, out)
   local t = type(v)
   if t == "string" then
     if not utf8.len(v) then return nil, "a string that is not UTF-8 at " .. where(path) end
-    out[#out + 1] = cjson.encode(v)
+    out[#out + 1] = json_string(v)
   elseif t == "number" then
     if v ~= v or v == math.huge or v == -math.huge then
       return nil, string.format("the number %s at %s (JSON has no NaN or infinity)", tostring(v), where(path))

@@ -153,8 +153,9 @@ function M.run(conn, s, w)
     if not r then
       base.kind, base.reason = kind, message
       if proxies and PROXY_KINDS[kind] then
-        leases:report(slot.index, false, message)
-        base.outcome = "proxy"
+        local after = leases:report(slot.index, false, message)
+        base.outcome, base.cooled = "proxy", after ~= p or nil
+        slot.proxy = after
       else
         if proxies then leases:report(slot.index, true) end
         base.outcome = FINAL_KINDS[kind] and "fail" or "retry"
@@ -181,7 +182,10 @@ function M.run(conn, s, w)
       local wait = r.headers and r.headers["retry-after"] and retry_after.seconds(r.headers["retry-after"])
       base.outcome, base.retry_after = "ban", wait
       base.reason = ("banned: HTTP %d%s"):format(r.status, s.ban_status[r.status] and "" or " (banned() said so)")
-      if proxies and slot then leases:cool(slot.index, wait or 0, base.reason) end
+      if proxies and slot then
+        slot.proxy = leases:cool(slot.index, wait or 0, base.reason)
+        base.cooled = true
+      end
       return base
     end
     if proxies and slot then leases:report(slot.index, true) end
