@@ -155,8 +155,9 @@ env: all
 	@echo "export LUA_CPATH='$(CURDIR)/?.so;;'"
 	@echo "export PATH='$(CURDIR)/bin:'\"\$$PATH\""
 
+# A real crawl of the bundled site (forage.testing) through 20 local proxies, several bad.
 demo: deps all
-	$(LUA) examples/demo.lua
+	$(LUA) bin/forage demo
 
 bench: bench-deps all
 	$(LUA) bench/run.lua

@@ -78,7 +78,24 @@ describe("examples", function()
     assert.is_false(require("helpers").exists(pid))
   end)
 
-  it("demo.lua (make demo): the blog's examples, and its crawl collects every detail page", function()
+  it("movies_spider.lua: forage crawl writes every movie once, through its proxies", function()
+    local out_file = os.tmpname() .. ".jsonl"
+    local out, ok = sh('eval "$(make -s env)"; forage crawl examples/movies_spider.lua -q -o ' .. out_file)
+    assert.is_true(ok, out)
+    local cjson, n, urls = require "cjson", 0, {}
+    for line in io.lines(out_file) do
+      local item = cjson.decode(line)
+      assert.is_nil(urls[item.url])
+      urls[item.url] = true
+      assert.is_true(#item.directors >= 1 and #item.directors <= 3)
+      n = n + 1
+    end
+    assert.equal(50, n)
+    os.remove(out_file)
+    os.remove((out_file:gsub("%.jsonl$", ".stats.json")))
+  end)
+
+  it("demo.lua: the blog's examples, and its crawl collects every detail page", function()
     local out = expect_lines("demo.lua", { "hello\tbob", "starmap:\t[1, 4, 9]" })
     assert.matches("\ncollected 50 detail pages from 5 list pages in [%d.]+ s", out)
   end)

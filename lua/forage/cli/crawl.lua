@@ -103,7 +103,7 @@ local function summary(stats, out)
       "failures", "bans", "cooldowns", "last error")
     for _, p in ipairs(stats.proxies) do
       lines[#lines + 1] = ("  %-32s %-8s %8d %8d %8d %5d %9d  %s"):format(p.url, p.state or "?", p.requests,
-        p.successes, p.failures, p.bans, p.cooldowns or 0, p.last_error or "")
+        p.successes, p.failures, p.bans, p.cooldowns or 0, require("forage.args").show(p.last_error or ""):sub(2, -2))
     end
   end
   out:write(table.concat(lines, "\n"), "\n")

@@ -10,11 +10,11 @@ local M = {
 -- The proxies: 13 good ones and 7 that break in each of the ways the crawl must survive.
 M.PROXIES = {
   "good", "good", "good", "good", "good", "good", "good", "good", "good", "good", "good", "good", "good",
-  "dead", "dead", "refuse_after:20", "ban_after:15:1", "flaky:0.3", "reset:0.3", "slow:300",
+  "dead", "dead", "refuse_after:5", "ban_after:5:1", "flaky:0.5", "reset:0.5", "slow:300",
 }
 
 function M.configure(command)
-  command:option("--pages", "List pages of the site (10 movies each; default 20)."):argname("N")
+  command:option("--pages", "List pages of the site (10 movies each; default 30)."):argname("N")
   command:option("--workers", "Worker processes (default 2)."):argname("N")
   command:flag("-q --quiet", "Print only the result lines.")
 end
@@ -29,7 +29,7 @@ function M.spider(site, proxies, workers)
     concurrency = 20,
     retries = 3,
     timeout = 5,
-    proxy = { cooldown = 0.5, max_cooldown = 2, retire_after = 2 },
+    proxy = { cooldown = 0.2, max_cooldown = 1, retire_after = 2 },
     parse = function(page)
       page:follow(page:css("a.name::attr(href)"), "detail")
     end,
@@ -46,12 +46,12 @@ end
 function M.run(parsed, cli)
   local testing = require "forage.testing"
   local crawl_cli = require "forage.cli.crawl"
-  local pages = tonumber(parsed.pages or 20)
+  local pages = tonumber(parsed.pages or 30)
   local workers = tonumber(parsed.workers or 2)
   if not pages or pages < 1 or not workers or workers < 1 then
     return cli.fail(cli.USAGE, "--pages and --workers take a positive number")
   end
-  local site <close> = testing.site { pages = math.tointeger(pages), per_page = 10, latency = 20 }
+  local site <close> = testing.site { pages = math.tointeger(pages), per_page = 10, latency = 50 }
   local proxies <close> = testing.proxies(M.PROXIES)
   local quiet = parsed.quiet
   local out = io.stdout
@@ -63,7 +63,7 @@ function M.run(parsed, cli)
   local spider = M.spider(site, proxies:urls(), math.tointeger(workers))
   local crawl = require "forage.crawl"
   local ok, stats = pcall(crawl.run, spider, { on_item = function(item) items[#items + 1] = item end,
-    quiet = quiet, log_level = quiet and "error" or "warn" })
+    quiet = true })
   if not ok then return cli.fail(cli.FAILED, cli.clean_error(stats)) end
   table.sort(items, function(a, b) return a.url < b.url end)
   if not quiet then

@@ -1,0 +1,33 @@
+-- A spider, as `forage crawl` takes it: list pages -> detail pages -> directors, through
+-- sticky proxies. It crawls forage.testing's copy of the blog's movie site, started here on
+-- 127.0.0.1 with four local proxies (one of them dead), so it runs anywhere:
+--   forage crawl examples/movies_spider.lua -o movies.jsonl
+-- For a real site, put its URLs in `start` and a file of your proxies in `proxies`.
+local testing = require "forage.testing"
+
+local site = testing.site { pages = 5, per_page = 10, latency = 10 }
+local proxies = testing.proxies { "good", "good", "good", "dead" }
+
+return {
+  name = "movies",
+  -- a list of URLs, a file of them (one a line), or a function returning an iterator, as
+  -- here: its upvalues keep the site and the proxies alive (they stop when collected)
+  start = function()
+    local urls, i = site:start_urls(), 0
+    return function()
+      i = i + 1
+      return proxies and urls[i]
+    end
+  end,
+  proxies = proxies:urls(),           -- a list or a file; scheme://[user:pass@]host:port
+  concurrency = 4,                    -- requests in flight in total: one slot each, one proxy per slot
+  workers = 2,                        -- processes
+  retries = 3, timeout = 10, delay = 0,
+  proxy = { cooldown = 1, retire_after = 2 },
+  parse = function(page)              -- the callback of the start URLs; runs in a worker
+    page:follow(page:xpath('//a[@class="name"]/@href'), "detail")
+  end,
+  detail = function(page)
+    return { url = page.url, directors = page:css("div.directors p.name::text") }
+  end,
+}
