@@ -124,8 +124,9 @@ describe("forage (the command line)", function()
   it("exits 2 with the usage on bad arguments", function()
     local cases = {
       { "", "a command is required" },
-      { "crawl", "unknown command 'crawl'" },
-      { "help crawl", "unknown command 'crawl'" },
+      { "crawl", "missing argument 'spider'" },
+      { "help crawle", "unknown command 'crawle'" },
+      { "crawl a.lua --workers", "option '--workers' requires an argument" },
       { "fetch", "missing argument 'url_or_file'" },
       { "fetch http://x --bogus", "unknown option '--bogus'" },
       { "fetch http://x --xpath a --css b", "option '--css' can not be used together with option '--xpath'" },
