@@ -366,6 +366,83 @@ describe("forage.crawl", function()
     os.execute("rm -rf " .. dir)
   end)
 
+  it("carries meta and depth to the followed page, and honours depth_limit and allowed_domains", function()
+    local site <close> = testing.site { pages = 4, per_page = 2 }
+    local stats, items = crawl(spider_for(site, {
+      start = { site.url .. "/page/1" },
+      depth_limit = 2,
+      parse = function(page)
+        page:follow(page:css("a.next::attr(href)"), "parse", { meta = { from = page.url, n = page.depth } })
+        page:follow(page:css("a.name::attr(href)"), "detail", { meta = { list = page.url } })
+      end,
+      detail = function(page)
+        return { url = page.url, list = page.meta.list, depth = page.depth }
+      end,
+    }))
+    -- page 1 (depth 0) -> page 2 (1) -> page 3 (2); page 3's follows (depth 3) are dropped
+    assert.equal(4, #items)
+    assert.equal(3, stats.depth_dropped)
+    for _, item in ipairs(items) do
+      assert.matches("/page/[12]$", item.list)
+      assert.is_true(item.depth == 1 or item.depth == 2)
+    end
+    stats = crawl(spider_for(site, { start = { site.url .. "/page/1" }, allowed_domains = { "localhost" } }))
+    assert.equal(2, stats.offsite)
+    assert.equal(1, stats.pages)
+  end)
+
+  it("takes start as a function returning an iterator, and as a file of URLs", function()
+    local site <close> = testing.site { pages = 3, per_page = 2 }
+    local ok, err = pcall(crawl, spider_for(site, { start = function()
+      return ipairs(site:start_urls())     -- yields indexes first: refused, naming what it gave
+    end }))
+    assert.is_false(ok)
+    assert.matches("'start' gave 1, not a URL or a request table", err)
+    local stats, items = crawl(spider_for(site, { start = function()
+      local urls, i = site:start_urls(), 0
+      return function() i = i + 1 return urls[i] end
+    end }))
+    assert_answer(site, items, stats)
+    local path = os.tmpname()
+    helpers.write(path, "# the list pages\n" .. table.concat(site:start_urls(), "\n") .. "\n\n")
+    stats, items = crawl(spider_for(site, { start = path }))
+    assert_answer(site, items, stats)
+    os.remove(path)
+  end)
+
+  it("keeps at most per_host requests in flight to one host", function()
+    local site <close> = testing.site { pages = 2, per_page = 10, latency = 30 }
+    local proxies <close> = testing.proxies { "good" }
+    local stats, items = crawl(spider_for(site, { proxies = proxies:urls(), concurrency = 8,
+      proxy = { slots = 8 }, per_host = 2 }))
+    assert_answer(site, items, stats)
+    assert.equal(2, proxies[1]:counters().peak_inflight)
+  end)
+
+  it("keeps a cookie jar per slot, so that a proxy keeps its session", function()
+    local site <close> = testing.site { pages = 1, per_page = 1 }
+    local proxies <close> = testing.proxies { "good", "good" }
+    local stats, items = crawl({
+      start = { site.url .. "/cookie/set?session=s1" }, proxies = proxies:urls(), concurrency = 1, workers = 1,
+      parse = function(page) page:follow("/cookie/show", "show") end,
+      show = function(page) return { cookie = page:css("#cookie::text")[1] or "" } end,
+    })
+    assert.equal(0, stats.failed)
+    assert.equal("session=s1", items[1].cookie)
+    local _
+    _, items = crawl({
+      start = { site.url .. "/cookie/show" }, cookies = { lang = "en" }, concurrency = 1, workers = 1,
+      parse = function(page) return { cookie = page:css("#cookie::text")[1] or "" } end,
+    })
+    assert.equal("lang=en", items[1].cookie)
+    _, items = crawl({
+      start = { site.url .. "/cookie/set?session=s1" }, cookies = false, concurrency = 1, workers = 1,
+      parse = function(page) page:follow("/cookie/show", "show") end,
+      show = function(page) return { cookie = page:css("#cookie::text")[1] or "" } end,
+    })
+    assert.equal("", items[1].cookie)
+  end)
+
   it("retries a 5xx within its budget and reports every reason when it runs out", function()
     local site <close> = testing.site { pages = 1, per_page = 1 }
     local stats = crawl({ start = { site.url .. "/status/503" }, retries = 2, workers = 1, concurrency = 1,

@@ -3,7 +3,8 @@
 
    /page/N (and /) list movies, /detail/ID shows one with its directors, /robots.txt,
    /files/brochure.pdf (bytes that are not HTML), /status/CODE[?retry_after=S] answers that
-   status (for retry specs); anything else is a 404. Every title and
+   status (for retry specs), /cookie/set?NAME=VALUE and /cookie/show (for cookie specs);
+   anything else is a 404. Every title and
    name derives from the seed and the movie id through fixture_mix, so the parent computes
    the known answer (answer()) from the same functions the server writes its pages with. */
 #include <errno.h>
@@ -258,6 +259,27 @@ static int site_answer(int fd, const site_config *cfg, const fixture_request *r,
         } else {
             status = 404, reason = "Not Found";
             puts_(p, "<html><body><h1>404 Not Found</h1></body></html>\n");
+        }
+    } else if (strcmp(path, "/cookie/set") == 0 || strcmp(path, "/cookie/show") == 0) {
+        /* /cookie/set?NAME=VALUE sets a cookie; /cookie/show shows the Cookie header sent,
+           in <p id="cookie">, for the specs of a crawl slot's cookie jar */
+        count(cfg, C_OTHER);
+        if (path[8] == 's' && path[9] == 'e') {
+            const char *q = strchr(r->target, '?');
+            size_t len = q == NULL ? 0 : strcspn(q + 1, "#;\r\n ");
+            if (len == 0 || len > 40) {
+                status = 400, reason = "Bad Request";
+            } else {
+                snprintf(p->extra, sizeof p->extra, "Set-Cookie: %.*s; Path=/\r\n", (int)len, q + 1);
+                extra = p->extra;
+            }
+            puts_(p, "<html><body><p>set</p></body></html>\n");
+        } else {
+            size_t len = 0;
+            const char *cookie = fixture_header(r, "Cookie", &len);
+            puts_(p, "<html><body><p id=\"cookie\">");
+            if (cookie != NULL) put(p, cookie, len);
+            puts_(p, "</p></body></html>\n");
         }
     } else if ((n = path_number(path, "/status/")) >= 200 && n <= 599) {
         /* /status/CODE[?retry_after=S]: that status (and Retry-After), for retry specs */
