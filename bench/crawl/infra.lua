@@ -181,10 +181,10 @@ function I.stop_proxies(set)
 end
 
 -- ---------------------------------------------------------------------------------
--- wrk: `threads` threads (default 1) and `conns` connections to each target for `seconds`, every request a GET of one of the
--- detail pages (round robin over `pages` of them). A target is the origin itself (relative
--- paths) or a proxy (absolute URLs: wrk sends the request line it is given, which is what a
--- forward proxy expects). One wrk process per target, all at once; returns the sum of
+-- wrk: `threads` threads (default 1) and `conns` connections to each target for `seconds`,
+-- every request a GET of one of the detail pages (round robin over `pages` of them). A target
+-- is the origin itself (relative paths) or a proxy (absolute URLs: wrk sends the request line
+-- it is given, which is what a forward proxy expects). One wrk process per target, all at once; returns the sum of
 -- Requests/sec, the requests that were not 2xx, and the socket errors wrk counted
 -- (tinyproxy closes every client connection after its response: wrk counts each as a read
 -- error and reconnects).

@@ -83,6 +83,10 @@ def main():
             os.execvp(argv[0], argv)
         finally:
             os._exit(127)
+    try:
+        os.setpgid(pid, pid)  # here too: a timeout may come before the child has run at all
+    except OSError:
+        pass  # the child has exec'd (and set it) already
     peak, samples, timed_out = 0, 0, False
     while True:
         done, status, usage = os.wait4(pid, os.WNOHANG)
@@ -94,7 +98,10 @@ def main():
             peak = max(peak, total)
         if time.monotonic() - t0 > timeout and not timed_out:
             timed_out = True
-            os.killpg(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     wall = time.monotonic() - t0
     result = {
