@@ -434,7 +434,7 @@ local function section(harness)
     local lists = 0
     for _, row in ipairs(wanted) do lists = math.max(lists, row.lists) end
     local t0 = os.clock()
-    local s = site.write(tmp, math.min(lists, MAX_LISTS), "")
+    local s = site.write(tmp, math.min(lists, MAX_LISTS))
     say("site: %d list + %d detail pages (%.1f KB a detail page on average, %.1f MB in all), written in %.1f s to %s",
       s.lists, s.details, s.detail_bytes / s.details / 1024, s.bytes / 1048576, os.clock() - t0, tmp)
     say("nginx %s with %d worker(s), keep-alive; %s; each crawler measured by bench/crawl/measure.py "

@@ -13,10 +13,18 @@ if not out_file then
   os.exit(2)
 end
 
-local built, why = pcall(require, "forage.crawl")
+local built, module = pcall(require, "forage.crawl")
 local forage = require "forage"
-if not built or type(forage.crawl) ~= "function" then
-  io.write(string.format('{"not_built":%q}\n', (tostring(why):match("^[^\n]*"))))
+-- forage.crawl as the issue names it; or the module itself when it is the function, or its .crawl
+local has, field = pcall(function() return forage.crawl end)
+local crawl = (has and type(field) == "function" and field) or (built and type(module) == "function" and module)
+  or (built and type(module) == "table" and type(module.crawl) == "function" and module.crawl)
+if not built and not tostring(module):match("^module 'forage%.crawl' not found") then
+  error(module, 0) -- there, but broken: that is a failed measurement, not "not built yet"
+end
+if not crawl then
+  local why = built and "forage.crawl is not a function" or tostring(module):match("^[^\n]*")
+  io.write(string.format('{"not_built":%q}\n', why))
   os.exit(0)
 end
 
@@ -31,7 +39,7 @@ local opts = {
 if proxy_slots and tonumber(proxy_slots) > 1 then opts.proxy = { slots = math.tointeger(tonumber(proxy_slots)) } end
 
 local t0 = forage.now()
-local stats = forage.crawl(spider, opts)
+local stats = crawl(spider, opts)
 local seconds = forage.now() - t0
 local function num(v) return tonumber(v) or 0 end
 io.write(string.format('{"crawler":"forage","pages":%d,"items":%d,"seconds":%.6f,"retries":%d,"slots":%d,'

@@ -166,19 +166,18 @@ local function write(path, text)
   f:close()
 end
 
--- Writes the site to root/www (www/page/N, www/detail/ID), the start list root/start.txt
--- (base .. "/page/N", one a line) and the answer root/answer.tsv ("ID\tNAME|NAME" a line).
--- Returns { lists, details, bytes = total bytes, detail_bytes = bytes of the detail pages }.
-function M.write(root, lists, base)
+-- Writes the site to root/www (www/page/N, www/detail/ID) and the answer root/answer.tsv
+-- ("ID\tNAME|NAME" a line). Returns { lists, details, bytes = total bytes, detail_bytes =
+-- bytes of the detail pages }. (The bench writes the start lists: they hold nginx's port.)
+function M.write(root, lists)
   assert(os.execute(string.format("mkdir -p '%s/www/page' '%s/www/detail'", root, root)))
   local details = lists * M.PER_LIST
   local bytes, detail_bytes = 0, 0
-  local start, answer = {}, {}
+  local answer = {}
   for n = 1, lists do
     local body = M.list_page(n, lists)
     write(string.format("%s/www/page/%d", root, n), body)
     bytes = bytes + #body
-    start[n] = string.format("%s/page/%d", base, n)
   end
   for id = 1, details do
     local body = M.detail_page(id)
@@ -187,7 +186,6 @@ function M.write(root, lists, base)
     detail_bytes = detail_bytes + #body
     answer[id] = id .. "\t" .. table.concat(M.directors(id), "|")
   end
-  write(root .. "/start.txt", table.concat(start, "\n") .. "\n")
   write(root .. "/answer.tsv", table.concat(answer, "\n") .. "\n")
   return { lists = lists, details = details, bytes = bytes, detail_bytes = detail_bytes }
 end
