@@ -306,13 +306,25 @@ function M.check(spider, overrides)
         FNAME, key, known_names()), 0)
     end
   end
-  for k, v in pairs(spider) do take(k, v, false) end
-  if overrides ~= nil then
-    if type(overrides) ~= "table" then
-      error(string.format("bad argument #2 to 'crawl' (table expected, got %s)", type(overrides)), 0)
-    end
-    for k, v in pairs(overrides) do take(k, v, true) end
+  if overrides ~= nil and type(overrides) ~= "table" then
+    error(string.format("bad argument #2 to 'crawl' (table expected, got %s)", type(overrides)), 0)
   end
+  overrides = overrides or {}
+  if type(overrides.proxy) == "table" and type(spider.proxy) == "table" then
+    -- `-s proxy.slots=4` changes one proxy setting, not the spider's whole proxy table
+    local merged = {}
+    for k, v in pairs(spider.proxy) do merged[k] = v end
+    for k, v in pairs(overrides.proxy) do merged[k] = v end
+    local copy = {}
+    for k, v in pairs(overrides) do copy[k] = v end
+    copy.proxy, overrides = merged, copy
+  end
+  -- an overridden setting is not checked as the spider gives it: `start = "start.txt"` in a
+  -- spider run with another start file must not need start.txt
+  for k, v in pairs(spider) do
+    if overrides[k] == nil then take(k, v, false) end
+  end
+  for k, v in pairs(overrides) do take(k, v, true) end
   if not s.start then
     error(string.format("%s: setting 'start' is required (a list of URLs, a file or a function)", FNAME), 0)
   end
