@@ -315,9 +315,11 @@ function M.check(spider, overrides)
     local merged = {}
     for k, v in pairs(spider.proxy) do merged[k] = v end
     for k, v in pairs(overrides.proxy) do merged[k] = v end
-    local copy = {}
-    for k, v in pairs(overrides) do copy[k] = v end
-    copy.proxy, overrides = merged, copy
+    local copy = { proxy = merged }
+    for k, v in pairs(overrides) do
+      if k ~= "proxy" then copy[k] = v end
+    end
+    overrides = copy
   end
   -- an overridden setting is not checked as the spider gives it: `start = "start.txt"` in a
   -- spider run with another start file must not need start.txt
