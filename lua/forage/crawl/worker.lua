@@ -53,9 +53,13 @@ function M.run(conn, s, w)
   local fd = conn:fileno()
   local cache = w.cache
 
-  local slots = {}
-  for i = 1, w.count do
-    slots[i] = { index = w.first + i - 1, jar = s.cookies and cookies_mod.jar() or nil }
+  -- A slot is busy (a transfer of its own in flight), idle (in `idle`: it holds a proxy, or
+  -- there are none), or needy (in `needy`: idle without a proxy). Kept as a stack and a set
+  -- so that no step scans every slot: a worker may drive hundreds.
+  local idle, needy, busy = {}, {}, 0
+  for i = w.count, 1, -1 do
+    local slot = { index = w.first + i - 1, jar = s.cookies and cookies_mod.jar() or nil }
+    if proxies then needy[slot] = true else idle[#idle + 1] = slot end
   end
   local pending, phead, ptail = {}, 1, 0         -- requests received, not started
   local finished = {}                            -- transfers done, to handle
@@ -227,10 +231,10 @@ function M.run(conn, s, w)
   local function fetch_robots(slot, req, p, key)
     robots_rules[key] = "pending"
     robots_waiting[key] = {}
-    slot.busy = true
     client:submit(request_options(slot, { method = "GET" }, p, key .. "/robots.txt"), function(r, message, kind)
       finished[#finished + 1] = { robots = key, slot = slot, req = req, p = p, r = r, message = message, kind = kind }
     end)
+    return true
   end
 
   start_request = function(slot, req, p)
@@ -241,19 +245,24 @@ function M.run(conn, s, w)
       if rules == "pending" then
         local list = robots_waiting[key]
         list[#list + 1] = req
-        return
+        return false
       end
       local path = req.url:match("^%a[%w+.-]*://[^/?#]*(.*)$")
       if path == "" then path = "/" end
       if not rules:allowed(s.user_agent, path) then
         results[#results + 1] = { id = req.id, outcome = "robots", url = req.url }
-        return
+        return false
       end
     end
-    slot.busy = true
     client:submit(request_options(slot, req, p, req.url), function(r, message, kind)
       finished[#finished + 1] = { slot = slot, req = req, p = p, r = r, message = message, kind = kind }
     end)
+    return true
+  end
+
+  -- An idle slot goes back to the stack, or to the needy when it has no proxy.
+  local function park(slot)
+    if proxies and not slot.proxy then needy[slot] = true else idle[#idle + 1] = slot end
   end
 
   local function on_robots(f)
@@ -296,55 +305,50 @@ function M.run(conn, s, w)
   -- until a paced proxy may go, or nil.
   local function assign()
     if proxies and now() >= next_proxy_check then
-      for _, slot in ipairs(slots) do
-        if not slot.busy and not slot.proxy then slot.proxy = leases:acquire(slot.index) end
+      for slot in pairs(needy) do
+        slot.proxy = leases:acquire(slot.index)
+        if slot.proxy then
+          needy[slot] = nil
+          idle[#idle + 1] = slot
+        end
       end
       next_proxy_check = now() + RECHECK_PROXIES
     end
-    local wake
-    for _, slot in ipairs(slots) do
-      if phead > ptail then break end
-      if not slot.busy and (not proxies or slot.proxy) then
-        local p
-        if proxies then
-          p = leases:acquire(slot.index)   -- what it holds, unless that proxy broke meanwhile
-          slot.proxy = p
-        end
-        local go = not proxies or p ~= nil
-        if go and p and s.delay > 0 then
-          local wait = leases:pace(p, s.delay)
-          if wait > 0 then
-            go = false
-            wake = math.min(wake or wait, wait)
-          end
-        end
-        if go then
-          local req = pending[phead]
-          pending[phead] = nil
-          phead = phead + 1
-          last_progress = now()
-          start_request(slot, req, p)
+    local wake, paced
+    while phead <= ptail and #idle > 0 do
+      local slot = idle[#idle]
+      idle[#idle] = nil
+      local p
+      if proxies then
+        p = leases:acquire(slot.index)   -- what it holds, unless that proxy broke meanwhile
+        slot.proxy = p
+      end
+      local wait = p and s.delay > 0 and leases:pace(p, s.delay) or 0   -- 0: go, and the gap is reserved
+      if proxies and not p then
+        needy[slot] = true
+      elseif wait > 0 then
+        wake = math.min(wake or wait, wait)
+        paced = paced or {}
+        paced[#paced + 1] = slot
+      else
+        local req = pending[phead]
+        pending[phead] = nil
+        phead = phead + 1
+        last_progress = now()
+        if start_request(slot, req, p) then
+          slot.busy = true
+          busy = busy + 1
+        else
+          idle[#idle + 1] = slot
         end
       end
     end
+    for _, slot in ipairs(paced or {}) do idle[#idle + 1] = slot end
     return wake
   end
 
-  -- Idle slots that can take a request now.
-  local function ready_slots()
-    local n, busy = 0, 0
-    for _, slot in ipairs(slots) do
-      if slot.busy then
-        busy = busy + 1
-      elseif not proxies or slot.proxy then
-        n = n + 1
-      end
-    end
-    return n, busy
-  end
-
   local function flush(force)
-    local ready, busy = ready_slots()
+    local ready = #idle
     local queued = ptail - phead + 1
     local free = ready - queued
     if ready + busy > 0 then free = free + math.max(1, w.count // 4) end
@@ -392,40 +396,32 @@ function M.run(conn, s, w)
       local list = finished
       finished = {}
       for _, f in ipairs(list) do
-        if f.slot then f.slot.busy = nil end
+        if f.slot then
+          f.slot.busy = nil
+          busy = busy - 1
+        end
         if f.robots then
           on_robots(f)
         else
           results[#results + 1] = handle(f.slot, f.req, f.p, f.r, f.message, f.kind)
         end
+        if f.slot then park(f.slot) end
       end
     end
     local wake = assign()
-    local _, busy = ready_slots()
     -- requests that no slot of ours can serve go back to the parent for another worker
-    if proxies and phead <= ptail and busy == 0 and now() - last_progress > GIVE_BACK_AFTER then
-      local any = false
-      for _, slot in ipairs(slots) do if slot.proxy then any = true break end end
-      if not any then
-        for i = phead, ptail do
-          results[#results + 1] = { id = pending[i].id, outcome = "returned", url = pending[i].url }
-          pending[i] = nil
-        end
-        phead, ptail = 1, 0
+    if proxies and phead <= ptail and busy == 0 and #idle == 0 and now() - last_progress > GIVE_BACK_AFTER then
+      for i = phead, ptail do
+        results[#results + 1] = { id = pending[i].id, outcome = "returned", url = pending[i].url }
+        pending[i] = nil
       end
+      phead, ptail = 1, 0
     end
     flush(false)
     if fatal then flush(true) end
     local timeout = 1
     if phead <= ptail and wake then timeout = wake end
-    if proxies then
-      for _, slot in ipairs(slots) do
-        if not slot.busy and not slot.proxy then
-          timeout = math.min(timeout, RECHECK_PROXIES)
-          break
-        end
-      end
-    end
+    if next(needy) then timeout = math.min(timeout, RECHECK_PROXIES) end
     if #finished > 0 then timeout = 0 end
     client:step(timeout, fd)
   end
