@@ -146,6 +146,64 @@ return { start = { %q }, parse = function(page) page:follow(page:css("a.name::at
     assert.matches("no callback 'detial' %(from " .. site.url:gsub("%p", "%%%0") .. "/page/1%)", err)
   end)
 
+  it("exits 2 on bad run options before any request", function()
+    local site <close> = testing.site { pages = 1, per_page = 1 }
+    spider_file(dir, site)
+    for _, case in ipairs {
+      { "--log-level bogus", "setting 'log_level' must be one of debug, info, warn, error, got 'bogus'" },
+      { "-o items.xml", "setting 'output' must be a .jsonl, .ndjson, .json or .csv file, or '-', got 'items.xml'" },
+      { "-s cache=", "setting 'cache' must be a directory name, got ''" },
+      { "-o /nonexistent/dir/items.jsonl", "forage.crawl: output: " },
+    } do
+      local _, err, code = forage_cli("crawl spider.lua " .. case[1], dir)
+      assert.equal(2, code, case[1] .. ": " .. err)
+      assert.matches(case[2], err, 1, true)
+      assert.is_nil(err:find("traceback", 1, true))
+    end
+    assert.equal(0, site:counters().requests)
+  end)
+
+  it("reads -s values as the setting wants them", function()
+    local site <close> = testing.site { pages = 1, per_page = 1 }
+    helpers.write(dir .. "/spider.lua", [[
+return { start = {}, parse = function() end }
+]])
+    local _, err, code = forage_cli("crawl spider.lua -q -s user_agent=1.0 -s name=2024 -s headers.X-Token=abc "
+      .. "-s start=" .. site.url .. "/page/1 -o items.jsonl", dir)
+    assert.equal(0, code, err)
+    assert.equal(1, require("cjson").decode(helpers.read(dir .. "/items.stats.json")).pages)
+  end)
+
+  it("stops on Ctrl-C with exit 130, what is done written and the rest in the failed file", function()
+    local site <close> = testing.site { pages = 20, per_page = 10, latency = 100 }
+    spider_file(dir, site)
+    -- started in its own process group, as a shell would; SIGINT goes to the whole group
+    -- (the workers too) once the first item is written, and not before
+    local script = ([[
+cd %s
+setsid env LUA_PATH=%s LUA_CPATH=%s lua5.4 %s/bin/forage crawl spider.lua -q -o items.jsonl 2>err.txt &
+pid=$!
+for i in $(seq 1 300); do [ -s items.jsonl ] && break; sleep 0.1; done
+kill -INT -$pid
+wait $pid
+echo "exit=$?"
+]]):format(quote(dir), quote(LUA_PATH), quote(LUA_CPATH), quote(ROOT))
+    local p = assert(io.popen("bash -c " .. quote(script)))
+    local out = p:read("a")
+    p:close()
+    assert.matches("exit=130", out)
+    local err = helpers.read(dir .. "/err.txt")
+    assert.equal("forage: interrupted\n", err)
+    local items, failed = 0, 0
+    for _ in io.lines(dir .. "/items.jsonl") do items = items + 1 end
+    for line in io.lines(dir .. "/items.failed.jsonl") do
+      failed = failed + 1
+      assert.matches('"not done: interrupted"', line, 1, true)
+    end
+    assert.is_true(items >= 1)
+    assert.is_true(failed >= 1)
+  end)
+
   it("has help", function()
     local out, _, code = forage_cli("help crawl", dir)
     assert.equal(0, code)

@@ -393,12 +393,13 @@ describe("forage.crawl", function()
 
   it("takes start as a function returning an iterator, and as a file of URLs", function()
     local site <close> = testing.site { pages = 3, per_page = 2 }
-    local ok, err = pcall(crawl, spider_for(site, { start = function()
+    local stats = crawl(spider_for(site, { start = function()
       return ipairs(site:start_urls())     -- yields indexes first: refused, naming what it gave
     end }))
-    assert.is_false(ok)
-    assert.matches("'start' gave 1, not a URL or a request table", err)
-    local stats, items = crawl(spider_for(site, { start = function()
+    assert.equal(2, stats.exit_code)
+    assert.matches("'start' gave 1, not a URL or a request table", stats.message)
+    local items
+    stats, items = crawl(spider_for(site, { start = function()
       local urls, i = site:start_urls(), 0
       return function() i = i + 1 return urls[i] end
     end }))
@@ -440,6 +441,23 @@ describe("forage.crawl", function()
       parse = function(page) page:follow("/cookie/show", "show") end,
       show = function(page) return { cookie = page:css("#cookie::text")[1] or "" } end,
     })
+    assert.equal("", items[1].cookie)
+  end)
+
+  it("starts a new session when a slot takes another proxy", function()
+    local site <close> = testing.site { pages = 1, per_page = 1 }
+    -- the one slot leases the first proxy (ties go to the lowest index), which serves one
+    -- request and then refuses: the follow moves to the second proxy, without the cookie
+    local proxies <close> = testing.proxies { "refuse_after:1", "good" }
+    local stats, items = crawl({
+      start = { site.url .. "/cookie/set?session=s1" }, proxies = proxies:urls(), concurrency = 1, workers = 1,
+      proxy = { max_failures = 1 },
+      parse = function(page) page:follow("/cookie/show", "show") end,
+      show = function(page) return { cookie = page:css("#cookie::text")[1] or "", proxy = page.proxy } end,
+    })
+    assert.equal(0, stats.failed)
+    assert.equal(1, proxies[1]:counters().requests - proxies[1]:counters().refused)
+    assert.equal(proxies:urls()[2], items[1].proxy)
     assert.equal("", items[1].cookie)
   end)
 

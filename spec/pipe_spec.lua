@@ -197,3 +197,32 @@ describe("forage.wait", function()
     r:close()
   end)
 end)
+
+describe("Connection:send_nowait", function()
+  it("never waits: what does not fit stays queued, in order, and flush or send writes it", function()
+    local a, b = forage.pipe()
+    local big = ("x"):rep(4 << 20)               -- far more than a socket buffer holds
+    local queued = a:send_nowait(big)
+    assert.is_true(queued > 0)
+    assert.equal(queued, a:flush())              -- nobody reads: still queued, nothing lost
+    a:send_nowait("second")
+    local p = start_reaped(function()
+      assert(b:recv(10) == big)
+      assert(b:recv(10) == "second")
+      assert(b:recv(10) == "third")
+      b:send("ok")
+    end)
+    while a:flush() > 0 do forage.wait({ a }, 0.01) end
+    a:send("third")                              -- send goes after what was queued
+    assert.equal("ok", a:recv(10))
+    assert.equal(0, p:join(10))
+  end)
+
+  it("says closed when the far end is gone, and raises on what cannot travel", function()
+    local a, b = forage.pipe()
+    b:close()
+    assert.same({ nil, "closed", "closed" }, { a:send_nowait("x") })
+    local c = forage.pipe()
+    assert.has_error(function() c:send_nowait({ f = io.tmpfile() }) end, "value.f: cannot send userdata (FILE*)")
+  end)
+end)

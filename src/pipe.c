@@ -1,6 +1,7 @@
 /* forage.Connection: one end of a pipe between processes, carrying wire-encoded values. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -22,6 +23,8 @@ typedef struct connection {
     int writable;
     frame_reader in;
     buf out;
+    buf queued;        /* frames of send_nowait not yet written, from queued_at on */
+    size_t queued_at;
 } connection;
 
 static connection *check_open(lua_State *L, int i) {
@@ -62,24 +65,96 @@ static int pipe_new(lua_State *L) {
     return 2;
 }
 
+/* Encodes the value at index 2 as one frame in c->out; raises when it cannot travel. */
+static void encode_frame(lua_State *L, connection *c) {
+    char err[256];
+    size_t header_at;
+    buf_reset(&c->out);
+    if (frame_begin(&c->out, &header_at) != 0) luaL_error(L, "not enough memory");
+    if (wire_encode(L, 2, &c->out, WIRE_CODE, "value", err, sizeof err) != 0) luaL_error(L, "%s", err);
+    if (frame_end(&c->out, header_at) != 0) luaL_error(L, "value too large to send (%zu bytes)", c->out.len);
+}
+
+/* Writes what the queue of send_nowait holds without waiting. Returns 0 (written, or the
+   far end's buffer is full), -2 when the far end is gone, -1 on another error (errno). */
+static int write_queued(connection *c) {
+    while (c->queued_at < c->queued.len) {
+        ssize_t n = send(c->fd, c->queued.data + c->queued_at, c->queued.len - c->queued_at,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            c->queued_at += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        } else if (n < 0 && errno == ENOTSOCK) {
+            /* a one-way pipe: no MSG_DONTWAIT; POLLOUT promises room for PIPE_BUF bytes */
+            if (fd_wait(c->fd, POLLOUT, 0) <= 0) return 0;
+            size_t left = c->queued.len - c->queued_at;
+            n = write(c->fd, c->queued.data + c->queued_at, left < PIPE_BUF ? left : PIPE_BUF);
+            if (n > 0) c->queued_at += (size_t)n;
+            else if (n < 0 && errno != EAGAIN && errno != EINTR) return errno == EPIPE ? -2 : -1;
+        } else {
+            return errno == EPIPE || errno == ECONNRESET ? -2 : -1;
+        }
+    }
+    buf_reset(&c->queued);
+    c->queued_at = 0;
+    if (c->queued.cap > (1u << 20)) buf_free(&c->queued);
+    return 0;
+}
+
 /* conn:send(v) -> true; raises when v cannot travel; nil, "closed", "closed" when the far
-   end is gone. */
+   end is gone. Frames queued by send_nowait go first. */
 static int connection_send(lua_State *L) {
     connection *c = check_open(L, 1);
     luaL_checkany(L, 2);
     if (!c->writable) return luaL_error(L, "connection is receive-only");
-    char err[256];
-    size_t header_at;
-    buf_reset(&c->out);
-    if (frame_begin(&c->out, &header_at) != 0) return luaL_error(L, "not enough memory");
-    if (wire_encode(L, 2, &c->out, WIRE_CODE, "value", err, sizeof err) != 0) return luaL_error(L, "%s", err);
-    if (frame_end(&c->out, header_at) != 0) return luaL_error(L, "value too large to send (%zu bytes)", c->out.len);
+    encode_frame(L, c);
+    if (c->queued_at < c->queued.len) {
+        if (fd_write_all(c->fd, c->queued.data + c->queued_at, c->queued.len - c->queued_at) != 0) {
+            if (errno == EPIPE || errno == ECONNRESET) return args_fail(L, "closed", "closed");
+            return luaL_error(L, "cannot send: %s", strerror(errno));
+        }
+        buf_reset(&c->queued);
+        c->queued_at = 0;
+    }
     if (fd_write_all(c->fd, c->out.data, c->out.len) != 0) {
         if (errno == EPIPE || errno == ECONNRESET) return args_fail(L, "closed", "closed");
         return luaL_error(L, "cannot send: %s", strerror(errno));
     }
     if (c->out.cap > (1u << 20)) buf_free(&c->out);   /* do not keep a huge buffer around */
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* conn:send_nowait(v) -> the bytes still queued (0 when all went out), or nil, "closed",
+   "closed" when the far end is gone; raises when v cannot travel. Never waits: what the
+   far end has no room for yet stays queued, in order, and goes with the next send_nowait,
+   flush or send. A process that both sends and receives (a parent feeding workers that
+   answer) sends this way, so that two processes can never wait for each other to read. */
+static int connection_send_nowait(lua_State *L) {
+    connection *c = check_open(L, 1);
+    luaL_checkany(L, 2);
+    if (!c->writable) return luaL_error(L, "connection is receive-only");
+    encode_frame(L, c);
+    if (buf_append(&c->queued, c->out.data, c->out.len) != 0) return luaL_error(L, "not enough memory");
+    if (c->out.cap > (1u << 20)) buf_free(&c->out);
+    int rc = write_queued(c);
+    if (rc == -2) return args_fail(L, "closed", "closed");
+    if (rc < 0) return luaL_error(L, "cannot send: %s", strerror(errno));
+    lua_pushinteger(L, (lua_Integer)(c->queued.len - c->queued_at));
+    return 1;
+}
+
+/* conn:flush() -> the bytes still queued after writing what fits now, or nil, "closed",
+   "closed". Never waits. */
+static int connection_flush(lua_State *L) {
+    connection *c = check_open(L, 1);
+    int rc = write_queued(c);
+    if (rc == -2) return args_fail(L, "closed", "closed");
+    if (rc < 0) return luaL_error(L, "cannot send: %s", strerror(errno));
+    lua_pushinteger(L, (lua_Integer)(c->queued.len - c->queued_at));
     return 1;
 }
 
@@ -202,6 +277,8 @@ static int connection_close(lua_State *L) {
     c->fd = -1;
     frame_reader_free(&c->in);
     buf_free(&c->out);
+    buf_free(&c->queued);
+    c->queued_at = 0;
     return 0;
 }
 
@@ -214,7 +291,8 @@ static int connection_tostring(lua_State *L) {
 
 void forage_open_pipe(lua_State *L) {
     static const luaL_Reg methods[] = {
-        {"send", connection_send}, {"recv", connection_recv}, {"poll", connection_poll},
+        {"send", connection_send}, {"send_nowait", connection_send_nowait}, {"flush", connection_flush},
+        {"recv", connection_recv}, {"poll", connection_poll},
         {"fileno", connection_fileno}, {"close", connection_close}, {NULL, NULL},
     };
     static const luaL_Reg meta[] = {

@@ -1,6 +1,7 @@
 /* Small system services for Lua: clocks, sleeping, process ids, processor count, and a
    pre-sized table (what the standard library lacks for the pool and its examples). */
 #include <errno.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +47,14 @@ static int sys_getppid(lua_State *L) {
 }
 
 /* getpid() -> this process's id. */
+/* core.ignore_interrupts(): SIGINT is ignored from now on in this process (a crawl's
+   workers: Ctrl-C reaches the whole process group, and the parent stops them in order). */
+static int ignore_interrupts(lua_State *L) {
+    (void)L;
+    signal(SIGINT, SIG_IGN);
+    return 0;
+}
+
 static int sys_getpid(lua_State *L) {
     lua_pushinteger(L, getpid());
     return 1;
@@ -54,7 +63,8 @@ static int sys_getpid(lua_State *L) {
 void forage_open_sys(lua_State *L) {
     static const luaL_Reg functions[] = {
         {"cpu_count", cpu_count}, {"now", monotonic_now}, {"new_table", new_table},
-        {"sleep", sleep_seconds}, {"getppid", sys_getppid}, {"getpid", sys_getpid}, {NULL, NULL},
+        {"sleep", sleep_seconds}, {"getppid", sys_getppid}, {"getpid", sys_getpid},
+        {"ignore_interrupts", ignore_interrupts}, {NULL, NULL},
     };
     luaL_setfuncs(L, functions, 0);
 }

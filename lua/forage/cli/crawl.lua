@@ -25,8 +25,15 @@ function M.configure(command)
   command:flag("-q --quiet", "Print errors only: no progress line, no summary.")
 end
 
--- "10" -> 10, "true" -> true, "a,b" stays a string unless the key wants a list.
-local function parse_value(v)
+-- Settings whose value is a string even when it looks like a number ("-s user_agent=1.0"),
+-- and groups whose entries are strings (headers.X-Token, cookies.session).
+local STRING_SETTINGS = { name = true, user_agent = true, cache = true, start = true, proxies = true }
+local STRING_GROUPS = { headers = true, cookies = true }
+
+-- The value of -s key=value: "10" -> 10, "true" -> true, except for string settings.
+local function parse_value(key, v)
+  local group = key:match("^(%w+)%.")
+  if STRING_SETTINGS[key] or STRING_GROUPS[group] then return v end
   if v == "true" then return true elseif v == "false" then return false end
   local n = tonumber(v)
   if n then return math.tointeger(n) or n end
@@ -39,17 +46,18 @@ local LIST_SETTINGS = { allowed_domains = true, start = true, proxies = true, ["
 local function overrides_of(parsed)
   local o = {}
   for _, kv in ipairs(parsed.set or {}) do
-    local key, value = kv:match("^([%w_.]+)=(.*)$")
+    local key, value = kv:match("^([%w_]+%.?[%w_-]*)=(.*)$")
     if not key then return nil, ("-s %s: expected KEY=VALUE"):format(require("forage.args").show(kv)) end
-    local v = parse_value(value)
-    if LIST_SETTINGS[key] and type(v) == "string" and value:find(",", 1, true) then
+    local v = parse_value(key, value)
+    local url_list = (key == "start" or key == "proxies") and value:match("^%a[%w+.-]*://")
+    if LIST_SETTINGS[key] and (value:find(",", 1, true) or url_list) then
       local list = {}
-      for part in value:gmatch("[^,]+") do list[#list + 1] = parse_value(part) end
+      for part in value:gmatch("[^,]+") do list[#list + 1] = parse_value(key, part) end
       v = list
     elseif LIST_SETTINGS[key] and key ~= "start" and key ~= "proxies" then
       v = { v }
     end
-    local group, sub = key:match("^(%w+)%.([%w_]+)$")
+    local group, sub = key:match("^(%w+)%.([%w_-]+)$")
     if group then
       o[group] = o[group] or {}
       if type(o[group]) ~= "table" then return nil, ("-s %s: '%s' is not a table of settings"):format(kv, group) end
@@ -115,8 +123,15 @@ function M.crawl(spider, opts, cli, quiet)
   local crawl = require "forage.crawl"
   local ok, err = pcall(crawl.check, spider, opts)
   if not ok then return cli.fail(cli.USAGE, cli.clean_error(err)) end
-  local done, stats = xpcall(crawl.run, debug.traceback, spider, opts)
-  if not done then return cli.fail(cli.FAILED, cli.clean_error(stats)) end
+  local done, stats = xpcall(crawl.run, function(e)
+    if type(e) == "string" and e ~= "interrupted" then return debug.traceback(e, 2) end
+    return e
+  end, spider, opts)
+  if not done then
+    if stats == "interrupted" then return cli.fail(cli.INTERRUPTED, "interrupted") end
+    if getmetatable(stats) == crawl.BadInput then return cli.fail(cli.USAGE, stats.message) end
+    return cli.fail(cli.FAILED, cli.clean_error(stats))
+  end
   if not quiet then summary(stats, io.stderr) end
   if stats.exit_code == crawl.NO_PROXY or stats.exit_code == crawl.BAD_INPUT or stats.exit_code == crawl.FATAL then
     io.stderr:write("forage: ", tostring(stats.message), "\n")

@@ -7,7 +7,7 @@
 local M = {}
 
 -- Exit codes, the same for every command (docs/cli.md).
-M.OK, M.FAILED, M.USAGE, M.NO_PROXY = 0, 1, 2, 3
+M.OK, M.FAILED, M.USAGE, M.NO_PROXY, M.INTERRUPTED = 0, 1, 2, 3, 130
 
 -- The commands in the order `forage --help` lists them.
 local COMMANDS = { "crawl", "demo", "fetch", "shell", "version", "help" }

@@ -163,6 +163,10 @@ end
 -- jar:header(url [, now_epoch]) -> "a=1; b=2", or nil when no cookie goes to that url.
 -- Longer paths first, then older cookies first (RFC 6265 5.4).
 function Jar:header(u, now)
+  if next(self.cookies) == nil then   -- the common case, without parsing the URL
+    args.check(1, u, "string", "header", 2)
+    return nil
+  end
   local t = target(u, "header")
   if not t then return nil end
   args.check(2, now, "number", "header", 2, true)

@@ -22,8 +22,15 @@ local M = {}
 M.DONE, M.FATAL, M.BAD_INPUT, M.NO_PROXY = 0, 1, 2, 3
 
 local START_LOW_WATER = 10000      -- start requests read ahead into the frontier
-local BYTES_IN_FLIGHT = 96 * 1024  -- request bytes sent to a worker and not yet answered
-local WORKER_DEATHS = 3            -- a request whose worker died this often fails
+local WORKER_DEATHS = 3            -- a request whose callback killed its worker this often fails
+local BYSTANDER_DEATHS = 10        -- a request in a worker that died this often, not in its callback
+local STOP_WAIT = 5                -- seconds the workers have to finish after "stop"
+
+-- An error that ends the crawl with exit code 2 (a bad spider found while running).
+local BadInput = {}
+BadInput.__index = BadInput
+BadInput.__tostring = function(e) return e.message end
+M.BadInput = BadInput
 
 local function hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
@@ -41,7 +48,8 @@ function M.run(spider, overrides)
   local started_at, cpu0 = now(), os.clock()
 
   local stats = {
-    name = s.name, pages = 0, items = 0, bytes = 0, requests = 0, by_status = {}, errors = {},
+    name = s.name, pages = 0, items = 0, bytes = 0, requests = 0, by_status = output.object(),
+    errors = output.object(),
     retries = 0, proxy_switches = 0, duplicates = 0, skipped_links = 0, offsite = 0, depth_dropped = 0,
     robots_forbidden = 0, cache_hits = 0, failed = 0, items_dropped = 0, worker_deaths = 0,
     proxies = {}, finished = "done", exit_code = M.DONE,
@@ -50,15 +58,28 @@ function M.run(spider, overrides)
     stats.proxies[i] = { url = spider_mod.mask(p), requests = 0, successes = 0, failures = 0, bans = 0, cooldowns = 0 }
   end
 
-  -- outputs
-  local items_out = run.output and output.open(run.output) or nil
+  -- outputs: the items' file is opened before any request (a path that cannot be written
+  -- stops the crawl there); the failed file when the first failure comes
+  local items_out
+  if run.output then
+    local err
+    items_out, err = output.open(run.output)
+    if not items_out then error(setmetatable({ message = "forage.crawl: output: " .. tostring(err) }, BadInput), 0) end
+  end
   local failed_path = run.failed or (run.output and output.failed_path(run.output)) or nil
   local failed_out
-  local failures = {}            -- kept for the stats when there is no failed file
+  local failures = {}            -- kept for the stats when there is no failed file (or it cannot be written)
   local function record_failure(record)
     stats.failed = stats.failed + 1
-    if failed_path then
-      failed_out = failed_out or output.open(failed_path)
+    if failed_path and not failed_out then
+      local err
+      failed_out, err = output.open(failed_path)
+      if not failed_out then
+        log:error("cannot write the failed file (%s); failures are kept in the stats", tostring(err))
+        failed_path = nil
+      end
+    end
+    if failed_out then
       local ok, err = failed_out:write(record)
       if not ok then
         record.item = nil
@@ -89,7 +110,15 @@ function M.run(spider, overrides)
       max_failures = s.proxy.max_failures, cooldown = s.proxy.cooldown, max_cooldown = s.proxy.max_cooldown,
       retire_after = s.proxy.retire_after, name = "forage.crawl proxy" }
   end
-  local cache = s.cache and cache_mod.open(s.cache, { refresh = s.cache_refresh }) or nil
+  local cache
+  if s.cache then
+    local err
+    cache, err = cache_mod.open(s.cache, { refresh = s.cache_refresh })
+    if not cache then error(setmetatable({ message = "forage.crawl: cache: " .. tostring(err) }, BadInput), 0) end
+  end
+  -- what each worker's callback is working on (a request id, 0 between callbacks), so that
+  -- a worker's death is charged to the request that killed it, not to its bystanders
+  local running = core.array("int64", s.workers)
 
   local fr = frontier_mod.memory { per_host = s.per_host }
   local inflight, ninflight = {}, 0     -- id -> { req, worker } (worker nil: waiting for a backoff)
@@ -130,7 +159,8 @@ function M.run(spider, overrides)
   local start_done = false
   local function feed_start()
     while not start_done and fr:counts().queued < START_LOW_WATER do
-      local req = start_it()
+      local ok, req = pcall(start_it)
+      if not ok then error(setmetatable({ message = tostring(req) }, BadInput), 0) end
       if not req then
         start_done = true
         break
@@ -138,21 +168,20 @@ function M.run(spider, overrides)
       local copy = {}
       for k, v in pairs(req) do copy[k] = v end
       if copy.callback and not s.callbacks[copy.callback] then
-        error(string.format("forage.crawl: a start request names callback '%s', which the spider does not have",
-          copy.callback), 0)
+        error(setmetatable({ message = string.format(
+          "forage.crawl: a start request names callback '%s', which the spider does not have", copy.callback) },
+          BadInput), 0)
       end
       enqueue(copy)
     end
   end
-  feed_start()
-
   -- workers
   local workers = {}
   local per, extra = s.concurrency // s.workers, s.concurrency % s.workers
   local first = 1
   for i = 1, s.workers do
     local count = per + (i <= extra and 1 or 0)
-    workers[i] = { index = i, first = first, count = count, inflight = {}, bytes = 0 }
+    workers[i] = { index = i, first = first, count = count, inflight = {} }
     first = first + count
   end
 
@@ -163,14 +192,14 @@ function M.run(spider, overrides)
       for _, other in ipairs(workers) do
         if other.conn then other.conn:close() end
       end
-      worker_mod.run(child_end, s, { first = w.first, count = w.count, leases = leases, cache = cache })
+      worker_mod.run(child_end, s, { index = w.index, first = w.first, count = w.count, leases = leases,
+        cache = cache, running = running })
     end)
     proc:start()
     child_end:close()
     w.conn, w.proc = parent_end, proc
-    w.free, w.got, w.sent, w.cpu, w.bytes = 0, 0, 0, 0, 0
+    w.free, w.got, w.sent, w.cpu = 0, 0, 0, 0
   end
-  for _, w in ipairs(workers) do spawn(w) end
 
   local cpu_of_dead = 0
   local stopping, stop_reason
@@ -241,10 +270,7 @@ function M.run(spider, overrides)
     local req, w = entry.req, entry.worker
     inflight[res.id] = nil
     ninflight = ninflight - 1
-    if w then
-      w.inflight[res.id] = nil
-      w.bytes = w.bytes - entry.bytes
-    end
+    if w then w.inflight[res.id] = nil end
     local pstats = res.proxy and stats.proxies[res.proxy]
     if pstats and res.cooled then pstats.cooldowns = pstats.cooldowns + 1 end
     local outcome = res.outcome
@@ -286,7 +312,7 @@ function M.run(spider, overrides)
         else
           stats.retries = stats.retries + 1
           delayed[#delayed + 1] = { due = now() + math.max(backoff(req.attempts), res.retry_after or 0), req = req }
-          inflight[req.id], ninflight = { req = req, bytes = 0 }, ninflight + 1
+          inflight[req.id], ninflight = { req = req }, ninflight + 1
         end
       end
     elseif outcome == "retry" then
@@ -299,7 +325,7 @@ function M.run(spider, overrides)
       else
         stats.retries = stats.retries + 1
         delayed[#delayed + 1] = { due = now() + backoff(req.attempts), req = req }
-        inflight[req.id], ninflight = { req = req, bytes = 0 }, ninflight + 1
+        inflight[req.id], ninflight = { req = req }, ninflight + 1
       end
     elseif outcome == "fail" then
       if res.kind then add_count(stats.errors, res.kind) end
@@ -318,6 +344,8 @@ function M.run(spider, overrides)
   -- unharmed, and a new worker takes its slots.
   local function worker_died(w)
     stats.worker_deaths = stats.worker_deaths + 1
+    local culprit = running[w.index]
+    running[w.index] = 0
     w.conn:close()
     w.proc:join(5)
     if w.proc:alive() then w.proc:kill() w.proc:join() end
@@ -329,10 +357,16 @@ function M.run(spider, overrides)
       inflight[id] = nil
       ninflight = ninflight - 1
       local req = entry.req
-      req.deaths = (req.deaths or 0) + 1
-      if req.deaths >= WORKER_DEATHS then
+      if id == culprit then
+        req.deaths = (req.deaths or 0) + 1
+        req.reasons[#req.reasons + 1] = "its worker died in its callback"
+      else
+        req.bystander = (req.bystander or 0) + 1
+      end
+      if (req.deaths or 0) >= WORKER_DEATHS or req.bystander and req.bystander >= BYSTANDER_DEATHS then
         fr:ack(req)
-        fail_request(req, ("its worker died while handling it (%d times)"):format(req.deaths))
+        fail_request(req, ("gave up: its worker died %d times while it was there"):format(
+          (req.deaths or 0) + (req.bystander or 0)))
       else
         fr:retry(req)
       end
@@ -341,7 +375,7 @@ function M.run(spider, overrides)
     if leases then
       for slot = w.first, w.first + w.count - 1 do leases:release(slot) end
     end
-    if not stopping then spawn(w) else w.conn = nil end
+    if not stopping then spawn(w) else w.conn, w.proc = nil, nil end
   end
 
   local function handle_message(w, msg)
@@ -352,30 +386,45 @@ function M.run(spider, overrides)
   end
 
   -- Sends each worker as many requests as it has room for.
+  -- Sends each worker as many requests as it has room for. Sends never wait (send_nowait):
+  -- the parent goes on reading its workers while a large batch goes out, so that parent and
+  -- worker can never both wait for the other to read; a worker with bytes still queued gets
+  -- no more until they are out.
   local function dispatch()
     if stopping then return end
     if s.max_items > 0 and stats.items >= s.max_items then return end
     for _, w in ipairs(workers) do
-      if w.conn then
+      if w.conn and (w.queued or 0) == 0 then
         local room = w.free - (w.sent - w.got)
         if s.max_pages > 0 then room = math.min(room, s.max_pages - stats.pages - ninflight) end
-        if room > 0 and w.bytes < BYTES_IN_FLIGHT then
+        if room > 0 then
           local reqs = fr:pop(room)
           if #reqs > 0 then
             for _, req in ipairs(reqs) do
-              local size = #req.url + 64
-              inflight[req.id] = { req = req, worker = w, bytes = size }
+              inflight[req.id] = { req = req, worker = w }
               ninflight = ninflight + 1
               w.inflight[req.id] = true
-              w.bytes = w.bytes + size
             end
             w.sent = w.sent + #reqs
-            local ok = w.conn:send { reqs = reqs }
-            if not ok then worker_died(w) end
+            local queued = w.conn:send_nowait { reqs = reqs }
+            if not queued then worker_died(w) else w.queued = queued end
           end
         end
       end
     end
+  end
+
+  -- Writes what is queued for each worker; true when something is still queued.
+  local function flush_workers()
+    local any = false
+    for _, w in ipairs(workers) do
+      if w.conn and (w.queued or 0) > 0 then
+        local queued = w.conn:flush()
+        if not queued then worker_died(w) else w.queued = queued end
+        any = any or (w.queued or 0) > 0
+      end
+    end
+    return any
   end
 
   local function proxy_summary()
@@ -404,8 +453,34 @@ function M.run(spider, overrides)
   end
   local last_progress = 0
 
+  -- Reads everything a worker has sent, without waiting for more.
+  local function read_worker(w)
+    local conn = w.conn
+    repeat
+      local msg, why = conn:recv(0)
+      if msg then
+        handle_message(w, msg)
+      elseif why == "closed" then
+        worker_died(w)
+      end
+    until not msg or w.conn ~= conn or not conn:poll()
+  end
+
+  local function worker_conns()
+    local conns = {}
+    for _, w in ipairs(workers) do if w.conn then conns[#conns + 1] = w.conn end end
+    return conns
+  end
+
+  local function by_conn(conn)
+    for _, w in ipairs(workers) do if w.conn == conn then return w end end
+  end
+
   -- the loop
+  local interrupted
   local ok, err = xpcall(function()
+    feed_start()
+    for _, w in ipairs(workers) do spawn(w) end
     while true do
       local t = now()
       -- retries whose backoff is over go back to the queue
@@ -426,11 +501,10 @@ function M.run(spider, overrides)
       dispatch()
       if stopping then break end
       local queued = fr:counts().queued
-      if ninflight == 0 and start_done and (queued == 0 or (s.max_pages > 0 and stats.pages >= s.max_pages)
-          or (s.max_items > 0 and stats.items >= s.max_items)) then
-        if queued > 0 then
-          stats.finished = s.max_pages > 0 and stats.pages >= s.max_pages and "max_pages" or "max_items"
-        end
+      local limit = s.max_pages > 0 and stats.pages >= s.max_pages and "max_pages"
+        or s.max_items > 0 and stats.items >= s.max_items and "max_items"
+      if ninflight == 0 and (limit or start_done and queued == 0) then
+        if limit and (queued > 0 or not start_done) then stats.finished = limit end
         break
       end
       if leases and leases:none_left() then
@@ -445,53 +519,71 @@ function M.run(spider, overrides)
       end
       local timeout = 0.25
       for _, d in ipairs(delayed) do timeout = math.min(timeout, math.max(0, d.due - t)) end
-      local conns = {}
-      for _, w in ipairs(workers) do if w.conn then conns[#conns + 1] = w.conn end end
-      local ready = forage.wait(conns, timeout)
-      for _, conn in ipairs(ready) do
-        for _, w in ipairs(workers) do
-          if w.conn == conn then
-            -- everything the worker has sent, without waiting for more
-            repeat
-              local msg, why = conn:recv(0)
-              if msg then
-                handle_message(w, msg)
-              elseif why == "closed" then
-                worker_died(w)
-              end
-            until not msg or not w.conn or w.conn ~= conn or not conn:poll()
-            break
-          end
-        end
+      if flush_workers() then timeout = math.min(timeout, 0.002) end
+      for _, conn in ipairs(forage.wait(worker_conns(), timeout)) do
+        local w = by_conn(conn)
+        if w then read_worker(w) end
       end
     end
-  end, debug.traceback)
-
-  -- stop the workers
-  for _, w in ipairs(workers) do
-    if w.conn then pcall(w.conn.send, w.conn, { stop = true }) end
-  end
-  for _, w in ipairs(workers) do
-    if w.proc then
-      w.proc:join(5)
-      if w.proc:alive() then w.proc:kill() w.proc:join() end
-      if w.conn then
-        -- the last stats and CPU figure it sent
-        while w.conn:poll() do
-          local msg = w.conn:recv(0)
-          if not msg then break end
-          w.cpu = msg.cpu or w.cpu
-        end
-        w.conn:close()
-      end
+  end, function(e)
+    if type(e) == "string" and e:find("interrupted!$") then
+      interrupted = true
+      return "interrupted"
     end
-  end
+    if getmetatable(e) == BadInput then return e end
+    return debug.traceback(tostring(e), 2)
+  end)
 
+  -- stop the workers: each finishes the callback it is in, sends what it has, and leaves;
+  -- what they send meanwhile is handled as ever (so nothing done is reported as not done)
   if not ok then
-    stop("fatal", M.FATAL, err)
+    if interrupted then
+      stop("interrupted", M.FATAL, "interrupted")
+    elseif getmetatable(err) == BadInput then
+      stop("fatal", M.BAD_INPUT, err.message)
+    else
+      stop("fatal", M.FATAL, err)
+    end
   end
+  stopping = true
+  for _, w in ipairs(workers) do
+    if w.conn then
+      local queued = w.conn:send_nowait { stop = true }
+      w.queued = queued
+      if not queued then w.conn:close() w.conn = nil end
+    end
+  end
+  local deadline = now() + STOP_WAIT
+  while now() < deadline do
+    local conns = worker_conns()
+    if #conns == 0 then break end
+    flush_workers()
+    local ready = forage.wait(conns, 0.05)
+    for _, conn in ipairs(ready) do
+      local w = by_conn(conn)
+      local msg, why = conn:recv(0)
+      if msg then
+        pcall(handle_message, w, msg)
+      elseif why == "closed" then
+        conn:close()
+        w.conn = nil
+      end
+    end
+  end
+  for _, w in ipairs(workers) do
+    if w.conn then w.conn:close() w.conn = nil end
+    if w.proc then
+      w.proc:join(1)
+      if w.proc:alive() then w.proc:kill() w.proc:join() end
+    end
+  end
+  if stats.finished == "done" and ninflight + fr:counts().queued > 0 then
+    -- a worker stopped short of its last results (killed at the deadline)
+    stop("fatal", M.FATAL, "the workers did not finish")
+  end
+
   -- what was not done is not lost: it goes to the failed output with the reason
-  if stopping then
+  if stats.finished ~= "done" and stats.finished ~= "max_pages" and stats.finished ~= "max_items" then
     local reason = stop_reason or stats.finished
     for _, entry in pairs(inflight) do fail_request(entry.req, "not done: " .. tostring(reason)) end
     while true do
@@ -499,10 +591,10 @@ function M.run(spider, overrides)
       if #reqs == 0 then break end
       for _, req in ipairs(reqs) do fail_request(req, "not done: " .. tostring(reason)) end
     end
-    if stats.exit_code == M.NO_PROXY then
-      while true do
-        local req = start_it()
-        if not req then break end
+    if stats.exit_code == M.NO_PROXY or interrupted then
+      while not start_done do
+        local good, req = pcall(start_it)
+        if not good or not req then break end
         fail_request(req, "not done: " .. tostring(reason))
       end
     end
@@ -527,12 +619,18 @@ function M.run(spider, overrides)
   stats.failed_output = failed_out and failed_path or nil
   stats.output = run.output
   progress:finish(snapshot_progress())
+  if items_out and (items_out.dropped_keys or 0) > 0 then
+    -- CSV columns come from the first item: keys only later items have are not in the file
+    stats.csv_dropped_keys = items_out.dropped_keys
+    log:warn("%d item keys were not written: the CSV columns are the first item's", items_out.dropped_keys)
+  end
   if items_out then items_out:close() end
   if failed_out then failed_out:close() end
   if cache then stats.cache_stores = cache.stores end
   fr:close()
   if leases and leases.close then leases:close() end
   if run.stats then output.write_json(run.stats, stats) end
+  if interrupted then error("interrupted", 0) end
   return stats
 end
 

@@ -33,7 +33,11 @@ end
 
 -- "array" with its length for a table whose keys are exactly 1..n (an empty table is an
 -- array), "object" for one whose keys are all strings, or nil and the key that is neither.
+-- The metatable of tables that are JSON objects even when empty (output.object).
+local OBJECT = {}
+
 local function table_kind(t)
+  if next(t) == nil and getmetatable(t) == OBJECT then return "object" end
   local n, strings, others, bad = 0, 0, 0, nil
   for k in pairs(t) do
     if type(k) == "string" then
@@ -129,6 +133,12 @@ function encode_value(v, path, depth, active, indent, out)
   return true
 end
 
+-- output.object([t]) -> t (or a new table), marked as a JSON object: `{}` when empty, not
+-- `[]` (an empty table is a list otherwise).
+function M.object(t)
+  return setmetatable(t or {}, OBJECT)
+end
+
 -- encode(value [, indent]) -> JSON text, or nil and what in the value JSON cannot hold
 -- (a function, a userdata, a cycle, a mixed table, NaN, infinity, bytes that are not
 -- UTF-8). Keys sorted; an empty table is [].
@@ -164,7 +174,7 @@ local function csv_text(v, path)
         local s, message
         if type(item) == "table" then s, message = M.encode(item) else s, message = csv_text(item, path) end
         if not s then return nil, message end
-        parts[i] = s
+        parts[i] = s:gsub("[\\|]", "\\%0")   -- a "|" or "\" inside an element is escaped with "\"
       end
       return table.concat(parts, "|")
     end

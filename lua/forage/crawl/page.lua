@@ -2,6 +2,7 @@
 -- on a document parsed once on first use (and freed when the callback returns), and the
 -- two ways a callback gives work back: follow (new requests) and emit (items).
 local forage = require "forage"
+local args = require "forage.args"
 
 local M = {}
 
@@ -64,6 +65,46 @@ end
 
 local FOLLOW_OPTIONS = { meta = true, priority = true, dont_filter = true, headers = true, method = true, body = true }
 
+local function bad_follow(key, what, v)
+  error(string.format("follow: option '%s' must be %s, got %s", key, what, args.show(v)), 4)
+end
+
+-- Raises (in the callback: the page fails with the message) on options the request could
+-- not be sent with, rather than letting the worker find out.
+local function check_follow_options(opts)
+  if type(opts) ~= "table" then
+    error(string.format("bad argument #3 to 'follow' (table expected, got %s)", type(opts)), 3)
+  end
+  for k in pairs(opts) do
+    if not FOLLOW_OPTIONS[k] then
+      error(string.format("follow: unknown option '%s' (known: body, dont_filter, headers, meta, method, priority)",
+        tostring(k)), 3)
+    end
+  end
+  local m = opts.method
+  if m ~= nil and (type(m) ~= "string" or not m:match("^[%w!#$%%&'*+.^_`|~-]+$")) then
+    bad_follow("method", "an HTTP method token", m)
+  end
+  if opts.body ~= nil and type(opts.body) ~= "string" then bad_follow("body", "a string", opts.body) end
+  if opts.priority ~= nil and math.type(opts.priority) ~= "integer" then
+    bad_follow("priority", "an integer", opts.priority)
+  end
+  if opts.dont_filter ~= nil and type(opts.dont_filter) ~= "boolean" then
+    bad_follow("dont_filter", "a boolean", opts.dont_filter)
+  end
+  if opts.headers ~= nil then
+    if type(opts.headers) ~= "table" then bad_follow("headers", "a table of name = value", opts.headers) end
+    for name, value in pairs(opts.headers) do
+      if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+        bad_follow("headers", "a table of header names to values", name)
+      end
+      if type(value) ~= "string" or value:find("[\r\n%z]") then
+        bad_follow("headers", "values without line breaks or NUL bytes", value)
+      end
+    end
+  end
+end
+
 local function follow_one(self, href, callback, opts)
   local ctx = self._ctx
   if type(href) == "table" and href.attr then href = href:attr("href") end   -- a node: its href
@@ -92,17 +133,7 @@ function Page:follow(hrefs, callback, opts)
     error(setmetatable({ message = string.format("follow: the spider has no callback '%s' (from %s)",
       callback, self.url) }, Fatal), 2)
   end
-  if opts ~= nil then
-    if type(opts) ~= "table" then
-      error(string.format("bad argument #3 to 'follow' (table expected, got %s)", type(opts)), 2)
-    end
-    for k in pairs(opts) do
-      if not FOLLOW_OPTIONS[k] then
-        error(string.format("follow: unknown option '%s' (known: body, dont_filter, headers, meta, method, priority)",
-          tostring(k)), 2)
-      end
-    end
-  end
+  if opts ~= nil then check_follow_options(opts) end
   local n = 0
   if type(hrefs) == "table" and not hrefs.attr then
     for _, href in ipairs(hrefs) do

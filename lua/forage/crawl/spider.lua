@@ -111,7 +111,10 @@ checkers.per_host = count("per_host")
 checkers.max_bytes = count("max_bytes")
 checkers.obey_robots = boolean("obey_robots")
 checkers.user_agent = string_setting("user_agent")
-checkers.cache = string_setting("cache")
+checkers.cache = function(v)
+  if type(v) ~= "string" or v == "" or v:find("[%z\r\n]") then bad("cache", "a directory name", v) end
+  return v
+end
 checkers.cache_refresh = boolean("cache_refresh")
 checkers.banned = func("banned")
 checkers.on_item = func("on_item")
@@ -187,9 +190,17 @@ checkers.start = function(v)
   bad("start", "a list of URLs, the name of a file of URLs, or a function returning an iterator", v)
 end
 
--- A proxy URL with its password masked, for every message and the stats.
+-- A proxy URL with its password masked, for every message and the stats: whatever stands
+-- between "scheme://" (or the start) and the last "@" is credentials; "user:***@" keeps the
+-- user name, and a user name alone (an API key) is masked whole.
 function M.mask(u)
-  return (u:gsub("^(%a[%w+.-]*://[^:/@]*:)[^@/]*@", "%1***@"))
+  local scheme, rest = u:match("^(%a[%w+.-]*://)(.*)$")
+  if not scheme then scheme, rest = "", u end
+  local at = rest:match("^.*()@")
+  if not at then return u end
+  local userinfo = rest:sub(1, at - 1)
+  local user = userinfo:match("^([^:]*):")
+  return scheme .. (user and user .. ":***" or "***") .. rest:sub(at)
 end
 
 local PROXY_SCHEMES = { http = true, https = true, socks5 = true, socks5h = true }
@@ -200,7 +211,7 @@ local function check_proxy_url(u, where)
   u = u:match("^%s*(.-)%s*$")
   local parts = forage.url.parse(u)
   local scheme = u:match("^(%a[%w+.-]*)://")
-  if not parts or not scheme then
+  if not scheme or not parts then
     error(string.format("%s: malformed proxy URL '%s'%s", FNAME, M.mask(u), where), 0)
   end
   if not PROXY_SCHEMES[scheme:lower()] then
@@ -270,8 +281,31 @@ checkers.proxy = function(v)
   return out
 end
 
--- Settings that only forage.crawl's second argument or the command line give.
-local RUN_OPTIONS = { output = true, failed = true, stats = true, on_progress = true, log_level = true, quiet = true }
+-- Settings that only forage.crawl's second argument or the command line give, with their
+-- checks (nil values pass).
+local LOG_LEVELS = { debug = true, info = true, warn = true, error = true }
+local RUN_OPTIONS = {
+  output = function(v)
+    if type(v) ~= "string" or v == "" then bad("output", "a file name, or '-' for stdout", v) end
+    if v ~= "-" then
+      local ext = v:lower():match("%.(%w+)$")
+      if ext ~= "jsonl" and ext ~= "ndjson" and ext ~= "json" and ext ~= "csv" then
+        bad("output", "a .jsonl, .ndjson, .json or .csv file, or '-'", v)
+      end
+    end
+  end,
+  failed = function(v)
+    if type(v) ~= "string" or not v:lower():match("%.jsonl$") and not v:lower():match("%.json$") then
+      bad("failed", "a .jsonl file name", v)
+    end
+  end,
+  stats = function(v) if type(v) ~= "string" or v == "" then bad("stats", "a file name", v) end end,
+  on_progress = function(v) if type(v) ~= "function" then bad("on_progress", "a function", v) end end,
+  log_level = function(v)
+    if not LOG_LEVELS[v] then bad("log_level", "one of debug, info, warn, error", v) end
+  end,
+  quiet = function(v) if type(v) ~= "boolean" then bad("quiet", "a boolean", v) end end,
+}
 
 -- The known setting names, sorted, for messages.
 local function known_names()
@@ -296,6 +330,7 @@ function M.check(spider, overrides)
       error(string.format("%s: a spider's keys are names, got %s", FNAME, args.show(key)), 0)
     end
     if from_overrides and RUN_OPTIONS[key] then
+      if value ~= nil then RUN_OPTIONS[key](value) end
       s.run[key] = value
     elseif checkers[key] then
       if value ~= nil then s[key] = checkers[key](value, s) end

@@ -43,6 +43,7 @@ end
 -- Runs the worker loop until the parent says stop or goes away. conn: this worker's end of
 -- its pipe; s: the checked spider; w: { first = first slot (1-based), count, leases }.
 function M.run(conn, s, w)
+  require("forage.core").ignore_interrupts()   -- Ctrl-C is the parent's to handle: it stops us in order
   local http = forage.http
   local now = forage.now
   local leases = w.leases
@@ -122,6 +123,9 @@ function M.run(conn, s, w)
     local fn = s.callbacks[req.callback or "parse"]
     local ok, ret = xpcall(fn, function(e)
       if getmetatable(e) == page_mod.Fatal then return e end
+      if type(e) ~= "string" and not (getmetatable(e) or {}).__tostring then
+        e = ("(an error object of type %s)"):format(type(e))
+      end
       return debug.traceback(tostring(e), 2)
     end, page)
     page_mod.close(page)
@@ -254,9 +258,14 @@ function M.run(conn, s, w)
         return false
       end
     end
-    client:submit(request_options(slot, req, p, req.url), function(r, message, kind)
+    local ok, err = pcall(client.submit, client, request_options(slot, req, p, req.url), function(r, message, kind)
       finished[#finished + 1] = { slot = slot, req = req, p = p, r = r, message = message, kind = kind }
     end)
+    if not ok then   -- options the client refuses: this request fails, the worker goes on
+      results[#results + 1] = { id = req.id, outcome = "fail", url = req.url,
+        reason = "cannot send the request: " .. tostring(err):gsub("^[^:]*:%d+: ", "") }
+      return false
+    end
     return true
   end
 
@@ -322,6 +331,11 @@ function M.run(conn, s, w)
       if proxies then
         p = leases:acquire(slot.index)   -- what it holds, unless that proxy broke meanwhile
         slot.proxy = p
+      end
+      if p and p ~= slot.session_proxy then
+        -- a slot that takes another proxy starts a new session: the old proxy's cookies stay with it
+        if slot.jar and slot.session_proxy then slot.jar:clear() end
+        slot.session_proxy = p
       end
       local wait = p and s.delay > 0 and leases:pace(p, s.delay) or 0   -- 0: go, and the gap is reserved
       if proxies and not p then
@@ -403,7 +417,9 @@ function M.run(conn, s, w)
         if f.robots then
           on_robots(f)
         else
+          w.running[w.index] = f.req.id   -- a death from here on is this request's doing
           results[#results + 1] = handle(f.slot, f.req, f.p, f.r, f.message, f.kind)
+          w.running[w.index] = 0
         end
         if f.slot then park(f.slot) end
       end
