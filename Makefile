@@ -25,7 +25,7 @@ SO   = forage/core.so forage/web.so
 
 # Debian packages: what building and testing need; what benchmarks and fuzzing add.
 DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check lua-argparse \
-             libcurl4-openssl-dev libxml2-dev nginx-light tinyproxy openssl lua-socket lua-cjson
+             libcurl4-openssl-dev libxml2-dev nginx-light tinyproxy openssl lua-socket lua-cjson python3
 BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy wrk \
              golang-go golang-github-puerkitobio-goquery-dev libnginx-mod-http-echo
 # Packages whose service Debian starts at install (package:service): the specs run their own

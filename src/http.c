@@ -4,6 +4,7 @@
    curl_multi_perform has returned. Every easy handle lives in a request box (a userdata
    with __gc) that records the pid that made it: a forked child never touches it. */
 #include <ctype.h>
+#include <errno.h>
 #include <curl/curl.h>
 #include <limits.h>
 #include <math.h>
@@ -11,10 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "args.h"
 #include "buf.h"
+#include "clock.h"
 #include "core.h"
 #include "lauxlib.h"
 #include "luatype.h"
@@ -655,6 +658,12 @@ static int http_get(lua_State *L) {
 
 /* ---- many at once: the client ---- */
 
+/* The client drives its transfers with curl's socket interface: curl says which sockets it
+   waits on (on_socket) and when it wants a timeout handled (on_timer); one epoll set holds
+   those sockets (and the descriptor step may be given), and a round hands curl only the
+   sockets that are ready. curl_multi_perform would walk every transfer at each wake-up (and
+   poll each socket once more), which is what a worker driving hundreds of slots cannot
+   afford. */
 typedef struct http_client {
     CURLM *multi;         /* NULL once closed */
     pid_t pid;
@@ -662,7 +671,80 @@ typedef struct http_client {
     int active;           /* transfers in the multi handle */
     lua_Integer head, tail;   /* the waiting list: uservalue 2, [head, tail) */
     int running;          /* inside step: no re-entry from a callback */
+    int epfd;             /* curl's sockets and step's descriptor; -1 once closed */
+    int wake_fd;          /* step's descriptor in the set, or -1 */
+    double timer_at;      /* when curl wants CURL_SOCKET_TIMEOUT handled (monotonic), or -1 */
 } http_client;
+
+#define EVENTS_PER_ROUND 256
+
+/* curl's socket callback: keeps the epoll set in step with what curl waits for. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+    (void)easy;
+    (void)socketp;
+    http_client *c = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {.events = 0, .data.fd = fd};
+    if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
+    if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
+    if (epoll_ctl(c->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT)
+        epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev);
+    return 0;
+}
+
+/* curl's timer callback: when to call socket_action(CURL_SOCKET_TIMEOUT) next. */
+static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
+    (void)multi;
+    http_client *c = userp;
+    c->timer_at = timeout_ms < 0 ? -1 : now_seconds() + (double)timeout_ms / 1000.0;
+    return 0;
+}
+
+/* Waits up to timeout_ms (less when curl's timer is due sooner) for curl's sockets, and
+   wake_fd when >= 0, then lets curl act on what is ready. Returns whether wake_fd is
+   readable. */
+static int client_wait_and_act(http_client *c, int timeout_ms, int wake_fd) {
+    if (wake_fd != c->wake_fd) {
+        if (c->wake_fd >= 0) epoll_ctl(c->epfd, EPOLL_CTL_DEL, c->wake_fd, NULL);
+        c->wake_fd = -1;
+    }
+    if (wake_fd >= 0) {
+        /* every time: the descriptor may have been closed (leaving the set) and reused */
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = wake_fd};
+        if (epoll_ctl(c->epfd, EPOLL_CTL_MOD, wake_fd, &ev) != 0 && errno == ENOENT)
+            epoll_ctl(c->epfd, EPOLL_CTL_ADD, wake_fd, &ev);
+        c->wake_fd = wake_fd;
+    }
+    int wait_ms = timeout_ms;
+    if (c->active == 0 && wake_fd < 0) wait_ms = 0;   /* nothing to wait for */
+    if (c->timer_at >= 0) {
+        double left = (c->timer_at - now_seconds()) * 1000.0;
+        if (left < wait_ms) wait_ms = left <= 0 ? 0 : (int)ceil(left);
+    }
+    struct epoll_event events[EVENTS_PER_ROUND];
+    int n = epoll_wait(c->epfd, events, EVENTS_PER_ROUND, wait_ms);
+    int running = 0, woken = 0;
+    for (int i = 0; i < n; i++) {
+        int fd = events[i].data.fd;
+        if (fd == wake_fd) {
+            woken = 1;
+            continue;
+        }
+        int flags = 0;
+        if (events[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
+        if (events[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+        if (events[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(c->multi, fd, flags, &running);
+    }
+    if (c->timer_at >= 0 && now_seconds() >= c->timer_at) {
+        c->timer_at = -1;   /* before acting: curl may set the next one meanwhile */
+        curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    return woken;
+}
 
 /* Uservalue 1 of a client: active[lightuserdata box] = box. Uservalue 2: waiting boxes.
    A box's uservalue 1 is its callback. */
@@ -717,9 +799,18 @@ static int http_client_new(lua_State *L) {
     c->max = (int)max;
     c->head = c->tail = 1;
     c->pid = getpid();
+    c->epfd = -1;
+    c->wake_fd = -1;
+    c->timer_at = -1;
     c->multi = curl_multi_init();
     if (c->multi == NULL) return luaL_error(L, "forage.http.client: cannot make a curl multi handle");
+    c->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (c->epfd < 0) return luaL_error(L, "forage.http.client: cannot make an epoll set: %s", strerror(errno));
     curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)max);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     return 1;
 }
 
@@ -754,15 +845,11 @@ static int client_pending(lua_State *L) {
 /* Runs one round: waits up to timeout_ms for activity, lets curl work, and runs the callbacks
    of finished transfers under lua_pcall. Returns with the first callback error on the stack
    top (and 1), or 0. */
-static int client_round(lua_State *L, http_client *c, int timeout_ms, struct curl_waitfd *wake) {
-    int running = 0;
-    if (wake != NULL || (timeout_ms > 0 && c->active > 0)) {
-        /* with a descriptor to watch, an idle client still waits for it (a crawl worker
-           waits for its transfers and for its parent's messages in one poll) */
-        if (wake != NULL) wake->revents = 0;
-        curl_multi_poll(c->multi, wake, wake != NULL ? 1 : 0, timeout_ms, NULL);
-    }
-    curl_multi_perform(c->multi, &running);
+static int client_round(lua_State *L, http_client *c, int timeout_ms, int wake_fd, int *woken) {
+    /* with a descriptor to watch, an idle client still waits for it (a crawl worker waits
+       for its transfers and for its parent's messages in one wait) */
+    int ready = client_wait_and_act(c, timeout_ms, wake_fd);
+    if (woken != NULL) *woken = ready;
     /* collect the finished boxes first: no Lua error can come between reading a message and
        taking its handle out */
     lua_newtable(L);
@@ -821,11 +908,11 @@ static int check_timeout_ms(lua_State *L, int i) {
 }
 
 /* Runs a round under the re-entry guard; raises the first callback error after it. */
-static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms, struct curl_waitfd *wake) {
+static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms, int wake_fd, int *woken) {
     if (c->running)
         luaL_error(L, "forage.http.Client: step() or run() inside a callback of the same client would wait for itself");
     c->running = 1;
-    int failed = client_round(L, c, timeout_ms, wake);
+    int failed = client_round(L, c, timeout_ms, wake_fd, woken);
     c->running = 0;
     if (failed) lua_error(L);
 }
@@ -837,18 +924,19 @@ static void client_guarded_round(lua_State *L, http_client *c, int timeout_ms, s
 static int client_step(lua_State *L) {
     http_client *c = check_client(L, 1);
     int timeout_ms = check_timeout_ms(L, 2);
-    struct curl_waitfd wake = {.fd = -1, .events = CURL_WAIT_POLLIN, .revents = 0};
+    int wake_fd = -1;
     int has_fd = !lua_isnoneornil(L, 3);
     if (has_fd) {
         lua_Integer fd = luaL_checkinteger(L, 3);
         luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 3, "not a file descriptor");
-        wake.fd = (curl_socket_t)fd;
+        wake_fd = (int)fd;
     }
     lua_settop(L, 1);
-    client_guarded_round(L, c, timeout_ms, has_fd ? &wake : NULL);
+    int woken = 0;
+    client_guarded_round(L, c, timeout_ms, wake_fd, &woken);
     lua_pushinteger(L, c->active + (int)(c->tail - c->head));
     if (!has_fd) return 1;
-    lua_pushboolean(L, (wake.revents & (CURL_WAIT_POLLIN | CURL_WAIT_POLLPRI)) != 0);
+    lua_pushboolean(L, woken);
     return 2;
 }
 
@@ -857,7 +945,7 @@ static int client_step(lua_State *L) {
 static int client_run(lua_State *L) {
     http_client *c = check_client(L, 1);
     lua_settop(L, 1);
-    while (c->active > 0 || c->head < c->tail) client_guarded_round(L, c, 1000, NULL);
+    while (c->active > 0 || c->head < c->tail) client_guarded_round(L, c, 1000, -1, NULL);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -879,6 +967,9 @@ static int client_close(lua_State *L) {
     }
     lua_pop(L, 1);
     if (mine) curl_multi_cleanup(c->multi);
+    if (c->epfd >= 0) close(c->epfd);
+    c->epfd = -1;
+    c->wake_fd = -1;
     c->multi = NULL;
     c->active = 0;
     c->head = c->tail;
