@@ -201,6 +201,14 @@ describe("forage.crawl", function()
     assert.is_true(forage.now() - t0 >= 1.2)
   end)
 
+  it("keeps `delay` between two requests of a crawl without proxies", function()
+    local site <close> = testing.site { pages = 1, per_page = 4 }
+    local t0 = forage.now()
+    local stats, items = crawl(spider_for(site, { concurrency = 4, workers = 2, delay = 0.3 }))
+    assert_answer(site, items, stats)
+    assert.is_true(forage.now() - t0 >= 1.2)   -- 5 requests, 4 gaps, across both workers
+  end)
+
   it("honours Retry-After on a ban before the proxy takes load again", function()
     local site <close> = testing.site { pages = 1, per_page = 3 }
     local proxies <close> = testing.proxies { "ban_after:2:1" }

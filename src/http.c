@@ -711,11 +711,13 @@ static int client_wait_and_act(http_client *c, int timeout_ms, int wake_fd) {
         if (c->wake_fd >= 0) epoll_ctl(c->epfd, EPOLL_CTL_DEL, c->wake_fd, NULL);
         c->wake_fd = -1;
     }
-    if (wake_fd >= 0) {
-        /* every time: the descriptor may have been closed (leaving the set) and reused */
+    if (wake_fd >= 0 && wake_fd != c->wake_fd) {
+        /* added once, not at every step (a syscall per round). A descriptor closed and
+           reused under the same number between two steps is not seen until a step
+           without it: the wait then ends at its timeout, it never hangs. */
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = wake_fd};
-        if (epoll_ctl(c->epfd, EPOLL_CTL_MOD, wake_fd, &ev) != 0 && errno == ENOENT)
-            epoll_ctl(c->epfd, EPOLL_CTL_ADD, wake_fd, &ev);
+        if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, wake_fd, &ev) != 0 && errno == EEXIST)
+            epoll_ctl(c->epfd, EPOLL_CTL_MOD, wake_fd, &ev);
         c->wake_fd = wake_fd;
     }
     int wait_ms = timeout_ms;

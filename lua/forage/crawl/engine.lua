@@ -110,6 +110,13 @@ function M.run(spider, overrides)
       max_failures = s.proxy.max_failures, cooldown = s.proxy.cooldown, max_cooldown = s.proxy.max_cooldown,
       retire_after = s.proxy.retire_after, name = "forage.crawl proxy" }
   end
+  -- without proxies, `delay` paces the one direct route (the lease table's pacing, one
+  -- resource that every slot may hold)
+  local direct_pacer
+  if not s.proxies and s.delay > 0 then
+    direct_pacer = core.leases { count = 1, slots = s.concurrency, per_resource = s.concurrency,
+      name = "forage.crawl delay" }
+  end
   local cache
   if s.cache then
     local err
@@ -193,7 +200,7 @@ function M.run(spider, overrides)
         if other.conn then other.conn:close() end
       end
       worker_mod.run(child_end, s, { index = w.index, first = w.first, count = w.count, leases = leases,
-        cache = cache, running = running })
+        cache = cache, running = running, direct_pacer = direct_pacer })
     end)
     proc:start()
     child_end:close()

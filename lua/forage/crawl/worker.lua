@@ -337,7 +337,13 @@ function M.run(conn, s, w)
         if slot.jar and slot.session_proxy then slot.jar:clear() end
         slot.session_proxy = p
       end
-      local wait = p and s.delay > 0 and leases:pace(p, s.delay) or 0   -- 0: go, and the gap is reserved
+      -- 0: go, and the gap is reserved; without proxies the one direct route is paced
+      local wait = 0
+      if s.delay > 0 and p then
+        wait = leases:pace(p, s.delay)
+      elseif s.delay > 0 and w.direct_pacer then
+        wait = w.direct_pacer:pace(1, s.delay)
+      end
       if proxies and not p then
         needy[slot] = true
       elseif wait > 0 then
