@@ -157,7 +157,8 @@ describe("forage.crawl", function()
       assert.equal("retired", stats.proxies[i].state)
       assert.matches(proxies[i].url:gsub("%p", "%%%0"), stats.message)
     end
-    assert.matches("connect", stats.message)
+    assert.matches("proxy: Failed to connect", stats.message)
+    assert.is_nil(stats.message:find("('http", 1, true), "the last error without the page's URL")
     -- nothing lost: the start URLs not done are in the failed file
     local lines = 0
     for line in io.lines(failed) do
@@ -271,6 +272,7 @@ describe("forage.crawl", function()
     assert.equal("detail", record.callback)
     assert.matches("no directors here", record.reasons[1])
     assert.matches("stack traceback", record.reasons[1])
+    assert.is_nil(record.reasons[1]:find("forage/crawl/", 1, true), "only the spider's frames")
     os.remove(failed)
   end)
 

@@ -429,7 +429,16 @@ end
 function M.load(path)
   local chunk, err = loadfile(path)
   if not chunk then return nil, err end
-  local ok, spider = xpcall(chunk, debug.traceback)
+  local ok, spider = xpcall(chunk, function(e)
+    -- the message, and the spider file's own frames only
+    local lines = {}
+    for line in debug.traceback(tostring(e), 2):gmatch("[^\n]+") do
+      if line:find("[C]: in function 'xpcall'", 1, true) then break end
+      lines[#lines + 1] = line
+    end
+    if #lines <= 3 and (lines[#lines] or ""):find("in main chunk", 1, true) then return lines[1] end
+    return table.concat(lines, "\n")
+  end)
   if not ok then return nil, tostring(spider) end
   if type(spider) ~= "table" then
     return nil, string.format("%s: the spider file must return a table, got %s", path, type(spider))

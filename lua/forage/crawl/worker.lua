@@ -126,7 +126,7 @@ function M.run(conn, s, w)
       if type(e) ~= "string" and not (getmetatable(e) or {}).__tostring then
         e = ("(an error object of type %s)"):format(type(e))
       end
-      return debug.traceback(tostring(e), 2)
+      return M.spider_traceback(tostring(e))
     end, page)
     page_mod.close(page)
     if not ok then
@@ -156,12 +156,14 @@ function M.run(conn, s, w)
   end
 
   -- Handles a response (or a transfer failure) of req made on slot through proxy p.
-  local function handle(slot, req, p, r, message, kind)
+  local function handle(slot, req, p, r, message, kind, err)
     local base = { id = req.id, proxy = p, url = req.url }
     if not r then
       base.kind, base.reason = kind, message
       if proxies and PROXY_KINDS[kind] then
-        local after = leases:report(slot.index, false, message)
+        -- the proxy's last error, without the URL (the lease table keeps 96 bytes of it)
+        local why = err and (kind .. ": " .. tostring(err.message)) or message
+        local after = leases:report(slot.index, false, why)
         base.outcome, base.cooled = "proxy", after ~= p or nil
         slot.proxy = after
       else
@@ -258,9 +260,11 @@ function M.run(conn, s, w)
         return false
       end
     end
-    local ok, err = pcall(client.submit, client, request_options(slot, req, p, req.url), function(r, message, kind)
-      finished[#finished + 1] = { slot = slot, req = req, p = p, r = r, message = message, kind = kind }
-    end)
+    local ok, err = pcall(client.submit, client, request_options(slot, req, p, req.url),
+      function(r, message, kind, error_object)
+        finished[#finished + 1] = { slot = slot, req = req, p = p, r = r, message = message, kind = kind,
+          err = error_object }
+      end)
     if not ok then   -- options the client refuses: this request fails, the worker goes on
       results[#results + 1] = { id = req.id, outcome = "fail", url = req.url,
         reason = "cannot send the request: " .. tostring(err):gsub("^[^:]*:%d+: ", "") }
@@ -424,7 +428,7 @@ function M.run(conn, s, w)
           on_robots(f)
         else
           w.running[w.index] = f.req.id   -- a death from here on is this request's doing
-          results[#results + 1] = handle(f.slot, f.req, f.p, f.r, f.message, f.kind)
+          results[#results + 1] = handle(f.slot, f.req, f.p, f.r, f.message, f.kind, f.err)
           w.running[w.index] = 0
         end
         if f.slot then park(f.slot) end
@@ -447,6 +451,17 @@ function M.run(conn, s, w)
     if #finished > 0 then timeout = 0 end
     client:step(timeout, fd)
   end
+end
+
+-- A traceback of the spider's frames only: forage's own (this worker loop, the process
+-- that runs it) say nothing to the spider's author.
+function M.spider_traceback(message)
+  local lines = {}
+  for line in debug.traceback(message, 3):gmatch("[^\n]+") do
+    if line:find("[C]: in function 'xpcall'", 1, true) then break end
+    lines[#lines + 1] = line
+  end
+  return table.concat(lines, "\n")
 end
 
 M.host_key = host_key
