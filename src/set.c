@@ -26,6 +26,12 @@
    Capacity: the places left are counted down before a slot is claimed, and a claimed
    slot keeps its place, so at most half the slots are ever claimed and an add of a new
    string beyond the capacity raises "set is full"; #set is the number of places taken.
+   At the boundary a place is reserved before anyone knows whether the string is new: two
+   processes adding the same string when one place is left both reach the same empty slot,
+   one holds the last place and is about to claim it, the other has none. That one waits
+   for the slot to be claimed (a few instructions away, unless the holder is descheduled;
+   at most 2 ms) and then compares, as when it loses a claim: the string was not new to
+   it. Only an add that finds no place and an empty slot nobody claims reports "full".
 
    A process killed in the middle of an add either had not claimed a slot (nothing
    changed), or leaves a slot (h, 0): a dead slot, which keeps its place (so #set counts
@@ -37,9 +43,11 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/random.h>
 
 #include "args.h"
+#include "clock.h"
 #include "core.h"
 #include "fork.h"
 #include "hash.h"
@@ -157,6 +165,22 @@ static lua_Integer set_count(const set *s) {
 
 typedef enum { ADD_NEW, ADD_PRESENT, ADD_FULL } add_result;
 
+/* The slot's hi once another process claims it, or 0 when nobody does within 2 ms: an
+   add without a place waits at an empty slot for the add that holds one (header). */
+static uint64_t await_claim(set_slot *slot) {
+    double deadline = now_seconds() + 0.002;
+    for (unsigned n = 1;; n++) {
+        uint64_t hi = atomic_load(&slot->hi);
+        if (hi != 0) return hi;
+        if (n % 64 != 0) {
+            cpu_relax();
+        } else {
+            if (now_seconds() > deadline) return 0;
+            sched_yield();
+        }
+    }
+}
+
 /* A place is reserved before a slot is claimed and belongs to the slot once claimed: the
    add that writes lo, whoever claimed hi, needs no place of its own. */
 static add_result set_insert(set *s, fingerprint f) {
@@ -168,12 +192,17 @@ static add_result set_insert(set *s, fingerprint f) {
         uint64_t hi = atomic_load(&slot->hi);
         if (hi == 0) {
             /* Not in the set: this slot ends its probe sequence, unless someone claims it first. */
-            if (!reserved && !(reserved = reserve_entry(s))) return ADD_FULL;
-            PAUSE_POINT("set.add.reserved");
-            if (atomic_compare_exchange_strong(&slot->hi, &hi, f.hi)) {
-                hi = f.hi;
-                reserved = 0;
-                PAUSE_POINT("set.add.claimed");
+            if (!reserved) reserved = reserve_entry(s);
+            if (!reserved) {
+                hi = await_claim(slot);
+                if (hi == 0) return ADD_FULL;
+            } else {
+                PAUSE_POINT("set.add.reserved");
+                if (atomic_compare_exchange_strong(&slot->hi, &hi, f.hi)) {
+                    hi = f.hi;
+                    reserved = 0;
+                    PAUSE_POINT("set.add.claimed");
+                }
             }
         }
         if (hi == f.hi) {
