@@ -110,6 +110,10 @@ lint: deps
 # rock from another directory. Fails first when a C file or a Lua module is not in the rockspec.
 ROCKSPEC  = rockspec/forage-scm-1.rockspec
 ROCK_HOME = $(CURDIR)/build/rockhome
+# luarocks builds in the directory it runs in (objects beside the sources, the modules
+# where make puts its own): the check runs the README's lines in a copy of the checkout,
+# so that it never replaces this checkout's build.
+ROCK_SRC  = $(CURDIR)/build/rocksrc
 readme_block = sed -n '/<!-- $(1):begin -->/,/<!-- $(1):end -->/p' $(CURDIR)/README.md | grep -v '^<!--' | grep -v '^```'
 ROCK_LOAD_CHECK = local f = require "forage"; assert(f.pool and f.process and f.http and f.html and f.url, "incomplete rock"); \
   local so = package.searchpath("forage.core", package.cpath); \
@@ -120,10 +124,11 @@ rock-check: deps
 	  grep -qF "\"$$f\"" $(ROCKSPEC) || { echo "$$f is missing from $(ROCKSPEC)"; exit 1; }; \
 	done
 	@test -n "$$($(call readme_block,rock-install))" || { echo "README.md: no rock-install block"; exit 1; }
-	rm -rf $(ROCK_HOME) && mkdir -p $(ROCK_HOME)
-	@echo "README's install commands:"; $(call readme_block,rock-install)
-	@env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_INIT HOME=$(ROCK_HOME) \
-	  bash -euo pipefail -c "$$($(call readme_block,rock-install))" >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	rm -rf $(ROCK_HOME) $(ROCK_SRC) && mkdir -p $(ROCK_HOME) $(ROCK_SRC)
+	@tar -C $(CURDIR) --exclude=./build --exclude=./forage --exclude='*.o' --exclude=./.git -cf - . | tar -C $(ROCK_SRC) -xf -
+	@echo "README's install commands, in a copy of the checkout:"; $(call readme_block,rock-install)
+	@cd $(ROCK_SRC) && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_INIT HOME=$(ROCK_HOME) \
+	  bash -euo pipefail -c "$$($(call readme_block,rock-install))" >$(CURDIR)/build/rock.log 2>&1 || { cat $(CURDIR)/build/rock.log; exit 1; }
 	@echo "README's commands to use it, from $(ROCK_HOME):"; $(call readme_block,rock-use)
 	@cd $(ROCK_HOME) && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_INIT HOME=$(ROCK_HOME) \
 	  ROCK_LOAD_CHECK='$(ROCK_LOAD_CHECK)' \

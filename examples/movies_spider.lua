@@ -10,15 +10,7 @@ local proxies = testing.proxies { "good", "good", "good", "dead" }
 
 return {
   name = "movies",
-  -- a list of URLs, a file of them (one a line), or a function returning an iterator, as
-  -- here: its upvalues keep the site and the proxies alive (they stop when collected)
-  start = function()
-    local urls, i = site:start_urls(), 0
-    return function()
-      i = i + 1
-      return proxies and urls[i]
-    end
-  end,
+  start = site:start_urls(),          -- a list, a file of URLs (one a line), or a function returning an iterator
   proxies = proxies:urls(),           -- a list or a file; scheme://[user:pass@]host:port
   concurrency = 4,                    -- requests in flight in total: one slot each, one proxy per slot
   workers = 2,                        -- processes

@@ -221,6 +221,32 @@ describe("forage.testing.site", function()
     assert.is_false(helpers.exists(pid))
   end)
 
+  it("keeps serving when the last reference is dropped, until close or the state's end", function()
+    local url, pid
+    local weak = setmetatable({}, { __mode = "v" })
+    do
+      local site = testing.site{ pages = 1 }
+      url, pid, weak[1] = site.url, site.pid, site
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(helpers.exists(pid))
+    assert.are.equal(200, assert(get(url .. "/page/1")).status)
+    weak[1]:close()   -- still there: forage.testing holds it until closed
+    assert.is_false(helpers.exists(pid))
+    -- a script that never closes it: the server stops when that Lua state ends
+    local out, ok = helpers.run_lua([[
+      local testing = require "forage.testing"
+      local site = testing.site{ pages = 1 }
+      print(site.pid)
+    ]])
+    assert.is_true(ok, out)
+    local child_site = tonumber(out:match("(%d+)"))
+    local deadline = require("forage").now() + 10
+    while helpers.exists(child_site) and require("forage").now() < deadline do require("forage").sleep(0.01) end
+    assert.is_false(helpers.exists(child_site))
+  end)
+
   it("keeps serving when a forked child closes or collects its copy", function()
     local site <close> = testing.site{ pages = 1 }
     local p = helpers.reaped(finally, forage.process(function()

@@ -1,11 +1,13 @@
 -- forage crawl SPIDER.lua: runs a spider file, items to JSON Lines (or CSV), a failed
--- file beside them, stats at the end; exit 0 done, 1 fatal, 2 bad input, 3 no live proxy.
+-- file beside them, stats at the end; exit 0 done, 1 fatal, 2 bad input, 3 no live proxy,
+-- 130 interrupted.
 local M = {
   summary = "Run a spider file: items to a file, failures beside them, a live progress line.",
   description = "Run a spider file (a Lua file returning a spider table). Items go to -o FILE "
-    .. "(JSON Lines, or CSV for .csv; stdout without -o), failures to FILE.failed.jsonl, stats to "
-    .. "FILE.stats.json.\nExit codes: 0 done (also when some requests failed), 1 a fatal error stopped "
-    .. "the crawl, 2 bad arguments or a bad spider, 3 no live proxy left.",
+    .. "(JSON Lines, or CSV for .csv; stdout without -o), failures to items.failed.jsonl for -o "
+    .. "items.jsonl or items.csv (at the first failure), stats to items.stats.json.\n"
+    .. "Exit codes: 0 done (also when some requests failed), 1 a fatal error stopped the crawl, "
+    .. "2 bad arguments or a bad spider, 3 no live proxy left, 130 interrupted.",
 }
 
 function M.configure(command)
