@@ -13,21 +13,7 @@ local function quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
--- Runs bin/forage with args (a shell string) in cwd (default the checkout), stdin from
--- the string input (default empty); returns its stdout, stderr and exit code.
-local function forage_cli(args, input, cwd)
-  local err, inp = os.tmpname(), os.tmpname()
-  helpers.write(inp, input or "")
-  local cmd = string.format("cd %s && LUA_PATH=%s LUA_CPATH=%s lua5.4 %s/bin/forage %s <%s 2>%s",
-    quote(cwd or ROOT), quote(LUA_PATH), quote(LUA_CPATH), quote(ROOT), args, inp, err)
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  local _, _, code = p:close()
-  local stderr = helpers.read(err)
-  os.remove(err)
-  os.remove(inp)
-  return out, stderr, code
-end
+local forage_cli = helpers.forage_cli
 
 -- Asserts that `forage args` (in cwd) fails with code, prints nothing on stdout and
 -- exactly `forage: message` on stderr.

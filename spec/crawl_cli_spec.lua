@@ -12,15 +12,7 @@ end
 
 -- Runs bin/forage with args in dir; returns stdout, stderr, exit code.
 local function forage_cli(args, dir)
-  local err = os.tmpname()
-  local cmd = string.format("cd %s && LUA_PATH=%s LUA_CPATH=%s lua5.4 %s/bin/forage %s </dev/null 2>%s",
-    quote(dir), quote(LUA_PATH), quote(LUA_CPATH), quote(ROOT), args, err)
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  local _, _, code = p:close()
-  local stderr = helpers.read(err)
-  os.remove(err)
-  return out, stderr, code
+  return helpers.forage_cli(args, nil, dir)
 end
 
 local function tmpdir()

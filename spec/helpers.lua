@@ -76,4 +76,24 @@ function M.join_or_fail(p, seconds)
   return code
 end
 
+-- Runs bin/forage of this checkout with args (a shell string) in cwd (default the
+-- checkout), stdin from the string input (default empty); returns its stdout, stderr and
+-- exit code.
+function M.forage_cli(args, input, cwd)
+  local root = assert(os.getenv("PWD"), "the specs run from the checkout")
+  local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+  local err, inp = os.tmpname(), os.tmpname()
+  M.write(inp, input or "")
+  local cmd = string.format("cd %s && LUA_PATH=%s LUA_CPATH=%s lua5.4 %s/bin/forage %s <%s 2>%s",
+    quote(cwd or root), quote(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"), quote(root .. "/?.so;;"),
+    quote(root), args, inp, err)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  local _, _, code = p:close()
+  local stderr = M.read(err)
+  os.remove(err)
+  os.remove(inp)
+  return out, stderr, code
+end
+
 return M

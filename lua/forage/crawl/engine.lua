@@ -266,6 +266,21 @@ function M.run(spider, overrides)
     end
   end
 
+  -- Counts an attempt of req; retries it after a backoff (or `at_least` seconds, when longer)
+  -- while its budget lasts, else it fails with every reason it met. The request stays in
+  -- flight while it waits, so the crawl does not end under it.
+  local function retry_later(req, at_least)
+    req.attempts = req.attempts + 1
+    if req.attempts > s.retries then
+      fr:ack(req)
+      fail_request(req, ("gave up after %d retries"):format(s.retries))
+      return
+    end
+    stats.retries = stats.retries + 1
+    delayed[#delayed + 1] = { due = now() + math.max(backoff(req.attempts), at_least or 0), req = req }
+    inflight[req.id], ninflight = { req = req }, ninflight + 1
+  end
+
   local function add_count(t, key)
     t[key] = (t[key] or 0) + 1
   end
@@ -312,28 +327,12 @@ function M.run(spider, overrides)
         end
       else
         -- a ban without proxies: wait (Retry-After or a backoff) and retry, within retries
-        req.attempts = req.attempts + 1
-        if req.attempts > s.retries then
-          fr:ack(req)
-          fail_request(req, ("gave up after %d retries"):format(s.retries))
-        else
-          stats.retries = stats.retries + 1
-          delayed[#delayed + 1] = { due = now() + math.max(backoff(req.attempts), res.retry_after or 0), req = req }
-          inflight[req.id], ninflight = { req = req }, ninflight + 1
-        end
+        retry_later(req, res.retry_after)
       end
     elseif outcome == "retry" then
       add_count(stats.errors, res.kind or ("http_" .. tostring(res.status)))
       req.reasons[#req.reasons + 1] = res.reason
-      req.attempts = req.attempts + 1
-      if req.attempts > s.retries then
-        fr:ack(req)
-        fail_request(req, ("gave up after %d retries"):format(s.retries))
-      else
-        stats.retries = stats.retries + 1
-        delayed[#delayed + 1] = { due = now() + backoff(req.attempts), req = req }
-        inflight[req.id], ninflight = { req = req }, ninflight + 1
-      end
+      retry_later(req)
     elseif outcome == "fail" then
       if res.kind then add_count(stats.errors, res.kind) end
       if pstats and res.status then pstats.successes = pstats.successes + 1 end
