@@ -87,5 +87,6 @@ build = {
       ["forage.crawl.progress"] = "lua/forage/crawl/progress.lua",
       ["forage.crawl.retry_after"] = "lua/forage/crawl/retry_after.lua",
       ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
+      ["forage.crawl.sink"] = "lua/forage/crawl/sink.lua",
    },
 }

@@ -15,6 +15,7 @@ local output = require "forage.crawl.output"
 local progress_mod = require "forage.crawl.progress"
 local log_mod = require "forage.crawl.log"
 local cache_mod = require "forage.crawl.cache"
+local sink_mod = require "forage.crawl.sink"
 
 local M = {}
 
@@ -58,50 +59,11 @@ function M.run(spider, overrides)
     stats.proxies[i] = { url = spider_mod.mask(p), requests = 0, successes = 0, failures = 0, bans = 0, cooldowns = 0 }
   end
 
-  -- outputs: the items' file is opened before any request (a path that cannot be written
-  -- stops the crawl there); the failed file when the first failure comes
-  local items_out
-  if run.output then
-    local err
-    items_out, err = output.open(run.output)
-    if not items_out then error(setmetatable({ message = "forage.crawl: output: " .. tostring(err) }, BadInput), 0) end
-  end
-  local failed_path = run.failed or (run.output and output.failed_path(run.output)) or nil
-  local failed_out
-  local failures = {}            -- kept for the stats when there is no failed file (or it cannot be written)
-  local function record_failure(record)
-    stats.failed = stats.failed + 1
-    if failed_path and not failed_out then
-      local err
-      failed_out, err = output.open(failed_path)
-      if not failed_out then
-        log:error("cannot write the failed file (%s); failures are kept in the stats", tostring(err))
-        failed_path = nil
-      end
-    end
-    if failed_out then
-      local ok, err = failed_out:write(record)
-      if not ok then
-        record.item = nil
-        record.reasons[#record.reasons + 1] = "cannot write the item: " .. tostring(err)
-        failed_out:write(record)
-      end
-    else
-      failures[#failures + 1] = record
-    end
-  end
-  -- A failure about an item of req's page (res): a pipeline raised, the item cannot be
-  -- written, on_item raised. The item goes with it when it can.
-  local function item_failure(res, req, reason, item)
-    record_failure { url = res.url, callback = req.callback, reasons = { reason }, attempts = req.attempts,
-      switches = req.switches, depth = req.depth, item = item }
-  end
-  local function fail_request(req, reason)
-    local reasons = req.reasons or {}
-    if reason then reasons[#reasons + 1] = reason end
-    record_failure { url = req.url, callback = req.callback or "parse", reasons = reasons,
-      attempts = req.attempts or 0, switches = req.switches or 0, depth = req.depth or 0 }
-  end
+  -- items and failures: the items' file is opened before any request (a path that cannot
+  -- be written stops the crawl there)
+  local sink, sink_err = sink_mod.open(s, stats, log)
+  if not sink then error(setmetatable({ message = sink_err }, BadInput), 0) end
+  local function fail_request(req, reason) sink:fail_request(req, reason) end
 
   -- the shared lease table: one truth for the parent and every worker
   local leases
@@ -222,50 +184,6 @@ function M.run(spider, overrides)
     return base * (0.5 + math.random())
   end
 
-  local function handle_items(res, req)
-    for _, item in ipairs(res.items or {}) do
-      if s.max_items > 0 and stats.items >= s.max_items then
-        stats.items_dropped = stats.items_dropped + 1
-      else
-        local info = { url = res.url, callback = req.callback }
-        local ok = true
-        for _, pipeline in ipairs(s.pipelines or {}) do
-          local good, out = xpcall(pipeline, debug.traceback, item, info)
-          if not good then
-            item_failure(res, req, "pipeline raised: " .. tostring(out), item)
-            ok = false
-            break
-          end
-          item = out
-          if item == nil then
-            stats.items_dropped = stats.items_dropped + 1
-            ok = false
-            break
-          end
-        end
-        if ok then
-          local written = true
-          if items_out then
-            local good, err = items_out:write(item)
-            if not good then
-              written = false
-              item_failure(res, req, "cannot write the item: " .. tostring(err))
-            end
-          end
-          if written then
-            stats.items = stats.items + 1
-            if s.on_item then
-              local good, err = xpcall(s.on_item, debug.traceback, item, info)
-              if not good then
-                item_failure(res, req, "on_item raised: " .. tostring(err), item)
-              end
-            end
-          end
-        end
-      end
-    end
-  end
-
   -- Counts an attempt of req; retries it after a backoff (or `at_least` seconds, when longer)
   -- while its budget lasts, else it fails with every reason it met. The request stays in
   -- flight while it waits, so the crawl does not end under it.
@@ -306,7 +224,7 @@ function M.run(spider, overrides)
       stats.bytes = stats.bytes + (res.bytes or 0)
       if pstats then pstats.successes = pstats.successes + 1 end
       fr:ack(req)
-      handle_items(res, req)
+      sink:items(res, req)
       for _, f in ipairs(res.follows or {}) do
         if s.callbacks[f.callback] then enqueue(f) end
       end
@@ -621,17 +539,9 @@ function M.run(spider, overrides)
     end
     stats.message = table.concat(lines, "\n")
   end
-  if not failed_path then stats.failures = failures end
-  stats.failed_output = failed_out and failed_path or nil
   stats.output = run.output
   progress:finish(snapshot_progress())
-  if items_out and (items_out.dropped_keys or 0) > 0 then
-    -- CSV columns come from the first item: keys only later items have are not in the file
-    stats.csv_dropped_keys = items_out.dropped_keys
-    log:warn("%d item keys were not written: the CSV columns are the first item's", items_out.dropped_keys)
-  end
-  if items_out then items_out:close() end
-  if failed_out then failed_out:close() end
+  sink:close()
   if cache then stats.cache_stores = cache.stores end
   fr:close()
   if leases and leases.close then leases:close() end
