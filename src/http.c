@@ -1,7 +1,7 @@
 /* forage.http: HTTP(S) requests on libcurl, one at a time (request, get) or many at once
    (client, on the multi interface). No Lua runs inside libcurl: the write and header
    callbacks only fill C buffers, and a client's Lua callbacks run under lua_pcall after
-   curl_multi_perform has returned. Every easy handle lives in a request box (a userdata
+   curl_multi_socket_action has returned. Every easy handle lives in a request box (a userdata
    with __gc) that records the pid that made it: a forked child never touches it. */
 #include <ctype.h>
 #include <errno.h>

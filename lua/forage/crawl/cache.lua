@@ -7,6 +7,7 @@
 -- entry that does not decode or lacks a field is a miss: a truncated or corrupt file
 -- costs one refetch, never a crash.
 local args = require "forage.args"
+local output = require "forage.crawl.output"
 local forage = require "forage"
 
 local M = {}
@@ -74,22 +75,13 @@ function Cache:put(fp, response)
     request_url = response.request_url,
   })
   if not ok then error("bad argument #2 to 'put' (" .. tostring(bytes) .. ")", 2) end
-  local tmp = string.format("%s.tmp.%d", path, forage.getpid())
-  local f, message = io.open(tmp, "wb")
-  if not f and not self.made[sub] then
+  local written, message = output.write_atomic(path, bytes)
+  if not written and not self.made[sub] then   -- its directory, made on first need
     mkdir_p(sub)
     self.made[sub] = true
-    f, message = io.open(tmp, "wb")
+    written, message = output.write_atomic(path, bytes)
   end
-  if not f then return nil, message, "io" end
-  local written
-  written, message = f:write(bytes)
-  if written then written, message = f:close() else f:close() end
-  if written then written, message = os.rename(tmp, path) end
-  if not written then
-    os.remove(tmp)
-    return nil, message, "io"
-  end
+  if not written then return nil, message, "io" end
   self.stores = self.stores + 1
   return true
 end

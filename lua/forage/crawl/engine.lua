@@ -33,10 +33,6 @@ BadInput.__index = BadInput
 BadInput.__tostring = function(e) return e.message end
 M.BadInput = BadInput
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
-
 -- The crawl. Returns the stats table (stats.exit_code says how it ended).
 function M.run(spider, overrides)
   local s = spider_mod.check(spider, overrides)
@@ -52,7 +48,7 @@ function M.run(spider, overrides)
     name = s.name, pages = 0, items = 0, bytes = 0, requests = 0, by_status = output.object(),
     errors = output.object(),
     retries = 0, proxy_switches = 0, duplicates = 0, skipped_links = 0, offsite = 0, depth_dropped = 0,
-    robots_forbidden = 0, cache_hits = 0, failed = 0, items_dropped = 0, worker_deaths = 0,
+    robots_forbidden = 0, cache_hits = 0, cache_stores = 0, failed = 0, items_dropped = 0, worker_deaths = 0,
     proxies = {}, finished = "done", exit_code = M.DONE,
   }
   for i, p in ipairs(s.proxies or {}) do
@@ -109,7 +105,6 @@ function M.run(spider, overrides)
     local method = req.method and req.method:upper() or "GET"
     if method ~= "GET" or req.body then fp = fp .. "\0" .. method .. "\0" .. (req.body or "") end
     req.fp = fp
-    if cache and method == "GET" and not req.body then req.fp_hex = hex(fp) end
     local pushed, new = pcall(fr.push, fr, req)
     if not pushed then
       -- data that cannot be queued (a function in meta): this request fails, the crawl goes on
@@ -127,7 +122,8 @@ function M.run(spider, overrides)
   local start_it = spider_mod.start_iterator(s)
   local start_done = false
   local function feed_start()
-    while not start_done and fr:counts().queued < START_LOW_WATER do
+    if start_done then return end
+    for _ = 1, START_LOW_WATER - fr:counts().queued do
       local ok, req = pcall(start_it)
       if not ok then error(setmetatable({ message = tostring(req) }, BadInput), 0) end
       if not req then
@@ -274,9 +270,9 @@ function M.run(spider, overrides)
     w.proc:join(5)
     if w.proc:alive() then w.proc:kill() w.proc:join() end
     cpu_of_dead = cpu_of_dead + (w.cpu or 0)
-    log:warn("worker %d (pid %d) died (exit %s); its %d requests go back to the queue", w.index, w.proc.pid,
-      tostring(w.proc.exitcode), (function() local n = 0 for _ in pairs(w.inflight) do n = n + 1 end return n end)())
+    local held = 0
     for id in pairs(w.inflight) do
+      held = held + 1
       local entry = inflight[id]
       inflight[id] = nil
       ninflight = ninflight - 1
@@ -296,6 +292,8 @@ function M.run(spider, overrides)
       end
     end
     w.inflight = {}
+    log:warn("worker %d (pid %d) died (exit %s) with %d requests; the one in its callback, if any, is charged",
+      w.index, w.proc.pid, tostring(w.proc.exitcode), held)
     if leases then
       for slot = w.first, w.first + w.count - 1 do leases:release(slot) end
     end
@@ -309,7 +307,6 @@ function M.run(spider, overrides)
     if msg.fatal then stop("fatal", M.BAD_INPUT, msg.fatal) end
   end
 
-  -- Sends each worker as many requests as it has room for.
   -- Sends each worker as many requests as it has room for. Sends never wait (send_nowait):
   -- the parent goes on reading its workers while a large batch goes out, so that parent and
   -- worker can never both wait for the other to read; a worker with bytes still queued gets
@@ -542,7 +539,6 @@ function M.run(spider, overrides)
   stats.output = run.output
   progress:finish(snapshot_progress())
   sink:close()
-  if cache then stats.cache_stores = cache.stores end
   fr:close()
   if leases and leases.close then leases:close() end
   if run.stats then output.write_json(run.stats, stats) end

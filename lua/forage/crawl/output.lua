@@ -345,12 +345,17 @@ function M.write_json(path, value)
   args.check(1, path, "string", "write_json")
   local text, message = M.encode(value, "  ")
   if not text then return nil, message, "value" end
+  return M.write_atomic(path, text .. "\n")
+end
+
+-- write_atomic(path, bytes) -> true, or nil, message, "io": a reader sees the old file or
+-- the whole new one (written to path.tmp.PID, then renamed over path), never a part.
+function M.write_atomic(path, bytes)
   local tmp = string.format("%s.tmp.%d", path, forage.getpid())
-  local f
-  f, message = io.open(tmp, "wb")
+  local f, message = io.open(tmp, "wb")
   if not f then return nil, message, "io" end
   local ok
-  ok, message = f:write(text, "\n")
+  ok, message = f:write(bytes)
   if ok then ok, message = f:close() else f:close() end
   if ok then ok, message = os.rename(tmp, path) end
   if not ok then

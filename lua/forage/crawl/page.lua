@@ -75,12 +75,7 @@ local function check_follow_options(opts)
   if type(opts) ~= "table" then
     error(string.format("bad argument #3 to 'follow' (table expected, got %s)", type(opts)), 3)
   end
-  for k in pairs(opts) do
-    if not FOLLOW_OPTIONS[k] then
-      error(string.format("follow: unknown option '%s' (known: body, dont_filter, headers, meta, method, priority)",
-        tostring(k)), 3)
-    end
-  end
+  args.options("follow", opts, FOLLOW_OPTIONS, 3)
   local m = opts.method
   if m ~= nil and (type(m) ~= "string" or not m:match("^[%w!#$%%&'*+.^_`|~-]+$")) then
     bad_follow("method", "an HTTP method token", m)

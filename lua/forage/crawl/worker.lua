@@ -36,6 +36,11 @@ local PROXY_KINDS = { proxy = true, timeout = true, connect = true }
 local RECHECK_PROXIES = 0.1     -- seconds between lease attempts of slots without a proxy
 local GIVE_BACK_AFTER = 0.5     -- seconds pending requests wait in a worker with no proxy
 
+-- A GET without a body: its fingerprint (the URL's) is its cache key.
+local function cacheable(req)
+  return req.body == nil and (req.method == nil or req.method:upper() == "GET")
+end
+
 local function host_key(u)
   return u:match("^(%a[%w+.-]*://[^/?#]*)") or u
 end
@@ -65,7 +70,7 @@ function M.run(conn, s, w)
   local pending, phead, ptail = {}, 1, 0         -- requests received, not started
   local finished = {}                            -- transfers done, to handle
   local results = {}
-  local stats = { skipped_links = 0, offsite = 0, depth_dropped = 0, cache_hits = 0 }
+  local stats = { skipped_links = 0, offsite = 0, depth_dropped = 0, cache_hits = 0, cache_stores = 0 }
   local got = 0
   local robots_rules, robots_waiting = {}, {}
   local last_progress = now()
@@ -199,7 +204,9 @@ function M.run(conn, s, w)
       return base
     end
     if proxies and slot then leases:report(slot.index, true) end
-    if cache and not r.from_cache and r.status < 500 then cache:put(req.fp_hex, r) end
+    if cache and not r.from_cache and r.status < 500 and cacheable(req) and cache:put(req.fp, r) then
+      stats.cache_stores = stats.cache_stores + 1
+    end
     if RETRY_STATUS[r.status] then
       page_mod.close(page)
       base.outcome, base.reason = "retry", "HTTP " .. r.status
@@ -299,8 +306,8 @@ function M.run(conn, s, w)
   -- A request arrives: served from the cache at once, or queued for a slot.
   local function receive(req)
     got = got + 1
-    if cache and req.fp_hex then
-      local r = cache:get(req.fp_hex)
+    if cache and cacheable(req) then
+      local r = cache:get(req.fp)
       if r then
         stats.cache_hits = stats.cache_hits + 1
         r.from_cache = true
@@ -463,8 +470,5 @@ function M.spider_traceback(message)
   end
   return table.concat(lines, "\n")
 end
-
-M.host_key = host_key
-M.retry_after = retry_after
 
 return M
