@@ -18,14 +18,16 @@ WEB_LIBS   = -lcurl -lxml2
 # Two modules: forage.core (processes, pools, shared objects: no dependency but libc) and
 # forage.web (url, html, http: libcurl and libxml2), loaded only when used.
 WEB_SRC  = src/web.c src/url.c src/html.c src/http.c src/buf.c src/args.c src/hash.c src/luatype.c src/clock.c
-CORE_SRC = $(filter-out src/web.c src/url.c src/html.c src/http.c,$(wildcard src/*.c))
+# forage.sqlite (sqlite.c: the crawl's crash-safe state), loaded only by a crawl with a state.
+SQLITE_SRC = src/sqlite.c src/args.c src/luatype.c src/buf.c
+CORE_SRC = $(filter-out src/web.c src/url.c src/html.c src/http.c src/sqlite.c,$(wildcard src/*.c))
 SRC  = $(wildcard src/*.c)
 HDR  = $(wildcard src/*.h)
-SO   = forage/core.so forage/web.so
+SO   = forage/core.so forage/web.so forage/sqlite.so
 
 # Debian packages: what building and testing need; what benchmarks and fuzzing add.
 DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check lua-argparse \
-             libcurl4-openssl-dev libxml2-dev nginx-light tinyproxy openssl lua-socket lua-cjson python3
+             libcurl4-openssl-dev libxml2-dev libsqlite3-dev nginx-light tinyproxy openssl lua-socket lua-cjson python3
 BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy wrk \
              golang-go golang-github-puerkitobio-goquery-dev libnginx-mod-http-echo
 # Packages whose service Debian starts at install (package:service): the specs run their own
@@ -50,6 +52,10 @@ forage/core.so: $(CORE_SRC) $(HDR) Makefile
 forage/web.so: $(WEB_SRC) $(HDR) Makefile
 	@mkdir -p forage
 	$(CC) $(ALL_CFLAGS) -shared -o $@ $(WEB_SRC) $(WEB_LIBS)
+
+forage/sqlite.so: $(SQLITE_SRC) $(HDR) Makefile
+	@mkdir -p forage
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(SQLITE_SRC) -lsqlite3
 
 # Installs what is missing, and nothing when all is present. A policy-rc.d that says 101
 # ("not allowed") keeps the packages' services from starting during the install; it is
@@ -135,12 +141,16 @@ rock-check: deps
 	  bash -euo pipefail -c "$$($(call readme_block,rock-use))"$$'\n''lua5.4 -e "$$ROCK_LOAD_CHECK"; test -x "$$HOME/.luarocks/bin/forage"'
 
 # The sanitizer build: one shared object, and the whole suite run against it.
-ASAN_SO = build/asan/forage/core.so build/asan/forage/web.so
+ASAN_SO = build/asan/forage/core.so build/asan/forage/web.so build/asan/forage/sqlite.so
 ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined
 build/asan/forage/core.so: $(CORE_SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage
 	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(CORE_SRC) -pthread
+
+build/asan/forage/sqlite.so: $(SQLITE_SRC) $(HDR) Makefile
+	@mkdir -p build/asan/forage
+	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(SQLITE_SRC) -lsqlite3
 
 build/asan/forage/web.so: $(WEB_SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage

@@ -29,6 +29,7 @@ dependencies = {
 external_dependencies = {
    CURL = { library = "curl" },
    LIBXML2 = { header = "libxml2/libxml/HTMLparser.h", library = "xml2" },
+   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
 }
 test = {
    type = "busted",
@@ -60,6 +61,13 @@ build = {
          libdirs = { "$(CURL_LIBDIR)", "$(LIBXML2_LIBDIR)" },
          libraries = { "curl", "xml2" },
       },
+      ["forage.sqlite"] = {
+         sources = { "src/sqlite.c", "src/args.c", "src/luatype.c", "src/buf.c" },
+         defines = { "_GNU_SOURCE" },
+         incdirs = { "$(SQLITE_INCDIR)" },
+         libdirs = { "$(SQLITE_LIBDIR)" },
+         libraries = { "sqlite3" },
+      },
       ["forage"] = "lua/forage/init.lua",
       ["forage.pool"] = "lua/forage/pool.lua",
       ["forage.worker"] = "lua/forage/worker.lua",
@@ -88,5 +96,7 @@ build = {
       ["forage.crawl.retry_after"] = "lua/forage/crawl/retry_after.lua",
       ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
       ["forage.crawl.sink"] = "lua/forage/crawl/sink.lua",
+      ["forage.crawl.state"] = "lua/forage/crawl/state.lua",
+      ["forage.cli.status"] = "lua/forage/cli/status.lua",
    },
 }

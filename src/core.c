@@ -26,6 +26,9 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_lease(L);
     forage_open_pause(L);
     forage_open_frontier(L);
+    forage_open_file(L);
+    forage_open_signals(L);
+    forage_open_digest(L);
     forage_open_fixture_site(L);
     forage_open_fixture_proxy(L);
     lua_pushinteger(L, WIRE_VERSION);

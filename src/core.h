@@ -20,6 +20,9 @@ void forage_open_dict(lua_State *L);    /* dict.c: forage.dict */
 void forage_open_lease(lua_State *L);   /* lease.c: the sticky resource table */
 void forage_open_pause(lua_State *L);   /* pause.c: pause points for the specs */
 void forage_open_frontier(lua_State *L); /* frontier.c: the crawl's queue and seen set */
+void forage_open_file(lua_State *L);    /* file.c: lock_file, truncate, fsync, fsync_dir */
+void forage_open_signals(lua_State *L); /* signals.c: SIGINT and SIGTERM counted, for a graceful stop */
+void forage_open_digest(lua_State *L);  /* digest.c: a stable hash of bytes */
 /* The crawl layer's bindings, in their own module forage.web (web.c): */
 void forage_open_url(lua_State *L);     /* url.c: forage.url (curl's URL API) */
 void forage_open_html(lua_State *L);    /* html.c: forage.html (libxml2) */

@@ -46,15 +46,17 @@ static int sys_getppid(lua_State *L) {
     return 1;
 }
 
-/* getpid() -> this process's id. */
-/* core.ignore_interrupts(): SIGINT is ignored from now on in this process (a crawl's
-   workers: Ctrl-C reaches the whole process group, and the parent stops them in order). */
+/* core.ignore_interrupts(): SIGINT and SIGTERM are ignored from now on in this process (a
+   crawl's workers: Ctrl-C reaches the whole process group, and a service manager's stop
+   sends SIGTERM to every process of the crawl; the parent stops the workers in order). */
 static int ignore_interrupts(lua_State *L) {
     (void)L;
     signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     return 0;
 }
 
+/* getpid() -> this process's id. */
 static int sys_getpid(lua_State *L) {
     lua_pushinteger(L, getpid());
     return 1;

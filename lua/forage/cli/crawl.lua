@@ -1,13 +1,14 @@
 -- forage crawl SPIDER.lua: runs a spider file, items to JSON Lines (or CSV), a failed
 -- file beside them, stats at the end; exit 0 done, 1 fatal, 2 bad input, 3 no live proxy,
--- 130 interrupted.
+-- 130 interrupted, 143 terminated. With --state DIR, a stopped crawl resumes.
 local M = {
   summary = "Run a spider file: items to a file, failures beside them, a live progress line.",
   description = "Run a spider file (a Lua file returning a spider table). Items go to -o FILE "
     .. "(JSON Lines, or CSV for .csv; stdout without -o), failures to items.failed.jsonl for -o "
     .. "items.jsonl or items.csv (at the first failure), stats to items.stats.json.\n"
     .. "Exit codes: 0 done (also when some requests failed), 1 a fatal error stopped the crawl, "
-    .. "2 bad arguments or a bad spider, 3 no live proxy left, 130 interrupted.",
+    .. "2 bad arguments or a bad spider, 3 no live proxy left, 130 interrupted (Ctrl-C), 143 terminated "
+    .. "(SIGTERM).",
 }
 
 function M.configure(command)
@@ -23,13 +24,17 @@ function M.configure(command)
   command:option("--cache", "Keep responses in DIR and serve them from there next time."):argname("DIR")
   command:flag("--cache-refresh", "Fetch again what the cache has (and store it anew).")
   command:option("--stats", "Write the stats as JSON to FILE (default: beside -o's file)."):argname("FILE")
+  command:option("--state", "Keep the crawl's state in DIR: a stopped crawl (Ctrl-C, kill -9, a reboot) "
+    .. "resumes when run again with the same DIR."):argname("DIR")
+  command:flag("--fresh", "Start over: forget the state in --state DIR.")
+  command:option("--grace", "Seconds in-flight requests have to finish after Ctrl-C or SIGTERM (default 10)."):argname("S")
   command:option("--log-level", "debug, info, warn or error (default info)."):argname("LEVEL")
   command:flag("-q --quiet", "Print errors only: no progress line, no summary.")
 end
 
 -- Settings whose value is a string even when it looks like a number ("-s user_agent=1.0"),
 -- and groups whose entries are strings (headers.X-Token, cookies.session).
-local STRING_SETTINGS = { name = true, user_agent = true, cache = true, start = true, proxies = true }
+local STRING_SETTINGS = { name = true, user_agent = true, cache = true, start = true, proxies = true, state = true }
 local STRING_GROUPS = { headers = true, cookies = true }
 
 -- The value of -s key=value: "10" -> 10, "true" -> true, except for string settings.
@@ -86,6 +91,16 @@ local function overrides_of(parsed)
   if parsed.proxies then o.proxies = parsed.proxies end
   if parsed.cache then o.cache = parsed.cache end
   if parsed.cache_refresh then o.cache_refresh = true end
+  if parsed.state then o.state = parsed.state end
+  if parsed.fresh then o.fresh = true end
+  if parsed.grace then
+    local g = tonumber(parsed.grace)
+    if not g or g < 0 or g ~= g then
+      return nil, ("--grace: expected a non-negative number of seconds, got %s"):format(
+        require("forage.args").show(parsed.grace))
+    end
+    o.grace = g
+  end
   return o
 end
 
@@ -120,8 +135,19 @@ local function summary(stats, out)
 end
 M.print_summary = summary
 
+-- The command line that resumes a stopped crawl: this one, without --fresh.
+local function resume_command(argv)
+  local words = { "forage" }
+  for _, a in ipairs(argv or {}) do
+    if a ~= "--fresh" then
+      words[#words + 1] = a:find("^[%w%-%./_=,:@]+$") and a or "'" .. a:gsub("'", "'\\''") .. "'"
+    end
+  end
+  return table.concat(words, " ")
+end
+
 -- Runs spider (a table) with opts; prints the summary; returns the exit code.
-function M.crawl(spider, opts, cli, quiet)
+function M.crawl(spider, opts, cli, quiet, argv)
   local crawl = require "forage.crawl"
   local ok, err = pcall(crawl.check, spider, opts)
   if not ok then return cli.fail(cli.USAGE, cli.clean_error(err)) end
@@ -134,14 +160,21 @@ function M.crawl(spider, opts, cli, quiet)
     if getmetatable(stats) == crawl.BadInput then return cli.fail(cli.USAGE, stats.message) end
     return cli.fail(cli.FAILED, cli.clean_error(stats))
   end
-  if not quiet then summary(stats, io.stderr) end
-  if stats.exit_code == crawl.NO_PROXY or stats.exit_code == crawl.BAD_INPUT or stats.exit_code == crawl.FATAL then
+  if stats.finished == "already_done" then
     io.stderr:write("forage: ", tostring(stats.message), "\n")
+    return stats.exit_code
+  end
+  if not quiet then summary(stats, io.stderr) end
+  if stats.exit_code ~= crawl.DONE then
+    io.stderr:write("forage: ", tostring(stats.message), "\n")
+    if stats.state then
+      io.stderr:write("forage: the state is saved in ", stats.state, "; resume with: ", resume_command(argv), "\n")
+    end
   end
   return stats.exit_code
 end
 
-function M.run(parsed, cli)
+function M.run(parsed, cli, context)
   local crawl = require "forage.crawl"
   local spider, err = crawl.load(parsed.spider)
   if not spider then return cli.fail(cli.USAGE, err) end
@@ -154,7 +187,7 @@ function M.run(parsed, cli)
   opts.stats = parsed.stats or stats_path_for(parsed.output)
   if parsed.log_level then opts.log_level = parsed.log_level end
   opts.quiet = parsed.quiet or nil
-  return M.crawl(spider, opts, cli, parsed.quiet)
+  return M.crawl(spider, opts, cli, parsed.quiet, context and context.argv)
 end
 
 return M

@@ -7,10 +7,10 @@
 local M = {}
 
 -- Exit codes, the same for every command (docs/cli.md).
-M.OK, M.FAILED, M.USAGE, M.NO_PROXY, M.INTERRUPTED = 0, 1, 2, 3, 130
+M.OK, M.FAILED, M.USAGE, M.NO_PROXY, M.INTERRUPTED, M.TERMINATED = 0, 1, 2, 3, 130, 143
 
 -- The commands in the order `forage --help` lists them.
-local COMMANDS = { "crawl", "demo", "fetch", "shell", "version", "help" }
+local COMMANDS = { "crawl", "status", "demo", "fetch", "shell", "version", "help" }
 
 -- Writes "forage: <message>" on stderr and returns code, for `return cli.fail(...)`.
 function M.fail(code, message)
@@ -67,7 +67,7 @@ local function build_parser(argparse)
 end
 
 -- Runs the command line argv (a list of strings, as `arg`); returns the exit code.
-function M.main(argv)
+local function main(argv)
   local argparse = load_argparse()
   if not argparse then
     return M.fail(M.FAILED, "the command line needs the argparse module (Debian: apt install lua-argparse; "
@@ -87,8 +87,20 @@ function M.main(argv)
     end
     error(parsed, 0)
   end
-  local context = { parser = parser, commands = commands }
+  local context = { parser = parser, commands = commands, argv = list }
   return modules[parsed.command].run(parsed, M, context)
+end
+
+-- The same; a Ctrl-C outside a crawl's own handling (Lua's "interrupted!", say while the
+-- spider file loads) is exit 130 with one line, not a traceback.
+function M.main(argv)
+  local ok, code = xpcall(main, function(e)
+    if type(e) == "string" and e:find("interrupted!$") then return e end
+    return debug.traceback(e, 2)
+  end, argv)
+  if ok then return code end
+  if type(code) == "string" and code:find("interrupted!$") then return M.fail(M.INTERRUPTED, "interrupted") end
+  error(code, 0)
 end
 
 return M

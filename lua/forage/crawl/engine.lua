@@ -26,12 +26,47 @@ local START_LOW_WATER = 10000      -- start requests read ahead into the frontie
 local WORKER_DEATHS = 3            -- a request whose callback killed its worker this often fails
 local BYSTANDER_DEATHS = 10        -- a request in a worker that died this often, not in its callback
 local STOP_WAIT = 5                -- seconds the workers have to finish after "stop"
+local COMMIT_EVERY = 0.2           -- seconds between the state's commits (a batch of results each)
+local GRACE = 10                   -- seconds in-flight requests have to finish after Ctrl-C or SIGTERM
+
+-- Exit codes of a crawl stopped by a signal (the shell's 128 + signal number).
+M.INTERRUPTED, M.TERMINATED = 130, 143
 
 -- An error that ends the crawl with exit code 2 (a bad spider found while running).
 local BadInput = {}
 BadInput.__index = BadInput
 BadInput.__tostring = function(e) return e.message end
 M.BadInput = BadInput
+
+-- A copy of t with plain tables only (the stats' JSON objects carry a metatable), for the state.
+local function plain(t)
+  if type(t) ~= "table" then return t end
+  local copy = {}
+  for k, v in pairs(t) do copy[k] = plain(v) end
+  return copy
+end
+
+-- The counters of an earlier run (a state's), added to this run's stats.
+local function merge_saved_stats(stats, saved)
+  if type(saved) ~= "table" then return end
+  for k, v in pairs(saved) do
+    if math.type(v) == "integer" and math.type(stats[k]) == "integer" then
+      stats[k] = stats[k] + v
+    end
+  end
+  for _, key in ipairs { "by_status", "errors" } do
+    for k, v in pairs(saved[key] or {}) do stats[key][k] = (stats[key][k] or 0) + v end
+  end
+  for _, before in ipairs(saved.proxies or {}) do
+    for _, p in ipairs(stats.proxies) do
+      if p.url == before.url then
+        for k, v in pairs(before) do
+          if math.type(v) == "integer" and math.type(p[k]) == "integer" then p[k] = p[k] + v end
+        end
+      end
+    end
+  end
+end
 
 -- The crawl. Returns the stats table (stats.exit_code says how it ended).
 function M.run(spider, overrides)
@@ -55,10 +90,45 @@ function M.run(spider, overrides)
     stats.proxies[i] = { url = spider_mod.mask(p), requests = 0, successes = 0, failures = 0, bans = 0, cooldowns = 0 }
   end
 
+  local function bad_input(message) error(setmetatable({ message = message }, BadInput), 0) end
+
+  -- the crawl's state (--state DIR): what an earlier run left, or a new one
+  local state, resume = nil, {}
+  if s.state then
+    if run.output == "-" then
+      bad_input("forage.crawl: a crawl with a state needs an output file (-o FILE): items written to stdout "
+        .. "cannot be taken back when a stopped crawl resumes")
+    end
+    local err
+    state, err = require("forage.crawl.state").open(s.state, { name = s.name, hash = spider_mod.hash(spider),
+      fresh = run.fresh or false })
+    if not state then bad_input("forage.crawl: " .. err) end
+    if state.resumed then
+      resume = state:saved("outputs") or {}
+      resume.resumed = true
+      if state:saved("finished") == "done" then
+        local saved = state:saved("stats") or {}
+        state:close()
+        stats.finished, stats.exit_code = "already_done", M.DONE
+        stats.message = ("this crawl finished before (%d pages, %d items; state %s): --fresh starts it over"):format(
+          saved.pages or 0, saved.items or 0, s.state)
+        stats.pages, stats.items, stats.failed = saved.pages or 0, saved.items or 0, saved.failed or 0
+        stats.elapsed, stats.pages_per_s, stats.cpu_seconds = 0, 0, 0
+        return stats
+      end
+      merge_saved_stats(stats, state:saved("stats"))
+    end
+  end
+  local pages_before = stats.pages
+  stats.resumed = state and state.resumed or nil
+
   -- items and failures: the items' file is opened before any request (a path that cannot
   -- be written stops the crawl there)
-  local sink, sink_err = sink_mod.open(s, stats, log)
-  if not sink then error(setmetatable({ message = sink_err }, BadInput), 0) end
+  local sink, sink_err = sink_mod.open(s, stats, log, resume)
+  if not sink then
+    if state then state:close() end
+    bad_input(sink_err)
+  end
   local function fail_request(req, reason) sink:fail_request(req, reason) end
 
   -- the shared lease table: one truth for the parent and every worker
@@ -85,7 +155,22 @@ function M.run(spider, overrides)
   -- a worker's death is charged to the request that killed it, not to its bystanders
   local running = core.array("int64", s.workers)
 
-  local fr = frontier_mod.memory { per_host = s.per_host }
+  local fr
+  if state then
+    local err
+    fr, err = state:frontier { per_host = s.per_host }
+    if not fr then
+      sink:close()
+      state:close()
+      bad_input("forage.crawl: " .. err)
+    end
+    if state.resumed then
+      log:info("resuming from %s: %d requests queued again, %d seen, %d pages and %d items before", s.state,
+        state.loaded.queued, state.loaded.seen, stats.pages, stats.items)
+    end
+  else
+    fr = frontier_mod.memory { per_host = s.per_host }
+  end
   local inflight, ninflight = {}, 0     -- id -> { req, worker } (worker nil: waiting for a backoff)
   local delayed = {}                    -- { due, req }, for retries after a backoff
 
@@ -120,7 +205,19 @@ function M.run(spider, overrides)
 
   -- start requests, read ahead as the frontier empties
   local start_it = spider_mod.start_iterator(s)
-  local start_done = false
+  local start_done, start_read = false, 0
+  if state and state.resumed then
+    -- the start requests read before are in the state (queued, or done): skip them
+    start_read = tonumber(state:saved("start_read")) or 0
+    start_done = state:saved("start_done") == true
+    if not start_done then
+      for _ = 1, start_read do
+        local ok, req = pcall(start_it)
+        if not ok then bad_input(tostring(req)) end
+        if not req then start_done = true break end
+      end
+    end
+  end
   local function feed_start()
     if start_done then return end
     for _ = 1, START_LOW_WATER - fr:counts().queued do
@@ -130,6 +227,7 @@ function M.run(spider, overrides)
         start_done = true
         break
       end
+      start_read = start_read + 1
       local copy = {}
       for k, v in pairs(req) do copy[k] = v end
       if copy.callback and not s.callbacks[copy.callback] then
@@ -300,6 +398,29 @@ function M.run(spider, overrides)
     if not stopping then spawn(w) else w.conn, w.proc = nil, nil end
   end
 
+  -- The state's commit: the outputs synced, then in one transaction the pushes and acks
+  -- since the last commit, the counters, the files' lengths and how far the start was read.
+  -- A commit that fails (a full disk) stops the crawl; the state stays as the last commit
+  -- left it.
+  local last_commit = now()
+  local function commit(finished)
+    if not state then return true end
+    last_commit = now()
+    local outputs, files = sink:files()
+    local counts = fr:counts()
+    local entries = { stats = plain(stats), outputs = outputs, start_read = start_read, start_done = start_done,
+      progress = { queued = counts.queued, inflight = ninflight, seen = counts.seen, pid = forage.getpid(),
+        pages_per_s = stats.pages_per_s or 0 } }
+    entries.stats.pages_per_s, entries.stats.finished, entries.stats.exit_code = nil, nil, nil
+    if finished then entries.finished = finished end
+    local ok, err = state:commit(entries, files)
+    if not ok then
+      stop("fatal", M.FATAL, "forage.crawl: " .. err)
+      return false
+    end
+    return true
+  end
+
   local function handle_message(w, msg)
     w.got, w.free, w.cpu = msg.got, msg.free, msg.cpu or w.cpu
     for k, v in pairs(msg.stats or {}) do stats[k] = (stats[k] or 0) + v end
@@ -397,12 +518,38 @@ function M.run(spider, overrides)
     for _, w in ipairs(workers) do if w.conn == conn then return w end end
   end
 
+  -- Ctrl-C and SIGTERM: no new work; the requests in flight have `grace` seconds to end
+  -- (a second signal ends them at once); what is not done stays queued in the state
+  local draining, hard_stop, grace_deadline, signal_name
+  local function check_signals()
+    local nint, nterm, last = core.caught_signals()
+    if nint + nterm == 0 then return end
+    if not draining then
+      draining = true
+      signal_name = last
+      if last == "TERM" then stop("terminated", M.TERMINATED, "terminated (SIGTERM)")
+      else stop("interrupted", M.INTERRUPTED, "interrupted") end
+      grace_deadline = now() + (run.grace or GRACE)
+      log:warn("%s: finishing the %d requests in flight (at most %g s; again to stop at once)",
+        last == "TERM" and "SIGTERM" or "Ctrl-C", ninflight - #delayed, run.grace or GRACE)
+      for _, w in ipairs(workers) do
+        if w.conn then
+          local queued = w.conn:send_nowait { drain = true }
+          if not queued then worker_died(w) else w.queued = queued end
+        end
+      end
+    end
+    if nint + nterm >= 2 then hard_stop = true end
+  end
+
   -- the loop
   local interrupted
+  core.catch_signals()
   local ok, err = xpcall(function()
     feed_start()
     for _, w in ipairs(workers) do spawn(w) end
     while true do
+      check_signals()
       local t = now()
       -- retries whose backoff is over go back to the queue
       if #delayed > 0 then
@@ -418,9 +565,13 @@ function M.run(spider, overrides)
         end
         delayed = keep
       end
-      feed_start()
+      if not stopping then feed_start() end
       dispatch()
-      if stopping then break end
+      if draining then
+        if hard_stop or ninflight - #delayed == 0 or t >= grace_deadline then break end
+      elseif stopping then
+        break
+      end
       local queued = fr:counts().queued
       local limit = s.max_pages > 0 and stats.pages >= s.max_pages and "max_pages"
         or s.max_items > 0 and stats.items >= s.max_items and "max_items"
@@ -445,6 +596,7 @@ function M.run(spider, overrides)
         local w = by_conn(conn)
         if w then read_worker(w) end
       end
+      if state and now() - last_commit >= COMMIT_EVERY then commit() end
     end
   end, function(e)
     if type(e) == "string" and e:find("interrupted!$") then
@@ -467,6 +619,14 @@ function M.run(spider, overrides)
     end
   end
   stopping = true
+  check_signals()
+  if hard_stop then
+    -- a second signal: the workers go now; what they held is not acked, so a state keeps it
+    for _, w in ipairs(workers) do
+      if w.proc and w.proc:alive() then w.proc:kill() end
+      if w.conn then w.conn:close() w.conn = nil end
+    end
+  end
   for _, w in ipairs(workers) do
     if w.conn then
       local queued = w.conn:send_nowait { stop = true }
@@ -503,8 +663,16 @@ function M.run(spider, overrides)
     stop("fatal", M.FATAL, "the workers did not finish")
   end
 
-  -- what was not done is not lost: it goes to the failed output with the reason
-  if stats.finished ~= "done" and stats.finished ~= "max_pages" and stats.finished ~= "max_items" then
+  core.restore_signals()
+  if stats.finished == "done" and ninflight + fr:counts().queued == 0 then
+    commit("done")
+  else
+    commit()
+  end
+
+  -- what was not done is not lost: it stays in the state, or goes to the failed output
+  -- with the reason
+  if not state and stats.finished ~= "done" and stats.finished ~= "max_pages" and stats.finished ~= "max_items" then
     local reason = stop_reason or stats.finished
     for _, entry in pairs(inflight) do fail_request(entry.req, "not done: " .. tostring(reason)) end
     while true do
@@ -512,7 +680,7 @@ function M.run(spider, overrides)
       if #reqs == 0 then break end
       for _, req in ipairs(reqs) do fail_request(req, "not done: " .. tostring(reason)) end
     end
-    if stats.exit_code == M.NO_PROXY or interrupted then
+    if stats.exit_code == M.NO_PROXY or interrupted or signal_name then
       while not start_done do
         local good, req = pcall(start_it)
         if not good or not req then break end
@@ -524,7 +692,7 @@ function M.run(spider, overrides)
   if leases then proxy_summary() end
   local elapsed = now() - started_at
   stats.elapsed = elapsed
-  stats.pages_per_s = elapsed > 0 and stats.pages / elapsed or 0
+  stats.pages_per_s = elapsed > 0 and (stats.pages - pages_before) / elapsed or 0
   local cpu = os.clock() - cpu0 + cpu_of_dead
   for _, w in ipairs(workers) do cpu = cpu + (w.cpu or 0) end
   stats.cpu_seconds = cpu
@@ -540,6 +708,10 @@ function M.run(spider, overrides)
   progress:finish(snapshot_progress())
   sink:close()
   fr:close()
+  if state then
+    stats.state = s.state
+    state:close()
+  end
   if leases and leases.close then leases:close() end
   if run.stats then output.write_json(run.stats, stats) end
   if interrupted then error("interrupted", 0) end

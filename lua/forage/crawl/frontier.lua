@@ -163,6 +163,8 @@ function Memory:push(req)
   -- Seen only once encoded: a request that raised is neither queued nor marked seen.
   if filter then store:seen_add(fp) end
   store:push(host, priority, blob)
+  local journal = self._journal_to
+  if journal then journal:pushed(id, host, priority, blob, filter and fp or nil) end
   return true
 end
 
@@ -203,6 +205,8 @@ end
 -- fr:ack(req): req is done for good (a success or a final failure).
 function Memory:ack(req)
   settle(self, store_of(self), req, "ack")
+  local journal = self._journal_to
+  if journal then journal:acked(req.id) end
 end
 
 -- fr:retry(req): req goes back to the queue with its id and its fields as they are now
@@ -214,13 +218,40 @@ function Memory:retry(req)
   local blob = encoded(req, "retry")   -- before settle: a request that raises stays in flight
   settle(self, store, req, "retry")
   store:push(host, priority, blob)
+  local journal = self._journal_to
+  if journal then journal:retried(req.id, host, priority, blob) end
 end
 
 -- fr:seen(fp) -> true when fp is new (and now seen), false when seen before.
 function Memory:seen(fp)
   local store = store_of(self)
   args.check(1, fp, "string", "seen")
-  return store:seen_add(fp)
+  local new = store:seen_add(fp)
+  local journal = self._journal_to
+  if new and journal then journal:seen(fp) end
+  return new
+end
+
+-- For a durable backend built on this one (lua/forage/crawl/state.lua): what it saved is
+-- put back without a new id nor a journal entry, then every change goes to the journal
+-- (an object with pushed(id, host, priority, record, fp), retried(id, host, priority,
+-- record), acked(id) and seen(fp)).
+function Memory:_restore(id, host, priority, record)
+  store_of(self):push(host, priority, record)
+  if id > self._next_id then self._next_id = id end
+end
+
+function Memory:_restore_seen(fp)
+  store_of(self):seen_add(fp)
+end
+
+function Memory:_journal(journal, next_id)
+  if next_id > self._next_id then self._next_id = next_id end
+  self._journal_to = journal
+end
+
+function Memory:_last_id()
+  return self._next_id
 end
 
 -- fr:counts() -> { queued, inflight, seen, hosts (with something queued or in flight),

@@ -7,6 +7,7 @@ local spider = require "forage.crawl.spider"
 local M = {
   -- exit codes of a crawl (stats.exit_code; the command line's too)
   DONE = engine.DONE, FATAL = engine.FATAL, BAD_INPUT = engine.BAD_INPUT, NO_PROXY = engine.NO_PROXY,
+  INTERRUPTED = engine.INTERRUPTED, TERMINATED = engine.TERMINATED,
   -- the metatable of the errors forage.crawl raises for bad input found before any request
   -- (an output or cache that cannot be opened): e.message
   BadInput = engine.BadInput,

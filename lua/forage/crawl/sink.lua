@@ -3,32 +3,88 @@
 -- item that cannot be written, a pipeline that raised) to the failed file, or to the stats
 -- when there is none. Nothing is dropped silently: what cannot go one way goes the other.
 local output = require "forage.crawl.output"
+local core = require "forage.core"
 
 local M = {}
 
 local Sink = {}
 Sink.__index = Sink
 
--- sink.open(s, stats, log) -> a sink, or nil and a message when the items' file cannot be
--- opened (before any request). s: the checked spider (its run options name the files).
-function M.open(s, stats, log)
+-- A file of an earlier run, cut back to the length a crawl state says is complete (the
+-- lines past it belong to requests that will be fetched again); true, or nil, message.
+local function cut_back(path, length)
+  local f = io.open(path, "rb")
+  local size = f and f:seek("end") or 0
+  if f then f:close() end
+  if size < length then
+    return nil, ("%s holds %d bytes, but the crawl state says the first %d are written: was it changed or "
+      .. "removed? (--fresh starts over)"):format(path, size, length)
+  end
+  if size > length then
+    local ok, err = core.truncate(path, length)
+    if not ok then return nil, ("%s: %s"):format(path, err) end
+  end
+  return true
+end
+
+-- sink.open(s, stats, log [, resume]) -> a sink, or nil and a message when the items' file
+-- cannot be opened (before any request). s: the checked spider (its run options name the
+-- files). resume: what a crawl state says of the files of earlier runs ({ items = { path,
+-- length }, failed = { path, length } }): each is cut back to that length and appended to.
+function M.open(s, stats, log, resume)
   local run = s.run
   local self = setmetatable({ s = s, stats = stats, log = log, failures = {} }, Sink)
+  resume = resume or {}
   if run.output then
-    local out, err = output.open(run.output)
+    local before = resume.items
+    if before and before.path ~= run.output then
+      return nil, ("forage.crawl: this crawl's items go to %s (its state says so): give that output to resume, "
+        .. "or --fresh to start over"):format(before.path)
+    end
+    if before then
+      local ok, err = cut_back(before.path, before.length)
+      if not ok then return nil, "forage.crawl: output: " .. err end
+    end
+    local out, err = output.open(run.output, before and { append = true } or nil)
     if not out then return nil, "forage.crawl: output: " .. tostring(err) end
     self.items_out = out
   end
   -- the failed file is opened at the first failure only
   self.failed_path = run.failed or (run.output and output.failed_path(run.output)) or nil
+  -- on resume, the failed file keeps what was committed (nothing when the state has no
+  -- record of it: lines there were written after the last commit, and come again)
+  local failed_before = resume.failed
+  if resume.resumed and self.failed_path then
+    local length = failed_before and failed_before.path == self.failed_path and failed_before.length or 0
+    local f = io.open(self.failed_path, "rb")
+    if f then
+      f:close()
+      local ok, err = cut_back(self.failed_path, length)
+      if not ok then return nil, "forage.crawl: failed file: " .. err end
+      self.failed_append = length > 0
+    end
+  end
   return self
+end
+
+-- What a crawl state records of the files: { items = { path, length }, failed = ... },
+-- and the open files to sync before it does.
+function Sink:files()
+  local record, files = {}, {}
+  for key, out in pairs { items = self.items_out, failed = self.failed_out } do
+    if out.file ~= io.stdout then
+      record[key] = { path = out.path, length = out.file:seek("end") }
+      files[#files + 1] = out.file
+    end
+  end
+  return record, files
 end
 
 -- A failed record { url, callback, reasons, attempts, switches, depth [, item] }.
 function Sink:failure(record)
   self.stats.failed = self.stats.failed + 1
   if self.failed_path and not self.failed_out then
-    local out, err = output.open(self.failed_path)
+    local out, err = output.open(self.failed_path, self.failed_append and { append = true } or nil)
     if not out then
       self.log:error("cannot write the failed file (%s); failures are kept in the stats", tostring(err))
       self.failed_path = nil

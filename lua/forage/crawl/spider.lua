@@ -116,6 +116,11 @@ checkers.cache = function(v)
   return v
 end
 checkers.cache_refresh = boolean("cache_refresh")
+-- the crawl's state directory (docs/state.md): resume after any stop
+checkers.state = function(v)
+  if type(v) ~= "string" or v == "" or v:find("[%z\r\n]") then bad("state", "a directory name", v) end
+  return v
+end
 checkers.banned = func("banned")
 checkers.on_item = func("on_item")
 
@@ -305,6 +310,10 @@ local RUN_OPTIONS = {
     if not LOG_LEVELS[v] then bad("log_level", "one of debug, info, warn, error", v) end
   end,
   quiet = function(v) if type(v) ~= "boolean" then bad("quiet", "a boolean", v) end end,
+  fresh = function(v) if type(v) ~= "boolean" then bad("fresh", "a boolean", v) end end,
+  grace = function(v)
+    if type(v) ~= "number" or v ~= v or v < 0 then bad("grace", "a non-negative number of seconds", v) end
+  end,
 }
 
 -- The known setting names, sorted, for messages.
@@ -382,6 +391,29 @@ function M.check(spider, overrides)
     s.idle_slots = s.concurrency - #s.proxies * proxy.slots
   end
   return s
+end
+
+-- hash(spider) -> a hex digest naming the spider's code: the files its functions were
+-- loaded from (their text as it is now), or the chunks of those loaded from strings. A crawl
+-- state belongs to one spider: another file (or the same file changed) does not resume it.
+function M.hash(spider)
+  local sources, seen = {}, {}
+  for _, v in pairs(spider) do
+    if type(v) == "function" then
+      local source = debug.getinfo(v, "S").source
+      if not seen[source] then
+        seen[source] = true
+        local text = source
+        if source:sub(1, 1) == "@" then
+          local f = io.open(source:sub(2), "rb")
+          if f then text = f:read("a") f:close() end
+        end
+        sources[#sources + 1] = text
+      end
+    end
+  end
+  table.sort(sources)
+  return require("forage.core").digest(table.concat(sources, "\0"))
 end
 
 -- Iterates the start requests: yields request tables { url, callback = "parse", ... }.

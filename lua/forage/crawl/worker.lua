@@ -74,6 +74,7 @@ function M.run(conn, s, w)
   local got = 0
   local robots_rules, robots_waiting = {}, {}
   local last_progress = now()
+  local draining = false   -- the parent stops the crawl: no new transfer starts
   local next_proxy_check = 0
   local fatal
 
@@ -414,13 +415,18 @@ function M.run(conn, s, w)
         if why == "timeout" then break end
         os.exit(0)   -- the parent is gone: nothing to report to
       end
+      if msg.drain then
+        -- the crawl stops: the transfers under way end, nothing new starts (below, what
+        -- waits goes back to the parent, which keeps it queued)
+        draining = true
+      end
       if msg.stop then
         client:close()
         pcall(conn.send, conn, { got = got, free = 0, cpu = os.clock(), stats = stats, results = {} })
         conn:close()
         return
       end
-      for _, req in ipairs(msg.reqs) do receive(req) end
+      for _, req in ipairs(msg.reqs or {}) do receive(req) end
     end
     -- the transfers that ended
     while #finished > 0 do
@@ -441,9 +447,11 @@ function M.run(conn, s, w)
         if f.slot then park(f.slot) end
       end
     end
-    local wake = assign()
-    -- requests that no slot of ours can serve go back to the parent for another worker
-    if proxies and phead <= ptail and busy == 0 and #idle == 0 and now() - last_progress > GIVE_BACK_AFTER then
+    local wake = not draining and assign() or nil
+    -- requests that no slot of ours can serve go back to the parent for another worker;
+    -- while the crawl stops, every request that has not started goes back
+    if phead <= ptail and (draining or proxies and busy == 0 and #idle == 0
+        and now() - last_progress > GIVE_BACK_AFTER) then
       for i = phead, ptail do
         results[#results + 1] = { id = pending[i].id, outcome = "returned", url = pending[i].url }
         pending[i] = nil
