@@ -680,6 +680,27 @@ static int leases_cool(lua_State *L) {
     return take_back(L, 0, seconds, 4, "cooled");
 }
 
+/* L:restore(index, seconds [, reason]): resource index, held by no slot and ready, cools
+   for seconds, as an earlier run left it (a crawl resuming from its state: a proxy that
+   was cooling when the crawl stopped does not get requests the moment it resumes). Does
+   nothing to a resource that is held, cooling or retired, or for 0 seconds. */
+static int leases_restore(lua_State *L) {
+    lease_table *t = check_leases(L, 1);
+    int32_t i = check_index(L, 2, "index", t->nresources);
+    double seconds = check_seconds(L, 3, "cooldown");
+    const char *reason = luaL_optstring(L, 4, "cooling when the crawl stopped");
+    lock_or_raise(L, t);
+    resource *r = &resources_of(t)[i];
+    if (seconds > 0 && r->state == R_READY && r->holders == 0) {
+        set_reason(r, reason);
+        r->cooldowns = 1;
+        r->cooling_until = now_seconds() + seconds;
+        r->state = R_COOLING;
+    }
+    unlock_table(t);
+    return 0;
+}
+
 /* L:retire(slot [, reason]) -> another resource (or nil); the old one never comes back. */
 static int leases_retire(lua_State *L) { return take_back(L, 1, 0, 3, "retired"); }
 
@@ -828,6 +849,7 @@ void forage_open_lease(lua_State *L) {
         {"swap", leases_swap},
         {"cool", leases_cool},
         {"retire", leases_retire},
+        {"restore", leases_restore},
         {"pace", leases_pace},
         {"next_revival", leases_next_revival},
         {"none_left", leases_none_left},

@@ -27,7 +27,8 @@ function M.configure(command)
   command:option("--state", "Keep the crawl's state in DIR: a stopped crawl (Ctrl-C, kill -9, a reboot) "
     .. "resumes when run again with the same DIR."):argname("DIR")
   command:flag("--fresh", "Start over: forget the state in --state DIR.")
-  command:option("--grace", "Seconds in-flight requests have to finish after Ctrl-C or SIGTERM (default 10)."):argname("S")
+  command:option("--grace", "Seconds in-flight requests have to finish after Ctrl-C or SIGTERM (default 10).")
+    :argname("S")
   command:option("--log-level", "debug, info, warn or error (default info)."):argname("LEVEL")
   command:flag("-q --quiet", "Print errors only: no progress line, no summary.")
 end

@@ -21,7 +21,9 @@ end
 
 function M.run(parsed, cli)
   local dir = parsed.state or parsed.dir
-  if not dir then return cli.fail(cli.USAGE, "status: which crawl? give its state directory: forage status --state DIR") end
+  if not dir then
+    return cli.fail(cli.USAGE, "status: which crawl? give its state directory: forage status --state DIR")
+  end
   local info, err = require("forage.crawl.state").read(dir)
   if not info then return cli.fail(cli.USAGE, "status: " .. err) end
   local meta = info.meta

@@ -138,6 +138,18 @@ function M.run(spider, overrides)
       max_failures = s.proxy.max_failures, cooldown = s.proxy.cooldown, max_cooldown = s.proxy.max_cooldown,
       retire_after = s.proxy.retire_after, name = "forage.crawl proxy" }
   end
+  if leases and state and state.resumed then
+    -- a proxy that was cooling when the crawl stopped cools for what was left of it; one
+    -- retired then gets another chance (it may have been revived, or be new)
+    local saved, since = state:saved("stats") or {}, os.time() - (tonumber(state:saved("updated")) or os.time())
+    for _, before in ipairs(saved.proxies or {}) do
+      for i, p in ipairs(stats.proxies) do
+        if p.url == before.url and before.state == "cooling" and (before.cooldown_left or 0) > since then
+          leases:restore(i, before.cooldown_left - since, before.last_error)
+        end
+      end
+    end
+  end
   -- without proxies, `delay` paces the one direct route (the lease table's pacing, one
   -- resource that every slot may hold)
   local direct_pacer
@@ -319,6 +331,10 @@ function M.run(spider, overrides)
       if pstats then pstats.successes = pstats.successes + 1 end
       fr:ack(req)
       sink:items(res, req)
+      if sink.io_error and state and not state.failed then
+        state:abandon("forage.crawl: " .. sink.io_error, "io")
+        stop("fatal", M.FATAL, "forage.crawl: " .. sink.io_error .. " (the state keeps its last commit)")
+      end
       for _, f in ipairs(res.follows or {}) do
         if s.callbacks[f.callback] then enqueue(f) end
       end
@@ -403,11 +419,13 @@ function M.run(spider, overrides)
   -- A commit that fails (a full disk) stops the crawl; the state stays as the last commit
   -- left it.
   local last_commit = now()
+  local proxy_summary   -- below
   local function commit(finished)
     if not state then return true end
     last_commit = now()
     local outputs, files = sink:files()
     local counts = fr:counts()
+    if leases then proxy_summary() end
     local entries = { stats = plain(stats), outputs = outputs, start_read = start_read, start_done = start_done,
       progress = { queued = counts.queued, inflight = ninflight, seen = counts.seen, pid = forage.getpid(),
         pages_per_s = stats.pages_per_s or 0 } }
@@ -469,12 +487,12 @@ function M.run(spider, overrides)
     return any
   end
 
-  local function proxy_summary()
+  function proxy_summary()
     local snapshot = leases:snapshot()
     local live, cooling, retired = 0, 0, 0
     for i, r in ipairs(snapshot) do
       local p = stats.proxies[i]
-      p.state, p.last_error = r.state, r.reason
+      p.state, p.last_error, p.cooldown_left = r.state, r.reason, r.cooldown > 0 and r.cooldown or nil
       if r.state == "retired" then retired = retired + 1
       elseif r.state == "cooling" then cooling = cooling + 1
       else live = live + 1 end

@@ -136,8 +136,13 @@ local function one_item(self, res, req, item)
     end
   end
   if self.items_out then
-    local ok, err = self.items_out:write(item)
-    if not ok then return item_failure(self, res, req, "cannot write the item: " .. tostring(err)) end
+    local ok, err, kind = self.items_out:write(item)
+    if not ok then
+      -- a file that refuses bytes (a full disk): a crawl with a state stops without
+      -- committing, so that the page is fetched again when it resumes
+      if kind == "io" then self.io_error = self.io_error or ("cannot write %s: %s"):format(self.items_out.path, err) end
+      return item_failure(self, res, req, "cannot write the item: " .. tostring(err))
+    end
   end
   stats.items = stats.items + 1
   if s.on_item then

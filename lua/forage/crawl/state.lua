@@ -111,7 +111,7 @@ function M.open(dir, opts)
     for _, suffix in ipairs { "", "-wal", "-shm" } do os.remove(path .. suffix) end
   end
   local self = setmetatable({ dir = dir, path = path, lock = lock, name = opts.name, hash = opts.hash }, State)
-  local ok, message = self:_open_db(opts)
+  local ok, message = self:_open_db()
   if not ok then
     self:close()
     return nil, message
@@ -119,7 +119,7 @@ function M.open(dir, opts)
   return self
 end
 
-function State:_open_db(opts)
+function State:_open_db()
   local path = self.path
   local new = not exists(path)
   local db, message, kind = sqlite().open(path)
@@ -220,6 +220,7 @@ local function journal_write(self, ok, message, kind)
 end
 
 function Journal:pushed(id, host, priority, record, fp)
+  if self.off then return end
   local st = self.state.st
   if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
   local seq = self.seq + 1
@@ -229,6 +230,7 @@ function Journal:pushed(id, host, priority, record, fp)
 end
 
 function Journal:retried(id, host, priority, record)
+  if self.off then return end
   if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
   local seq = self.seq + 1
   self.seq = seq
@@ -236,11 +238,13 @@ function Journal:retried(id, host, priority, record)
 end
 
 function Journal:acked(id)
+  if self.off then return end
   if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
   journal_write(self, self.state.st.delete:run(id))
 end
 
 function Journal:seen(fp)
+  if self.off then return end
   if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
   journal_write(self, self.state.st.seen:run(fp))
 end
@@ -284,17 +288,21 @@ end
 -- transaction is kept: the state stays as the previous commit left it.
 function State:commit(entries, files)
   local db = self.db
+  if self.failed then
+    -- after a failed commit the journal lost a transaction's changes: committing later ones
+    -- (an ack whose follows were in the lost one) would lose requests; the state stays as
+    -- the last good commit left it
+    return nil, self.failed.message, self.failed.kind
+  end
   local journal = self.journal
   if journal and journal.error then
     local e = journal.error
-    db:exec("ROLLBACK")
-    return nil, db_error(self.path, e.message, e.kind), e.kind
+    return self:abandon(db_error(self.path, e.message, e.kind), e.kind)
   end
   for _, file in ipairs(files or {}) do
     local ok, message = core.fsync(file)
     if not ok then
-      db:exec("ROLLBACK")
-      return nil, ("state: cannot sync an output before committing: %s"):format(message), "io"
+      return self:abandon(("state: cannot sync an output before committing: %s"):format(message), "io")
     end
   end
   if not db:in_transaction() then db:exec("BEGIN") end
@@ -303,12 +311,19 @@ function State:commit(entries, files)
   entries.updated = os.time()
   local ok, message, kind = self:_put_meta(entries)
   if ok then ok, message, kind = db:exec("COMMIT") end
-  if not ok then
-    db:exec("ROLLBACK")
-    return nil, db_error(self.path, message, kind), kind
-  end
+  if not ok then return self:abandon(db_error(self.path, message, kind), kind) end
   for k, v in pairs(entries) do self.meta[k] = v end
   return true
+end
+
+-- st:abandon(message, kind) -> nil, message, kind: the open transaction is rolled back and
+-- no later one is committed (a commit failed, or an output refused bytes): the state stays
+-- as the last good commit left it.
+function State:abandon(message, kind)
+  if self.db:in_transaction() then self.db:exec("ROLLBACK") end
+  self.failed = { message = message, kind = kind }
+  if self.journal then self.journal.off = true end
+  return nil, message, kind
 end
 
 -- st:close(): closes the database (an open transaction is rolled back) and releases the
@@ -338,8 +353,7 @@ function M.read(dir)
   local meta, err = read_meta(db, path)
   if not meta then db:close() return nil, err end
   local info = { meta = meta, path = path }
-  local st
-  st, message, kind = db:prepare("SELECT count(*) FROM request")
+  local st = db:prepare("SELECT count(*) FROM request")
   if st then
     st:each(function(n) info.requests = n end)
     st:close()
