@@ -121,11 +121,22 @@ end
 
 function State:_open_db()
   local path = self.path
-  local new = not exists(path)
   local db, message, kind = sqlite().open(path)
   if not db then return nil, db_error(path, message, kind) end
   self.db = db
-  if not new then
+  -- A state is a database with a meta table: the schema and the meta rows are committed in
+  -- one transaction, so a crawl killed while it made its state leaves either a whole one or
+  -- a database without tables (or an empty file), which is made anew. A file that is not a
+  -- database at all fails here, before anything is written to it.
+  local has_meta
+  local st
+  st, message, kind = db:prepare("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+  if not st then return nil, db_error(path, message, kind) end
+  local ok
+  ok, message, kind = st:each(function(n) has_meta = n > 0 end)
+  st:close()
+  if not ok then return nil, db_error(path, message, kind) end
+  if has_meta then
     -- an existing state is read, whole, before anything is written to it
     local meta, err = read_meta(db, path)
     if not meta then return nil, err end
@@ -143,17 +154,23 @@ function State:_open_db()
     self.meta = meta
     self.resumed = true
   end
-  local ok
   ok, message, kind = db:exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
   if not ok then return nil, db_error(path, message, kind) end
-  if new then
-    ok, message, kind = db:exec("BEGIN; " .. SCHEMA_SQL .. " COMMIT")
-    if not ok then return nil, db_error(path, message, kind) end
+  if not has_meta then
+    ok, message, kind = db:exec("BEGIN; " .. SCHEMA_SQL)
+    if not ok then
+      db:exec("ROLLBACK")
+      return nil, db_error(path, message, kind)
+    end
     self.meta = {}
     local started = { schema = M.SCHEMA, forage = require("forage").version, name = self.name, hash = self.hash,
       created = os.time() }
-    ok, message, kind = self:_put_meta(started)
-    if not ok then return nil, db_error(path, message, kind) end
+    ok, message, kind = self:_put_meta(started)   -- inside the schema's transaction
+    if ok then ok, message, kind = db:exec("COMMIT") end
+    if not ok then
+      db:exec("ROLLBACK")
+      return nil, db_error(path, message, kind)
+    end
     for k, v in pairs(started) do self.meta[k] = v end
   end
   return self:_prepare()
