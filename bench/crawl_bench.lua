@@ -4,7 +4,9 @@
 --
 --   (i)   20 proxies, no added latency, 500 list + 5,000 detail pages of about 16 KB:
 --         pages/s and CPU per page against every peer and against the C floor (libxml2's parse
---         and query of the same pages, bench/html_floor.c)
+--         and query of the same pages, bench/html_floor.c); and forage with its crawl state
+--         (issue 9: `--state DIR --fresh`, a new directory each run) against forage without,
+--         run one after the other in each round (target: on keeps 90% of off's pages/s)
 --   (ii)  50 ms added to every response, 100 proxies, 100 + 1,000 pages: pages/s against the
 --         ceiling (the lower of slots/latency and wrk through the same proxies), and the peak
 --         PSS of all crawler processes against the blog's 100 processes
@@ -18,7 +20,7 @@
 -- tinyproxy, wrk), measure.py, blog.py, scrapy_peer.py, colly.go, spider.lua + forage_run.lua.
 --
 -- Environment, for development only: CRAWL_ROWS=i,ii (rows to run, default all),
--- CRAWL_PEERS=forage,go (crawlers to run, default all), CRAWL_ROUNDS (runs of each crawler,
+-- CRAWL_PEERS=forage,forage_state,go (crawlers to run, default all), CRAWL_ROUNDS (runs of each crawler,
 -- best kept, default 1), CRAWL_KEEP=1 (keep the temporary directory under build/),
 -- CRAWL_NGINX_WORKERS (default 1).
 
@@ -27,7 +29,8 @@ local ROWS = {
   -- Scrapy is CPU-bound at these rates (its CPU seconds are most of its wall seconds), so its
   -- pages/s on 2,000 pages is what it gets on 5,500.
   { id = "i", lists = 500, latency = 0, proxies = 20, per_proxy = 1, blog_processes = 20,
-    crawlers = { "forage", "blog", "scrapy", "go" }, fewer = { scrapy = 200 }, floor = true, timeout = 150 },
+    crawlers = { "forage", "forage_state", "blog", "scrapy", "go" }, fewer = { scrapy = 200 }, floor = true,
+    timeout = 150 },
   { id = "ii", lists = 100, latency = 0.05, proxies = 100, per_proxy = 1, blog_processes = 100,
     crawlers = { "forage", "blog", "scrapy", "go" }, pss = true, ceiling = true, timeout = 90 },
   -- 1,000 slots on 100 + 1,000 pages cannot get near the ceiling whoever crawls: the 100 list
@@ -41,6 +44,7 @@ local TARGETS = {
   blog_rate = 3, scrapy_rate = 10, go_rate = 1.2, -- (i) forage's pages/s over the peer's
   blog_cpu = 3, floor_cpu = 1 / 1.3,               -- (i) the peer's CPU/page over forage's
   ceiling_ii = 0.9, pss_ii = 20, ceiling_iii = 0.8,
+  state_rate = 0.9,                                -- (i) forage's pages/s with its state over without
 }
 local WRK_SECONDS = 5
 local FLOOR_LISTS, FLOOR_ROUNDS = 100, 2 -- the floor parses 100 list + 1,000 detail pages, twice
@@ -48,6 +52,7 @@ local MAX_LISTS = 500
 
 local NAMES = {
   forage = "forage (bench/crawl/spider.lua)",
+  forage_state = "forage + state (--state DIR --fresh)",
   blog = "blog (multiprocessing.Pool + requests + lxml)",
   scrapy = "Scrapy",
   go = "Go (net/http + goquery, as Colly)",
@@ -143,6 +148,7 @@ local function describe(r)
   local s = string.format("%s: %d pages in %.2f s = %s, CPU %.2f s = %s/page", r.name, r.pages, r.seconds,
     fmt_rate(r.rate), r.cpu, fmt_ms(r.cpu_per_page))
   if r.pss_kb then s = s .. ", peak PSS " .. fmt_mb(r.pss_kb) end
+  if (tonumber(r.state_bytes) or 0) > 0 then s = s .. ", state.db " .. fmt_mb(r.state_bytes / 1024) end
   if (tonumber(r.retries) or 0) > 0 then s = s .. ", " .. math.tointeger(r.retries) .. " retries" end
   return s
 end
@@ -155,6 +161,14 @@ local crawler_argv = {}
 function crawler_argv.forage(_, row, start, proxies, slots, out)
   return { h.lua, h.dir .. "/crawl/forage_run.lua", h.dir .. "/crawl/spider.lua", start, proxies, tostring(slots),
     out, tostring(row.per_proxy) }
+end
+
+-- The same run with a crawl state in a new directory (forage.crawl's state and fresh options).
+function crawler_argv.forage_state(ctx, row, start, proxies, slots, out)
+  ctx.state_runs = (ctx.state_runs or 0) + 1
+  local argv = crawler_argv.forage(ctx, row, start, proxies, slots, out)
+  argv[#argv + 1] = string.format("%s/state-%s-%d", ctx.tmp, row.id, ctx.state_runs)
+  return argv
 end
 
 function crawler_argv.blog(_, row, start, proxies, _, out)
@@ -344,6 +358,18 @@ local function run_row(ctx, row, results, rows)
       end
       rows[#rows + 1] = compare("(i) CPU/page, forage vs the C floor (libxml2 parse + query only)", f, floor, cpu,
         "low", TARGETS.floor_cpu, fmt_ms, { "target: forage's CPU/page at most 1.3x the floor's", floor_note })
+      local on = best.forage_state
+      if on then
+        local notes = { "the 'python' column is forage without a state; target: on keeps 90% of off's pages/s",
+          describe(on) }
+        if f then notes[#notes + 1] = describe(f) end
+        if on.ok and f and f.ok then
+          notes[#notes + 1] = string.format("CPU/page on/off: %s / %s = %.2fx", fmt_ms(on.cpu_per_page),
+            fmt_ms(f.cpu_per_page), on.cpu_per_page / f.cpu_per_page)
+        end
+        rows[#rows + 1] = compare("(i) pages/s, forage with its state (issue 9) vs without", on, f, rate, "high",
+          TARGETS.state_rate, fmt_rate, notes)
+      end
     else
       local c = ceiling
       local ceiling_result = { name = "ceiling", ok = not c.err, err = c.err, rate = c.value }
@@ -379,6 +405,11 @@ local function report(results, json_path)
     if res then
       local function line(name, r)
         local note = r.err or r.wrong or ""
+        local off = res.crawlers.forage
+        if note == "" and (tonumber(r.state_bytes) or 0) > 0 and r.ok and off and off.ok then
+          note = string.format("state on/off: %.2fx pages/s, %.2fx CPU/page; state.db %s", r.rate / off.rate,
+            r.cpu_per_page / off.cpu_per_page, fmt_mb(r.state_bytes / 1024))
+        end
         say("| (%s) | %s | %s | %s | %s | %s | %s |", row.id, name, r.pages and math.tointeger(r.pages) or "-",
           r.ok and fmt_rate(r.rate) or "-", r.ok and fmt_ms(r.cpu_per_page) or "-", r.ok and fmt_mb(r.pss_kb) or "-",
           note:gsub("|", "/"):sub(1, 120))
@@ -403,8 +434,8 @@ local function report(results, json_path)
     local crawlers = {}
     for name, r in pairs(res.crawlers) do
       crawlers[name] = { pages = r.pages, seconds = r.seconds, rate = r.rate, cpu = r.cpu,
-        cpu_per_page = r.cpu_per_page, pss_kb = r.pss_kb, retries = r.retries, ok = r.ok or false,
-        err = r.err, wrong = r.wrong }
+        cpu_per_page = r.cpu_per_page, pss_kb = r.pss_kb, retries = r.retries, state_bytes = r.state_bytes,
+        ok = r.ok or false, err = r.err, wrong = r.wrong }
     end
     plain[id] = { crawlers = crawlers, slots = res.slots, lists = res.lists, details = res.details,
       latency = res.latency, proxies = res.proxies,

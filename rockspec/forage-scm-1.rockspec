@@ -42,12 +42,14 @@ build = {
    modules = {
       ["forage.core"] = {
          sources = {
-            "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/fork.c", "src/frame.c",
+            "src/args.c", "src/buf.c", "src/clock.c", "src/core.c", "src/dict.c", "src/digest.c", "src/file.c",
+            "src/fork.c", "src/frame.c",
             "src/frontier.c",
             "src/fixture_net.c", "src/fixture_proxy.c", "src/fixture_site.c",
             "src/hash.c", "src/lease.c", "src/luatype.c", "src/pause.c", "src/pipe.c", "src/pool.c", "src/pool_proto.c",
             "src/proc.c",
-            "src/queue.c", "src/set.c", "src/shm.c", "src/sync.c", "src/sys.c", "src/value.c", "src/wire.c",
+            "src/queue.c", "src/set.c", "src/shm.c", "src/signals.c", "src/sync.c", "src/sys.c", "src/value.c",
+            "src/wire.c",
             "src/worker.c",
          },
          defines = { "_GNU_SOURCE" },

@@ -25,6 +25,7 @@
    parent's write-ahead log (the child holds none of the parent's POSIX locks, so it would
    think itself the last connection). A child therefore gets an error from every call, and
    its __gc leaves the handle alone. */
+#include <pthread.h>
 #include <sqlite3.h>
 #include <string.h>
 #include <unistd.h>
@@ -53,6 +54,12 @@ struct statement {
 
 int luaopen_forage_sqlite(lua_State *L);
 
+/* This process's id, kept by a fork handler: getpid() is a system call (about 2 us on a
+   virtual machine), and every call of a journaled crawl checks it. */
+static pid_t current_pid;
+
+static void note_pid(void) { current_pid = getpid(); }
+
 static const char *kind_of(int code) {
     switch (code & 0xff) {
     case SQLITE_CORRUPT:
@@ -77,7 +84,7 @@ static int sqlite_fail(lua_State *L, sqlite3 *db, int code) {
 }
 
 static void check_owner(lua_State *L, const database *d) {
-    if (d->owner != getpid())
+    if (d->owner != current_pid)
         luaL_error(L, "forage.sqlite: this connection was opened by process %d and cannot be used in another",
                    (int)d->owner);
 }
@@ -118,7 +125,7 @@ static int sqlite_open(lua_State *L) {
     }
     database *d = lua_newuserdatauv(L, sizeof *d, 0);
     d->db = NULL;
-    d->owner = getpid();
+    d->owner = current_pid;
     d->statements = NULL;
     luaL_setmetatable(L, DB_TYPE);
     int flags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
@@ -183,7 +190,7 @@ static int database_in_transaction(lua_State *L) {
 
 static int database_close(lua_State *L) {
     database *d = luaL_checkudata(L, 1, DB_TYPE);
-    if (d->db == NULL || d->owner != getpid()) return 0;
+    if (d->db == NULL || d->owner != current_pid) return 0;
     for (statement *s = d->statements; s; s = s->next) {
         sqlite3_finalize(s->stmt);
         s->stmt = NULL;
@@ -282,7 +289,7 @@ static int statement_each(lua_State *L) {
 
 static int statement_close(lua_State *L) {
     statement *s = luaL_checkudata(L, 1, STMT_TYPE);
-    if (s->stmt == NULL || s->db->owner != getpid()) return 0;
+    if (s->stmt == NULL || s->db->owner != current_pid) return 0;
     statement_unlink(s);
     sqlite3_finalize(s->stmt);
     s->stmt = NULL;
@@ -311,7 +318,13 @@ int luaopen_forage_sqlite(lua_State *L) {
         {"__gc", statement_close}, {"__close", statement_close}, {"__tostring", statement_tostring}, {NULL, NULL},
     };
     static const luaL_Reg functions[] = {{"open", sqlite_open}, {NULL, NULL}};
+    static int fork_handler;
     luaL_checkversion(L);
+    if (!fork_handler) {
+        note_pid();
+        if (pthread_atfork(NULL, NULL, note_pid) != 0) return luaL_error(L, "forage.sqlite: pthread_atfork failed");
+        fork_handler = 1;
+    }
     type_register(L, DB_TYPE, db_methods, db_meta, 0);
     type_register(L, STMT_TYPE, stmt_methods, stmt_meta, 0);
     luaL_newlib(L, functions);

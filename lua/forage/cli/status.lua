@@ -5,7 +5,7 @@ local M = {
   summary = "Show where a crawl with a state stands (also while it runs).",
   description = "Show where the crawl whose state is in DIR stands: running, stopped (it resumes when run "
     .. "again) or finished; pages, items, failed, queued and in-flight requests as of its last commit "
-    .. "(five a second while it runs), and each proxy's health. Reads the state without changing it.",
+    .. "(twice a second while it runs), and each proxy's health. Reads the state without changing it.",
 }
 
 function M.configure(command)

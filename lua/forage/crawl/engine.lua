@@ -26,7 +26,8 @@ local START_LOW_WATER = 10000      -- start requests read ahead into the frontie
 local WORKER_DEATHS = 3            -- a request whose callback killed its worker this often fails
 local BYSTANDER_DEATHS = 10        -- a request in a worker that died this often, not in its callback
 local STOP_WAIT = 5                -- seconds the workers have to finish after "stop"
-local COMMIT_EVERY = 0.2           -- seconds between the state's commits (a batch of results each)
+local COMMIT_EVERY = 0.5           -- seconds between the state's commits (a batch of results each;
+                                   -- each syncs the output file first: a few ms of the parent's)
 local GRACE = 10                   -- seconds in-flight requests have to finish after Ctrl-C or SIGTERM
 
 -- Exit codes of a crawl stopped by a signal (the shell's 128 + signal number).

@@ -40,7 +40,7 @@ CREATE TABLE request (
   priority INTEGER NOT NULL,
   record   BLOB    NOT NULL      -- the frontier's encoded request (forage.encode, data mode)
 );
-CREATE TABLE seen (fp BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE seen (fp BLOB NOT NULL);  -- appended: the memory set dedupes, so each fp once
 ]]
 
 local State = {}
@@ -182,7 +182,7 @@ function State:_prepare()
     insert = "INSERT INTO request (id, seq, host, priority, record) VALUES (?, ?, ?, ?, ?)",
     update = "UPDATE request SET seq = ?, host = ?, priority = ?, record = ? WHERE id = ?",
     delete = "DELETE FROM request WHERE id = ?",
-    seen = "INSERT OR IGNORE INTO seen (fp) VALUES (?)",
+    seen = "INSERT INTO seen (fp) VALUES (?)",
     meta = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
   }
   self.st = {}
@@ -232,14 +232,29 @@ end
 local Journal = {}
 Journal.__index = Journal
 
+-- A write that failed ends the journal: SQLite may have rolled its transaction back, and a
+-- later write would then commit on its own (an ack without the follows pushed before it).
+-- The next commit reports the error and commits nothing.
 local function journal_write(self, ok, message, kind)
-  if not ok and not self.error then self.error = { message = message, kind = kind } end
+  if not ok and not self.error then
+    self.error = { message = message, kind = kind }
+    self.off = true
+  end
+end
+
+-- Opens the transaction the journal writes into (one BEGIN a commit, not one a write).
+local function journal_begin(self)
+  if not self.open then
+    local ok, message, kind = self.state.db:exec("BEGIN")
+    journal_write(self, ok, message, kind)
+    self.open = ok
+  end
+  return not self.off
 end
 
 function Journal:pushed(id, host, priority, record, fp)
-  if self.off then return end
+  if self.off or not journal_begin(self) then return end
   local st = self.state.st
-  if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
   local seq = self.seq + 1
   self.seq = seq
   if fp then journal_write(self, st.seen:run(fp)) end
@@ -247,22 +262,19 @@ function Journal:pushed(id, host, priority, record, fp)
 end
 
 function Journal:retried(id, host, priority, record)
-  if self.off then return end
-  if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
+  if self.off or not journal_begin(self) then return end
   local seq = self.seq + 1
   self.seq = seq
   journal_write(self, self.state.st.update:run(seq, host, priority, record, id))
 end
 
 function Journal:acked(id)
-  if self.off then return end
-  if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
+  if self.off or not journal_begin(self) then return end
   journal_write(self, self.state.st.delete:run(id))
 end
 
 function Journal:seen(fp)
-  if self.off then return end
-  if not self.state.db:in_transaction() then self.state.db:exec("BEGIN") end
+  if self.off or not journal_begin(self) then return end
   journal_write(self, self.state.st.seen:run(fp))
 end
 
@@ -329,6 +341,7 @@ function State:commit(entries, files)
   local ok, message, kind = self:_put_meta(entries)
   if ok then ok, message, kind = db:exec("COMMIT") end
   if not ok then return self:abandon(db_error(self.path, message, kind), kind) end
+  if journal then journal.open = false end
   for k, v in pairs(entries) do self.meta[k] = v end
   return true
 end
@@ -339,7 +352,7 @@ end
 function State:abandon(message, kind)
   if self.db:in_transaction() then self.db:exec("ROLLBACK") end
   self.failed = { message = message, kind = kind }
-  if self.journal then self.journal.off = true end
+  if self.journal then self.journal.off, self.journal.open = true, false end
   return nil, message, kind
 end
 
