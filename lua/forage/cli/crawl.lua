@@ -153,7 +153,10 @@ function M.crawl(spider, opts, cli, quiet, argv)
   local ok, err = pcall(crawl.check, spider, opts)
   if not ok then return cli.fail(cli.USAGE, cli.clean_error(err)) end
   local done, stats = xpcall(crawl.run, function(e)
-    if type(e) == "string" and e ~= "interrupted" then return debug.traceback(e, 2) end
+    -- a Ctrl-C before the crawl handles signals itself (while its state opens, say) is
+    -- Lua's own "interrupted!"; what was opened is closed and nothing was committed
+    if type(e) == "string" and e:find("interrupted!?$") then return "interrupted" end
+    if type(e) == "string" then return debug.traceback(e, 2) end
     return e
   end, spider, opts)
   if not done then

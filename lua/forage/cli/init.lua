@@ -31,7 +31,10 @@ end
 
 local function load_argparse()
   local ok, argparse = pcall(require, "argparse")
-  if not ok then return nil end
+  if not ok then
+    if tostring(argparse):find("interrupted!$") then error(argparse, 0) end   -- Ctrl-C, not a missing module
+    return nil
+  end
   return argparse
 end
 

@@ -226,6 +226,7 @@ function M.run(spider, overrides)
     if not start_done then
       for _ = 1, start_read do
         local ok, req = pcall(start_it)
+        if not ok and tostring(req):find("interrupted!$") then error(req, 0) end   -- Ctrl-C
         if not ok then bad_input(tostring(req)) end
         if not req then start_done = true break end
       end
