@@ -47,6 +47,17 @@ local function plain(t)
   return copy
 end
 
+-- What names a crawl's start for its state: a resumed crawl skips the start requests read
+-- before, which is right only for the same start (a file may have grown: it is named by
+-- its path). Returns the key and words for a message.
+local function start_key(start)
+  if start.file then return "file:" .. start.file, "the file " .. start.file end
+  if start.fn then return "function", "a function" end
+  local urls = {}
+  for i, u in ipairs(start.list) do urls[i] = type(u) == "table" and u.url or u end
+  return "list:" .. core.digest(table.concat(urls, "\n")), ("a list of %d URLs"):format(#urls)
+end
+
 -- The counters of an earlier run (a state's), added to this run's stats.
 local function merge_saved_stats(stats, saved)
   if type(saved) ~= "table" then return end
@@ -104,6 +115,14 @@ function M.run(spider, overrides)
     state, err = require("forage.crawl.state").open(s.state, { name = s.name, hash = spider_mod.hash(spider),
       fresh = run.fresh or false })
     if not state then bad_input("forage.crawl: " .. err) end
+    local key, what = start_key(s.start)
+    local saved_start = state.resumed and state:saved("start")
+    if saved_start and saved_start.key ~= key then
+      state:close()
+      bad_input(("forage.crawl: this crawl started from %s; it cannot resume from %s (it would skip the start "
+        .. "requests it read before): give the same start, or --fresh to start over"):format(saved_start.what, what))
+    end
+    state.start = { key = key, what = what }
     if state.resumed then
       resume = state:saved("outputs") or {}
       resume.resumed = true
@@ -428,7 +447,8 @@ function M.run(spider, overrides)
     local outputs, files = sink:files()
     local counts = fr:counts()
     if leases then proxy_summary() end
-    local entries = { stats = plain(stats), outputs = outputs, start_read = start_read, start_done = start_done,
+    local entries = { stats = plain(stats), outputs = outputs, start = state.start, start_read = start_read,
+      start_done = start_done,
       progress = { queued = counts.queued, inflight = ninflight, seen = counts.seen, pid = forage.getpid(),
         pages_per_s = stats.pages_per_s or 0 } }
     entries.stats.pages_per_s, entries.stats.finished, entries.stats.exit_code = nil, nil, nil
