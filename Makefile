@@ -41,7 +41,7 @@ export LUA_CPATH := $(CURDIR)/?.so;;
 # "Entering directory" lines into the output it is asked for.
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps bench-deps fuzz-deps test check lint rock-check demo bench fuzz clean env
+.PHONY: all deps bench-deps fuzz-deps test check check-all lint rock-check demo bench fuzz clean env
 
 all: $(SO)
 
@@ -162,6 +162,11 @@ SANITIZER_ENV = LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
 
 check: deps $(ASAN_SO)
 	$(call run_specs,$(SANITIZER_ENV) $(BUSTED) --cpath='$(CURDIR)/build/asan/?.so',sanitized specs)
+
+# make test, then the long chaos runs (spec/long/*_long.lua: crash-safe crawls stopped again
+# and again; minutes, so not in make test, whose busted picks only spec/**/*_spec.lua).
+check-all: test
+	$(BUSTED) --pattern=_long spec/long
 
 # Prints the exports that make this checkout's forage (and bin/forage) usable from any
 # directory: eval "$$(make -s env)".
