@@ -242,6 +242,14 @@ local function holding_proxies(path)
   return set
 end
 
+-- Good proxies only, written to path: the run that ends a spec whose earlier runs went
+-- through holding_proxies (proxies change through --proxies: the spider's hash is its file's).
+local function good_proxies(path)
+  local set = testing.proxies { "good", "good", "good" }
+  write_proxies(path, set:urls())
+  return set
+end
+
 -- The "resume with:" command a stopped crawl prints, without its leading "forage".
 local function resume_args(err)
   local args = err:match("resume with: forage (crawl [^\n]*)\n")
@@ -271,7 +279,12 @@ describe("forage crawl --state, stopped in every way", function()
     -- 440 pages at 50 ms over 8 slots last about 3 s: the last kill, at 270 lines of 400,
     -- comes long before the end
     local site <close> = testing.site { pages = 40, per_page = 10, latency = 50 }
-    local args = "crawl spider.lua -o out.jsonl --state " .. quote(state)
+    -- every killed run goes through the holding proxy, so that it cannot end before its kill
+    -- however slow the machine; the last run through good proxies only
+    local holding <close> = holding_proxies(dir .. "/holding.txt")
+    local good <close> = good_proxies(dir .. "/good.txt")
+    local base = "crawl spider.lua -o out.jsonl --state " .. quote(state)
+    local args = base .. HOLDING_ARGS .. "holding.txt"
     for round, lines in ipairs { 30, 90, 150, 210, 270 } do
       local before = round > 1 and committed_items(state)
       local crawl = start(dir, site, args)
@@ -286,11 +299,13 @@ describe("forage crawl --state, stopped in every way", function()
       assert.equal(128 + 9, code, ("round %d: the kill came after the end: %s"):format(round, err))
       no_process_left(state)
     end
-    local crawl = start(dir, site, args)
+    assert.is_true(holding[4]:counters().requests >= 1, "the killed runs held a request")
+    local crawl = start(dir, site, base .. " --proxies good.txt")
     local code, err = crawl:wait()
     assert.equal(0, code, err)
     assert.matches("forage: resuming from", err, 1, true)
     assert_answer(out, site)
+    assert.is_true(good[1]:counters().requests + good[2]:counters().requests + good[3]:counters().requests > 0)
     no_process_left(state)
   end)
 
@@ -327,7 +342,13 @@ describe("forage crawl --state, stopped in every way", function()
     -- a proxy that holds every request it gets: while one is there, a drain cannot end
     -- before its grace, so that a second SIGINT surely comes during the grace
     local proxies <close> = holding_proxies(dir .. "/holding.txt")
-    local args = "crawl spider.lua -o out.jsonl --state " .. quote(state)
+    local good <close> = good_proxies(dir .. "/good.txt")
+    -- every stopped run goes through it: none can end before its signal, however slow the
+    -- machine; a one-second grace ends the drain of a single signal (the held request stays
+    -- in the state), the run stopped by two signals has 600 s
+    local base = "crawl spider.lua -o out.jsonl --state " .. quote(state)
+    local short = " -s timeout=600 --grace 1 --proxies holding.txt"
+    local args = base .. short
     local function stopped(code, err, want, what)
       assert.equal(want, code, what .. ": " .. err)
       assert.matches("forage: the state is saved in " .. state .. "; resume with: forage crawl", err, 1, true)
@@ -343,7 +364,7 @@ describe("forage crawl --state, stopped in every way", function()
     local code, err = crawl:wait()
     stopped(code, err, 130, "SIGINT")
     assert.matches("forage: Ctrl%-C: finishing the %d+ requests in flight", err)
-    assert.equal("crawl spider.lua -o out.jsonl --state " .. state, resume_args(err))
+    assert.equal("crawl spider.lua -o out.jsonl --state " .. state .. short, resume_args(err))
 
     -- SIGTERM
     crawl = start(dir, site, args)
@@ -355,7 +376,7 @@ describe("forage crawl --state, stopped in every way", function()
 
     -- SIGINT, and a second one during the grace (600 s: only the second signal ends this
     -- run before LIMIT), while the holding proxy has a request
-    crawl = start(dir, site, args .. HOLDING_ARGS .. "holding.txt")
+    crawl = start(dir, site, base .. HOLDING_ARGS .. "holding.txt")
     crawl:wait_for_lines(out, 160, true)
     crawl:wait_for("a request held by the holding proxy", function() return proxies[4]:counters().inflight >= 1 end)
     code, err = crawl:interrupt_twice()
@@ -374,20 +395,24 @@ describe("forage crawl --state, stopped in every way", function()
     stopped(code, err, 130, "SIGINT to the process group")
     assert.matches("forage: Ctrl%-C: finishing the %d+ requests in flight", err)
 
-    -- the command it printed resumes it to the end
+    -- the command it printed resumes it (to the end once through good proxies)
     local resume = resume_args(err)
-    crawl = start(dir, site, resume)
+    assert.equal("crawl spider.lua -o out.jsonl --state " .. state .. short, resume)
+    crawl = start(dir, site, (resume:gsub("holding%.txt$", "good.txt")))
     code, err = crawl:wait()
     assert.equal(0, code, err)
     assert.matches("forage: resuming from", err, 1, true)
     assert_answer(out, site)
+    assert.is_true(good[1]:counters().requests + good[2]:counters().requests + good[3]:counters().requests > 0)
     assert.equal(0, cjson.decode(helpers.read(dir .. "/out.stats.json")).worker_deaths)
   end)
 
   it("exits 130 on a Ctrl-C that comes while it opens its state, and resumes", function()
     local site <close> = testing.site { pages = 20, per_page = 10, latency = 50 }
+    local holding <close> = holding_proxies(dir .. "/holding.txt")
     local args = "crawl spider.lua -o out.jsonl --state " .. quote(state)
-    local crawl = start(dir, site, args)
+    local crawl = start(dir, site, args .. HOLDING_ARGS .. "holding.txt")   -- it cannot end before the kill
+    crawl:wait_for("a request held by the holding proxy", function() return holding[4]:counters().inflight >= 1 end)
     crawl:wait_for_lines(out, 30)
     crawl:signal("KILL")
     assert.equal(128 + 9, crawl:wait())
@@ -545,8 +570,12 @@ describe("forage crawl --state, stopped in every way", function()
 
     it("another output file than the state's, naming the state's", function()
       local site <close> = testing.site { pages = 20, per_page = 10, latency = 50 }
+      local holding <close> = holding_proxies(dir .. "/holding.txt")
       local args = "crawl spider.lua -o out.jsonl --state " .. quote(state)
-      local crawl = start(dir, site, args)
+      local crawl = start(dir, site, args .. HOLDING_ARGS .. "holding.txt")   -- it cannot end before the kill
+      crawl:wait_for("a request held by the holding proxy", function()
+        return holding[4]:counters().inflight >= 1
+      end)
       crawl:wait_for_lines(out, 30, false, state, 0)   -- the state names out.jsonl
       crawl:signal("KILL")
       assert.equal(128 + 9, crawl:wait())
