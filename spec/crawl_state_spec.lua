@@ -668,3 +668,92 @@ describe("forage.crawl with a state, from Lua", function()
     os.execute("rm -rf " .. quote(dir))
   end)
 end)
+
+describe("forage.crawl with a state: what the attack found", function()
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function() os.execute("rm -rf " .. quote(dir)) end)
+
+  local function lines_of(path)
+    local list = {}
+    for line in (helpers.read(path) or ""):gmatch("([^\n]*)\n") do list[#list + 1] = cjson.decode(line) end
+    return list
+  end
+
+  it("keeps the failed file's committed records through resumes that fail nothing", function()
+    local site <close> = testing.site { pages = 3, per_page = 10 }
+    local bad = site.url .. "/detail/1"
+    local spider = {
+      name = "failing", start = site:start_urls(), workers = 1, concurrency = 1, retries = 0, state = dir .. "/state",
+      parse = function(page) page:follow(page:css("a.name::attr(href)"), "detail") end,
+      detail = function(page)
+        if page.url:match("/detail/1$") then error("no directors here") end
+        return { url = page.url, directors = page:css("div.directors p.name::text") }
+      end,
+    }
+    local out = dir .. "/out.jsonl"
+    local failed = dir .. "/out.failed.jsonl"
+    local stats = forage.crawl(spider, { output = out, quiet = true, max_pages = 12 })
+    assert.equal(1, stats.failed)
+    assert.equal(1, #lines_of(failed))
+    -- a run that fails nothing, then one to the end: the record stays, once
+    stats = forage.crawl(spider, { output = out, quiet = true, max_pages = 14 })
+    assert.equal("max_pages", stats.finished)
+    stats = forage.crawl(spider, { output = out, quiet = true })
+    assert.equal("done", stats.finished)
+    local records = lines_of(failed)
+    assert.equal(1, #records)
+    assert.equal(bad, records[1].url)
+    assert.equal(1, stats.failed)
+    local items = lines_of(out)
+    assert.equal(29, #items)
+    for _, item in ipairs(items) do assert.are_not.equal(bad, item.url) end
+  end)
+
+  it("writes the items past max_items instead of dropping them, so a resume with a larger limit misses none", function()
+    local site <close> = testing.site { pages = 5, per_page = 10 }
+    local spider = {
+      name = "limited", start = site:start_urls(), workers = 2, concurrency = 8, state = dir .. "/state",
+      parse = function(page) page:follow(page:css("a.name::attr(href)"), "detail") end,
+      detail = function(page) return { url = page.url, directors = page:css("div.directors p.name::text") } end,
+    }
+    local out = dir .. "/out.jsonl"
+    local stats = forage.crawl(spider, { output = out, quiet = true, max_items = 12 })
+    assert.equal("max_items", stats.finished)
+    assert.equal(0, stats.items_dropped)
+    assert.is_true(stats.items >= 12)
+    stats = forage.crawl(spider, { output = out, quiet = true })
+    assert.equal("done", stats.finished)
+    assert_answer(out, site)
+  end)
+
+  it("refuses to resume from a start that yields other requests than the ones it skips", function()
+    local site <close> = testing.site { pages = 2, per_page = 10 }
+    local first = true
+    local function start_fn()
+      -- 12,000 entries: more than the crawl reads ahead, so that a resume skips some
+      local i, n, offset = 0, 12000, first and 0 or 1
+      return function()
+        i = i + 1
+        if i > n then return nil end
+        return site.url .. "/page/" .. ((i + offset) % 2 + 1) .. "?n=" .. i
+      end
+    end
+    local spider = {
+      name = "generated", start = start_fn, workers = 1, concurrency = 2, state = dir .. "/state",
+      parse = function() end,
+    }
+    local out = dir .. "/out.jsonl"
+    local stats = forage.crawl(spider, { output = out, quiet = true, max_pages = 3 })
+    assert.equal("max_pages", stats.finished)
+    first = false
+    local ok, err = pcall(forage.crawl, spider, { output = out, quiet = true })
+    assert.is_false(ok)
+    assert.matches("start requests are not the ones this crawl read before (a function changed)", err.message, 1,
+      true)
+    first = true
+    stats = forage.crawl(spider, { output = out, quiet = true, max_pages = 5 })
+    assert.equal("max_pages", stats.finished)
+    assert.is_true(stats.resumed)
+  end)
+end)

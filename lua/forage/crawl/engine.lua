@@ -117,10 +117,11 @@ function M.run(spider, overrides)
     if not state then bad_input("forage.crawl: " .. err) end
     local key, what = start_key(s.start)
     local saved_start = state.resumed and state:saved("start")
-    if saved_start and saved_start.key ~= key then
+    if saved_start and saved_start.key ~= key and state:saved("finished") ~= "done" then
       state:close()
-      bad_input(("forage.crawl: this crawl started from %s; it cannot resume from %s (it would skip the start "
-        .. "requests it read before): give the same start, or --fresh to start over"):format(saved_start.what, what))
+      bad_input(("forage.crawl: this crawl started from %s; it cannot resume from %s%s (it would skip the start "
+        .. "requests it read before): give the same start, or --fresh to start over"):format(saved_start.what,
+        saved_start.what == what and "a different one: " or "", what))
     end
     state.start = { key = key, what = what }
     if state.resumed then
@@ -238,6 +239,15 @@ function M.run(spider, overrides)
   -- start requests, read ahead as the frontier empties
   local start_it = spider_mod.start_iterator(s)
   local start_done, start_read = false, 0
+  -- a running digest of the start URLs read, so that a resume can tell that the start it
+  -- skips is the one read before (a start file edited in the middle, a function that
+  -- yields something else)
+  local start_digest = ""
+  local function read_start(req)
+    if state then
+      start_digest = core.digest(start_digest .. (type(req) == "table" and tostring(req.url) or tostring(req)))
+    end
+  end
   if state and state.resumed then
     -- the start requests read before are in the state (queued, or done): skip them
     start_read = tonumber(state:saved("start_read")) or 0
@@ -248,6 +258,13 @@ function M.run(spider, overrides)
         if not ok and tostring(req):find("interrupted!$") then error(req, 0) end   -- Ctrl-C
         if not ok then bad_input(tostring(req)) end
         if not req then start_done = true break end
+        read_start(req)
+      end
+      if start_digest ~= (state:saved("start_digest") or "") then
+        state:close()
+        bad_input(("forage.crawl: the first %d start requests are not the ones this crawl read before (%s "
+          .. "changed): resuming would skip the wrong ones; give the start it had, or --fresh to start over"):format(
+          start_read, state.start.what))
       end
     end
   end
@@ -261,6 +278,7 @@ function M.run(spider, overrides)
         break
       end
       start_read = start_read + 1
+      read_start(req)
       local copy = {}
       for k, v in pairs(req) do copy[k] = v end
       if copy.callback and not s.callbacks[copy.callback] then
@@ -304,6 +322,16 @@ function M.run(spider, overrides)
       stopping, stop_reason = true, message
       stats.finished, stats.exit_code = finished, code
     end
+  end
+
+  -- A failure of the state or of an output: the crawl ends with exit 1 and this message,
+  -- also when it was already stopping (a commit that fails during a Ctrl-C's drain must not
+  -- be reported as a saved state).
+  local function fail_hard(message)
+    if stats.exit_code ~= M.FATAL then
+      stats.finished, stats.exit_code, stop_reason = "fatal", M.FATAL, message
+    end
+    stopping = true
   end
 
   local function backoff(attempt)
@@ -352,10 +380,6 @@ function M.run(spider, overrides)
       if pstats then pstats.successes = pstats.successes + 1 end
       fr:ack(req)
       sink:items(res, req)
-      if sink.io_error and state and not state.failed then
-        state:abandon("forage.crawl: " .. sink.io_error, "io")
-        stop("fatal", M.FATAL, "forage.crawl: " .. sink.io_error .. " (the state keeps its last commit)")
-      end
       for _, f in ipairs(res.follows or {}) do
         if s.callbacks[f.callback] then enqueue(f) end
       end
@@ -448,14 +472,14 @@ function M.run(spider, overrides)
     local counts = fr:counts()
     if leases then proxy_summary() end
     local entries = { stats = plain(stats), outputs = outputs, start = state.start, start_read = start_read,
-      start_done = start_done,
+      start_done = start_done, start_digest = start_digest,
       progress = { queued = counts.queued, inflight = ninflight, seen = counts.seen, pid = forage.getpid(),
         pages_per_s = stats.pages_per_s or 0 } }
     entries.stats.pages_per_s, entries.stats.finished, entries.stats.exit_code = nil, nil, nil
     if finished then entries.finished = finished end
     local ok, err = state:commit(entries, files)
     if not ok then
-      stop("fatal", M.FATAL, "forage.crawl: " .. err)
+      fail_hard("forage.crawl: " .. err)
       return false
     end
     return true
@@ -465,6 +489,12 @@ function M.run(spider, overrides)
     w.got, w.free, w.cpu = msg.got, msg.free, msg.cpu or w.cpu
     for k, v in pairs(msg.stats or {}) do stats[k] = (stats[k] or 0) + v end
     for _, res in ipairs(msg.results or {}) do handle_result(res) end
+    if sink.io_error and state and not state.failed then
+      -- an output refused bytes: nothing more is committed, so that the pages whose items
+      -- or failures it lost are fetched again when the crawl resumes
+      state:abandon("forage.crawl: " .. sink.io_error, "io")
+      fail_hard("forage.crawl: " .. sink.io_error .. " (the state keeps its last commit)")
+    end
     if msg.fatal then stop("fatal", M.BAD_INPUT, msg.fatal) end
   end
 
@@ -656,6 +686,9 @@ function M.run(spider, overrides)
       stop("fatal", M.BAD_INPUT, err.message)
     else
       stop("fatal", M.FATAL, err)
+      -- an error of forage's own may have left a result half handled (acked, its follows
+      -- not pushed): the state keeps its last commit
+      if state and not state.failed then state:abandon(tostring(err), "error") end
     end
   end
   stopping = true

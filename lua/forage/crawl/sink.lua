@@ -62,8 +62,13 @@ function M.open(s, stats, log, resume)
       local ok, err = cut_back(self.failed_path, length)
       if not ok then return nil, "forage.crawl: failed file: " .. err end
       self.failed_append = length > 0
+      -- until this run opens it, the failed file stays as committed: its record is kept
+      if length > 0 then self.failed_committed = { path = self.failed_path, length = length } end
     end
   end
+  -- with a state, items past max_items are written, not dropped: the pages that made them
+  -- are acknowledged, and a crawl resumed with a larger limit would miss them otherwise
+  self.keep_past_limit = s.state ~= nil
   return self
 end
 
@@ -77,6 +82,7 @@ function Sink:files()
       files[#files + 1] = out.file
     end
   end
+  if not record.failed and self.failed_committed then record.failed = self.failed_committed end
   return record, files
 end
 
@@ -96,7 +102,16 @@ function Sink:failure(record)
     if not ok then
       record.item = nil
       record.reasons[#record.reasons + 1] = "cannot write the item: " .. tostring(err)
-      self.failed_out:write(record)
+      local kind
+      ok, err, kind = self.failed_out:write(record)
+      if not ok then
+        -- the failed file refuses bytes (a full disk): the record is in the stats, and a
+        -- crawl with a state stops without committing
+        self.failures[#self.failures + 1] = record
+        if kind == "io" then
+          self.io_error = self.io_error or ("cannot write %s: %s"):format(self.failed_out.path, err)
+        end
+      end
     end
   else
     self.failures[#self.failures + 1] = record
@@ -121,7 +136,7 @@ end
 -- on_item; max_items counts the items kept.
 local function one_item(self, res, req, item)
   local s, stats = self.s, self.stats
-  if s.max_items > 0 and stats.items >= s.max_items then
+  if s.max_items > 0 and stats.items >= s.max_items and not self.keep_past_limit then
     stats.items_dropped = stats.items_dropped + 1
     return
   end
@@ -166,7 +181,7 @@ function Sink:close()
   end
   if self.items_out then self.items_out:close() end
   if self.failed_out then self.failed_out:close() end
-  if not self.failed_path then stats.failures = self.failures end
+  if not self.failed_path or #self.failures > 0 then stats.failures = self.failures end
   stats.failed_output = self.failed_out and self.failed_path or nil
 end
 
