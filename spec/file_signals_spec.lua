@@ -8,38 +8,11 @@ local helpers = require "helpers"
 
 local WAIT = 5   -- seconds: bounds a failure, never a success
 
--- busted keeps one `finally` per test (a second call replaces the first, so two
--- helpers.reaped calls would clean up only the second child): every cleanup of a test goes
--- in one list, run in reverse order by the one finally.
-local cleanups
-local function on_exit(fn)
-  if not cleanups then
-    cleanups = {}
-    finally(function()
-      local list = cleanups
-      cleanups = nil
-      for i = #list, 1, -1 do pcall(list[i]) end
-    end)
-  end
-  cleanups[#cleanups + 1] = fn
-end
+local function on_exit(fn) helpers.on_exit(finally, fn) end
 
--- Kills (when still running) and reaps p at the end of the test, passed or failed.
-local function reaped(p)
-  on_exit(function()
-    if p:alive() then p:kill() end
-    p:join(WAIT)
-  end)
-  return p
-end
+local function reaped(p) return helpers.reaped(finally, p) end
 
-local function make_dir()
-  local f = assert(io.popen("mktemp -d /tmp/forage-file-spec.XXXXXX"))
-  local dir = f:read("l")
-  f:close()
-  assert(dir and dir ~= "", "mktemp -d failed")
-  return dir
-end
+local function make_dir() return helpers.make_dir("file-spec") end
 
 -- Runs fn in a child; returns what it sent back (one value) and its exit code.
 local function in_child(fn)

@@ -58,15 +58,40 @@ function M.join_or_kill(p, seconds)
   return code
 end
 
--- Kills and reaps p when the running test ends, passed or failed: a failed assertion
--- never leaves a child behind (holding busted's output open). Returns p. `finally` is
+-- Runs fn when the running test ends, passed or failed, after every fn registered later
+-- (reverse order). busted keeps one `finally` per test (a second call replaces the first),
+-- so every cleanup of a test goes into one list that one finally runs. `finally` is
 -- busted's, passed in: busted gives it to spec files, not to the modules they require.
+local cleanups
+function M.on_exit(finally, fn)
+  if not cleanups then
+    cleanups = {}
+    finally(function()
+      local list = cleanups
+      cleanups = nil
+      for i = #list, 1, -1 do pcall(list[i]) end
+    end)
+  end
+  cleanups[#cleanups + 1] = fn
+end
+
+-- Kills and reaps p when the running test ends, passed or failed: a failed assertion
+-- never leaves a child behind (holding busted's output open). Returns p.
 function M.reaped(finally, p)
-  finally(function()
+  M.on_exit(finally, function()
     if p:alive() then p:kill() end
     p:join(5)
   end)
   return p
+end
+
+-- A new directory under /tmp (mktemp -d), named after what made it.
+function M.make_dir(name)
+  local f = assert(io.popen("mktemp -d /tmp/forage-" .. name .. ".XXXXXX"))
+  local dir = f:read("l")
+  f:close()
+  assert(dir and dir ~= "", "mktemp -d failed")
+  return dir
 end
 
 -- Joins p within seconds, like join_or_kill, but a process that overstays fails the spec.
