@@ -249,14 +249,19 @@ static void push_column(lua_State *L, sqlite3_stmt *stmt, int col) {
     }
 }
 
+/* Makes the statement ready to run again, its values unbound. */
+static void statement_rewind(statement *s) {
+    sqlite3_reset(s->stmt);
+    sqlite3_clear_bindings(s->stmt);
+}
+
 /* st:run(...) -> the rows it changed, or nil, message, kind. */
 static int statement_run(lua_State *L) {
     statement *s = check_statement(L, 1);
     statement_bind(L, s, 2);
     int rc;
     while ((rc = sqlite3_step(s->stmt)) == SQLITE_ROW) {}
-    sqlite3_reset(s->stmt);
-    sqlite3_clear_bindings(s->stmt);
+    statement_rewind(s);
     if (rc != SQLITE_DONE) return sqlite_fail(L, s->db->db, rc);
     lua_pushinteger(L, sqlite3_changes64(s->db->db));
     return 1;
@@ -275,13 +280,11 @@ static int statement_each(lua_State *L) {
         lua_pushvalue(L, 2);
         for (int c = 0; c < columns; c++) push_column(L, s->stmt, c);
         if (lua_pcall(L, columns, 0, 0) != LUA_OK) {
-            sqlite3_reset(s->stmt);
-            sqlite3_clear_bindings(s->stmt);
+            statement_rewind(s);
             return lua_error(L);
         }
     }
-    sqlite3_reset(s->stmt);
-    sqlite3_clear_bindings(s->stmt);
+    statement_rewind(s);
     if (rc != SQLITE_DONE) return sqlite_fail(L, s->db->db, rc);
     lua_pushboolean(L, 1);
     return 1;

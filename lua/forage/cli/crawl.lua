@@ -110,6 +110,19 @@ local function stats_path_for(output)
   return (output:gsub("%.[^./]*$", "")) .. ".stats.json"
 end
 
+-- Appends the proxy table (one line a proxy of the stats' list) to lines; nothing for none.
+-- The crawl's summary and forage status print the same table.
+function M.proxy_table(lines, proxies)
+  if #proxies == 0 then return end
+  lines[#lines + 1] = ("  %-32s %-8s %8s %8s %8s %5s %9s  %s"):format("proxy", "state", "requests", "ok",
+    "failures", "bans", "cooldowns", "last error")
+  for _, p in ipairs(proxies) do
+    lines[#lines + 1] = ("  %-32s %-8s %8d %8d %8d %5d %9d  %s"):format(p.url, p.state or "?", p.requests or 0,
+      p.successes or 0, p.failures or 0, p.bans or 0, p.cooldowns or 0,
+      require("forage.args").show(p.last_error or ""):sub(2, -2))
+  end
+end
+
 local function summary(stats, out)
   local lines = {}
   lines[#lines + 1] = ("%s: %s: %d pages, %d items, %d failed in %.1f s (%.0f pages/s, %.1f CPU s)"):format(
@@ -124,14 +137,7 @@ local function summary(stats, out)
   if stats.failed > 0 then
     lines[#lines + 1] = "  failed requests and items: " .. (stats.failed_output or "in the stats")
   end
-  if #stats.proxies > 0 then
-    lines[#lines + 1] = ("  %-32s %-8s %8s %8s %8s %5s %9s  %s"):format("proxy", "state", "requests", "ok",
-      "failures", "bans", "cooldowns", "last error")
-    for _, p in ipairs(stats.proxies) do
-      lines[#lines + 1] = ("  %-32s %-8s %8d %8d %8d %5d %9d  %s"):format(p.url, p.state or "?", p.requests,
-        p.successes, p.failures, p.bans, p.cooldowns or 0, require("forage.args").show(p.last_error or ""):sub(2, -2))
-    end
-  end
+  M.proxy_table(lines, stats.proxies)
   out:write(table.concat(lines, "\n"), "\n")
 end
 M.print_summary = summary

@@ -59,15 +59,7 @@ function M.run(parsed, cli)
     local o = outputs[key]
     if o then lines[#lines + 1] = ("  %s: %s (%d bytes committed)"):format(key, o.path, o.length) end
   end
-  local proxies = stats.proxies or {}
-  if #proxies > 0 then
-    lines[#lines + 1] = ("  %-32s %-8s %8s %8s %8s %5s %9s  %s"):format("proxy", "state", "requests", "ok",
-      "failures", "bans", "cooldowns", "last error")
-    for _, p in ipairs(proxies) do
-      lines[#lines + 1] = ("  %-32s %-8s %8d %8d %8d %5d %9d  %s"):format(p.url, p.state or "?", p.requests or 0,
-        p.successes or 0, p.failures or 0, p.bans or 0, p.cooldowns or 0, p.last_error or "")
-    end
-  end
+  require("forage.cli.crawl").proxy_table(lines, stats.proxies or {})
   io.stdout:write(table.concat(lines, "\n"), "\n")
   return cli.OK
 end

@@ -162,6 +162,11 @@ function State:_open_db()
       db:exec("ROLLBACK")
       return nil, db_error(path, message, kind)
     end
+    ok, message = self:_prepare()
+    if not ok then
+      db:exec("ROLLBACK")
+      return nil, message
+    end
     self.meta = {}
     local started = { schema = M.SCHEMA, forage = require("forage").version, name = self.name, hash = self.hash,
       created = os.time() }
@@ -172,6 +177,7 @@ function State:_open_db()
       return nil, db_error(path, message, kind)
     end
     for k, v in pairs(started) do self.meta[k] = v end
+    return true
   end
   return self:_prepare()
 end
@@ -194,30 +200,13 @@ function State:_prepare()
   return true
 end
 
--- Writes meta entries (each value encoded with forage.encode, data mode), one row each.
+-- Writes meta entries (each value encoded with forage.encode, data mode), one row each,
+-- into the open transaction (the schema's, or a commit's).
 function State:_put_meta(entries)
-  local db = self.db
-  local own = not db:in_transaction()
-  if own then db:exec("BEGIN") end
-  local st = self.st and self.st.meta
-  local close_after = false
-  if not st then
-    local message, kind
-    st, message, kind = db:prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
-    if not st then return nil, message, kind end
-    close_after = true
-  end
+  local st = self.st.meta
   for k, v in pairs(entries) do
     local ok, message, kind = st:run(k, encode(v))
-    if not ok then
-      if own then db:exec("ROLLBACK") end
-      return nil, message, kind
-    end
-  end
-  if close_after then st:close() end
-  if own then
-    local ok, message, kind = db:exec("COMMIT")
-    if not ok then db:exec("ROLLBACK") return nil, message, kind end
+    if not ok then return nil, message, kind end
   end
   return true
 end
