@@ -10,97 +10,15 @@ local testing = require "forage.testing"
 local cjson = require "cjson"
 local helpers = require "helpers"
 
-local ROOT = assert(os.getenv("PWD"), "the specs run from the checkout")
-local LUA_PATH = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"
-local LUA_CPATH = ROOT .. "/?.so;;"
 local LIMIT = 60   -- seconds a wait may last before the spec fails: a hang, not a slow machine
 
-local function quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function tmpdir()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. quote(dir)))
-  return dir
-end
-
--- The spider. The site's URL and its number of list pages come from the environment, so
--- that the file, whose text the state's hash names, is the same in every run of a spec.
-local SPIDER = [[
-local site = assert(os.getenv("CHAOS_SITE"), "CHAOS_SITE is not set")
-local start = {}
-for i = 1, assert(tonumber(os.getenv("CHAOS_PAGES")), "CHAOS_PAGES is not set") do
-  start[i] = site .. "/page/" .. i
-end
-return {
-  name = "chaos",
-  start = start,
-  workers = 2, concurrency = 8,
-  parse = function(page) page:follow(page:css("a.name::attr(href)"), "detail") end,
-  detail = function(page)
-    return { url = page.url, directors = page:css("div.directors p.name::text") }
-  end,
-}
-]]
-
-local function count_lines(path)
-  local text = helpers.read(path)
-  if not text then return 0 end
-  local _, n = text:gsub("\n", "")
-  return n
-end
-
-local function sorted_pids(command)
-  local p = assert(io.popen(command))
-  local pids = {}
-  for line in p:lines() do pids[#pids + 1] = tonumber(line) end
-  p:close()
-  table.sort(pids)
-  return pids
-end
-
--- The pids of the processes whose command line holds text (the state directory's path
--- names one crawl's parent and workers). `exec`: pgrep leaves itself out, not a shell.
--- Without LD_PRELOAD: under make check's AddressSanitizer preload, procps' pgrep hangs in a
--- futex at start (the tools are not what is being sanitized; forage is).
-local function processes_of(text)
-  return sorted_pids("exec env -u LD_PRELOAD pgrep -f -- " .. quote(text))
-end
-
-local function children_of(pid)
-  return sorted_pids("exec env -u LD_PRELOAD pgrep -P " .. pid)
-end
-
--- True when process pid has path open.
-local function has_open(pid, path)
-  local p = assert(io.popen(("exec env -u LD_PRELOAD readlink /proc/%d/fd/* 2>/dev/null"):format(pid)))
-  local found = false
-  for line in p:lines() do found = found or line == path end
-  p:close()
-  return found
-end
-
--- Waits until cond() is true; fails naming `what` after LIMIT seconds.
-local function wait_until(what, cond)
-  local deadline = forage.now() + LIMIT
-  while not cond() do
-    if forage.now() > deadline then error(("still waiting for %s after %d s"):format(what, LIMIT), 2) end
-    forage.sleep(0.005)
-  end
-end
-
--- Waits until no process of the crawl whose state is in dir is left: a dead parent's
--- workers leave by themselves, when they find their pipe closed.
-local function no_process_left(dir)
-  local left
-  local ok, err = pcall(wait_until, "the crawl's processes to leave", function()
-    left = processes_of(dir)
-    return #left == 0
-  end)
-  assert(ok, ("%s: processes left: %s"):format(tostring(err), table.concat(left or {}, " ")))
-end
+local chaos = require "crawl_chaos"
+local ROOT, LUA_PATH, LUA_CPATH = chaos.ROOT, chaos.LUA_PATH, chaos.LUA_CPATH
+local quote, tmpdir, SPIDER, count_lines = chaos.quote, chaos.tmpdir, chaos.SPIDER, chaos.count_lines
+local processes_of, children_of, wait_until = chaos.processes_of, chaos.children_of, chaos.wait_until
+local no_process_left = chaos.no_process_left
+local has_open = chaos.has_open
+chaos.limit = LIMIT
 
 -- Checks the items file against the site's answer: every movie once, its directors right,
 -- every line whole JSON.

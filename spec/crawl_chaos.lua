@@ -1,0 +1,102 @@
+-- What the crash-safe crawl's chaos specs share (spec/crawl_state_spec.lua, and the long
+-- runs of make check-all in spec/long/crawl_state_long.lua): the checkout's paths for a
+-- `forage crawl` process, the spider file they run, and ways to find and wait for its
+-- processes. M.limit: the seconds a wait may last before the spec fails (a hang, not a
+-- slow machine); each spec file sets its own.
+local forage = require "forage"
+local helpers = require "helpers"
+
+local M = { limit = 60 }
+
+M.ROOT = assert(os.getenv("PWD"), "the specs run from the checkout")
+M.LUA_PATH = M.ROOT .. "/lua/?.lua;" .. M.ROOT .. "/lua/?/init.lua;;"
+M.LUA_CPATH = M.ROOT .. "/?.so;;"
+
+function M.quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+function M.tmpdir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. M.quote(dir)))
+  return dir
+end
+
+-- The spider. The site's URL and its number of list pages come from the environment, so
+-- that the file, whose text the state's hash names, is the same in every run of a spec.
+M.SPIDER = [[
+local site = assert(os.getenv("CHAOS_SITE"), "CHAOS_SITE is not set")
+local start = {}
+for i = 1, assert(tonumber(os.getenv("CHAOS_PAGES")), "CHAOS_PAGES is not set") do
+  start[i] = site .. "/page/" .. i
+end
+return {
+  name = "chaos",
+  start = start,
+  workers = 2, concurrency = 8,
+  parse = function(page) page:follow(page:css("a.name::attr(href)"), "detail") end,
+  detail = function(page)
+    return { url = page.url, directors = page:css("div.directors p.name::text") }
+  end,
+}
+]]
+
+function M.count_lines(path)
+  local text = helpers.read(path)
+  if not text then return 0 end
+  local _, n = text:gsub("\n", "")
+  return n
+end
+
+local function sorted_pids(command)
+  local p = assert(io.popen(command))
+  local pids = {}
+  for line in p:lines() do pids[#pids + 1] = tonumber(line) end
+  p:close()
+  table.sort(pids)
+  return pids
+end
+
+-- The pids of the processes whose command line holds text (the state directory's path
+-- names one crawl's parent and workers). `exec`: pgrep leaves itself out, not a shell.
+-- Without LD_PRELOAD: under make check's AddressSanitizer preload, procps' pgrep hangs in a
+-- futex at start (the tools are not what is being sanitized; forage is).
+function M.processes_of(text)
+  return sorted_pids("exec env -u LD_PRELOAD pgrep -f -- " .. M.quote(text))
+end
+
+function M.children_of(pid)
+  return sorted_pids("exec env -u LD_PRELOAD pgrep -P " .. pid)
+end
+
+-- True when process pid has path open.
+function M.has_open(pid, path)
+  local p = assert(io.popen(("exec env -u LD_PRELOAD readlink /proc/%d/fd/* 2>/dev/null"):format(pid)))
+  local found = false
+  for line in p:lines() do found = found or line == path end
+  p:close()
+  return found
+end
+
+-- Waits until cond() is true; fails naming `what` after M.limit seconds.
+function M.wait_until(what, cond)
+  local deadline = forage.now() + M.limit
+  while not cond() do
+    if forage.now() > deadline then error(("still waiting for %s after %d s"):format(what, M.limit), 2) end
+    forage.sleep(0.005)
+  end
+end
+
+-- Waits until no process of the crawl whose state is in dir is left: a dead parent's
+-- workers leave by themselves, when they find their pipe closed.
+function M.no_process_left(dir)
+  local left
+  local ok, err = pcall(M.wait_until, "the crawl's processes to leave", function()
+    left = M.processes_of(dir)
+    return #left == 0
+  end)
+  assert(ok, ("%s: processes left: %s"):format(tostring(err), table.concat(left or {}, " ")))
+end
+
+return M
