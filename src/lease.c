@@ -97,8 +97,9 @@
 _Static_assert(MAX_RESOURCES < INDEX_MASK, "a resource index must fit an entry's index bits");
 
 /* R_READY and R_PROBING can be leased (the latter to one slot); display names depend on
-   the holder count too (state_name). */
-enum { R_READY, R_PROBING, R_COOLING, R_RETIRED };
+   the holder count too (state_name). R_OFF: not this table's to lease for now (a crawl on
+   several hosts: another host holds the proxy), until enabled again. */
+enum { R_READY, R_PROBING, R_COOLING, R_RETIRED, R_OFF };
 
 typedef struct resource {
     int32_t state;
@@ -261,7 +262,7 @@ static int table_consistent(lease_table *t, uint32_t *tally) {
     for (int32_t i = 0; i < t->nresources; i++) {
         uint32_t bound = r[i].state == R_READY     ? t->per_resource
                          : r[i].state == R_PROBING ? 1
-                         : r[i].state == R_COOLING || r[i].state == R_RETIRED ? 0
+                         : r[i].state == R_COOLING || r[i].state == R_RETIRED || r[i].state == R_OFF ? 0
                                                                                : UINT32_MAX;
         if (bound == UINT32_MAX || r[i].holders > bound || r[i].holders != tally[i]) return 0;
     }
@@ -526,6 +527,7 @@ static const char *state_name(const resource *r) {
     case R_READY: return r->holders > 0 ? "leased" : "free";
     case R_PROBING: return r->holders > 0 ? "probing" : "free";
     case R_COOLING: return "cooling";
+    case R_OFF: return "off";
     default: return "retired";
     }
 }
@@ -701,6 +703,53 @@ static int leases_restore(lua_State *L) {
     return 0;
 }
 
+/* L:disable(index): resource index is taken from all its holders (as a cooldown takes it,
+   without counting a failure) and leased to none until enabled: a crawl on several hosts
+   gives a proxy to another host. A retired resource stays retired; disabling an off one
+   does nothing. */
+static int leases_disable(lua_State *L) {
+    lease_table *t = check_leases(L, 1);
+    int32_t i = check_index(L, 2, "index", t->nresources);
+    lock_or_raise(L, t);
+    resource *r = &resources_of(t)[i];
+    if (r->state != R_RETIRED && r->state != R_OFF) {
+        undo_begin(t, -1, i, -1);
+        r->generation++;
+        PAUSE_POINT("lease.disable.generation");
+        r->holders = 0;
+        PAUSE_POINT("lease.disable.holders");
+        r->state = R_OFF;
+        PAUSE_POINT("lease.disable.state");
+        undo_end(t);
+    }
+    unlock_table(t);
+    return 0;
+}
+
+/* L:enable(index [, seconds [, reason]]): an off resource may be leased again, at once, or
+   after cooling for seconds (a cooldown another host gave it). Does nothing to a resource
+   that is not off. One store publishes it (an off resource has no holder), so no log. */
+static int leases_enable(lua_State *L) {
+    lease_table *t = check_leases(L, 1);
+    int32_t i = check_index(L, 2, "index", t->nresources);
+    double seconds = lua_isnoneornil(L, 3) ? 0 : check_seconds(L, 3, "cooldown");
+    const char *reason = luaL_optstring(L, 4, NULL);
+    lock_or_raise(L, t);
+    resource *r = &resources_of(t)[i];
+    if (r->state == R_OFF) {
+        set_reason(r, reason);
+        if (seconds > 0) {
+            if (r->cooldowns == 0) r->cooldowns = 1;
+            r->cooling_until = now_seconds() + seconds;
+            r->state = R_COOLING;
+        } else {
+            r->state = R_READY;
+        }
+    }
+    unlock_table(t);
+    return 0;
+}
+
 /* L:retire(slot [, reason]) -> another resource (or nil); the old one never comes back. */
 static int leases_retire(lua_State *L) { return take_back(L, 1, 0, 3, "retired"); }
 
@@ -799,16 +848,16 @@ static int leases_snapshot(lua_State *L) {
    holder's lock was taken over (and its operation undone), and whether the invariant
    holds. */
 static int leases_stats(lua_State *L) {
-    static const char *const names[] = {"free", "leased", "probing", "cooling", "retired"};
+    static const char *const names[] = {"free", "leased", "probing", "cooling", "retired", "off"};
     lease_table *t = check_leases(L, 1);
     uint32_t *tally = lua_newuserdatauv(L, (size_t)t->nresources * sizeof(uint32_t), 0);
-    lua_Integer count[5] = {0, 0, 0, 0, 0};
+    lua_Integer count[6] = {0, 0, 0, 0, 0, 0};
     lock_or_raise(L, t);
     revive(t, now_seconds());
     resource *r = resources_of(t);
     for (int32_t i = 0; i < t->nresources; i++) {
         const char *name = state_name(&r[i]);
-        for (int k = 0; k < 5; k++)
+        for (int k = 0; k < 6; k++)
             if (strcmp(name, names[k]) == 0) count[k]++;
     }
     lua_Integer recoveries = (lua_Integer)t->recoveries;
@@ -821,7 +870,7 @@ static int leases_stats(lua_State *L) {
     lua_setfield(L, -2, "slots");
     lua_pushinteger(L, t->per_resource);
     lua_setfield(L, -2, "per_resource");
-    for (int k = 0; k < 5; k++) {
+    for (int k = 0; k < 6; k++) {
         lua_pushinteger(L, count[k]);
         lua_setfield(L, -2, names[k]);
     }
@@ -850,6 +899,8 @@ void forage_open_lease(lua_State *L) {
         {"cool", leases_cool},
         {"retire", leases_retire},
         {"restore", leases_restore},
+        {"disable", leases_disable},
+        {"enable", leases_enable},
         {"pace", leases_pace},
         {"next_revival", leases_next_revival},
         {"none_left", leases_none_left},
