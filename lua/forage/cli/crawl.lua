@@ -27,6 +27,12 @@ function M.configure(command)
   command:option("--state", "Keep the crawl's state in DIR: a stopped crawl (Ctrl-C, kill -9, a reboot) "
     .. "resumes when run again with the same DIR."):argname("DIR")
   command:flag("--fresh", "Start over: forget the state in --state DIR.")
+  command:option("--redis", "Run this crawl with other hosts through Redis: redis://[user:password@]host:port/db "
+    .. "(the password may come from FORAGE_REDIS_PASSWORD instead). Each host writes its own -o FILE.")
+    :argname("URL")
+  command:option("--redis-prefix", "The crawl's name in Redis (default: the spider's name): crawls with other "
+    .. "prefixes share the same Redis.")
+    :argname("NAME")
   command:option("--grace", "Seconds in-flight requests have to finish after Ctrl-C or SIGTERM (default 10).")
     :argname("S")
   command:option("--log-level", "debug, info, warn or error (default info)."):argname("LEVEL")
@@ -35,7 +41,8 @@ end
 
 -- Settings whose value is a string even when it looks like a number ("-s user_agent=1.0"),
 -- and groups whose entries are strings (headers.X-Token, cookies.session).
-local STRING_SETTINGS = { name = true, user_agent = true, cache = true, start = true, proxies = true, state = true }
+local STRING_SETTINGS = { name = true, user_agent = true, cache = true, start = true, proxies = true, state = true,
+  redis = true, redis_prefix = true }
 local STRING_GROUPS = { headers = true, cookies = true }
 
 -- The value of -s key=value: "10" -> 10, "true" -> true, except for string settings.
@@ -94,6 +101,8 @@ local function overrides_of(parsed)
   if parsed.cache_refresh then o.cache_refresh = true end
   if parsed.state then o.state = parsed.state end
   if parsed.fresh then o.fresh = true end
+  if parsed.redis then o.redis = parsed.redis end
+  if parsed.redis_prefix then o.redis_prefix = parsed.redis_prefix end
   if parsed.grace then
     local g = tonumber(parsed.grace)
     if not g or g < 0 or g ~= g then
@@ -179,6 +188,9 @@ function M.crawl(spider, opts, cli, quiet, argv)
     io.stderr:write("forage: ", tostring(stats.message), "\n")
     if stats.state then
       io.stderr:write("forage: the state is saved in ", stats.state, "; resume with: ", resume_command(argv), "\n")
+    elseif stats.redis and stats.exit_code ~= crawl.BAD_INPUT then
+      io.stderr:write("forage: what this host held went back to the queue in ", stats.redis,
+        "; the same command rejoins the crawl\n")
     end
   end
   return stats.exit_code

@@ -10,7 +10,7 @@ local M = {}
 M.OK, M.FAILED, M.USAGE, M.NO_PROXY, M.INTERRUPTED, M.TERMINATED = 0, 1, 2, 3, 130, 143
 
 -- The commands in the order `forage --help` lists them.
-local COMMANDS = { "crawl", "status", "demo", "fetch", "shell", "version", "help" }
+local COMMANDS = { "crawl", "status", "merge", "demo", "fetch", "shell", "version", "help" }
 
 -- Writes "forage: <message>" on stderr and returns code, for `return cli.fail(...)`.
 function M.fail(code, message)

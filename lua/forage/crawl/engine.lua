@@ -140,6 +140,33 @@ function M.run(spider, overrides)
       merge_saved_stats(stats, state:saved("stats"))
     end
   end
+  -- one crawl on several hosts (--redis URL): this host joins it, or learns it is over
+  local shared
+  if s.redis then
+    if s.state then
+      bad_input("forage.crawl: --state and --redis: choose one (with Redis the crawl's state is in Redis)")
+    end
+    if not run.output or run.output == "-" then
+      bad_input("forage.crawl: a crawl on Redis needs an output file per host (-o FILE): the part of it that is "
+        .. "committed is what this host contributes (forage merge joins them)")
+    end
+    local redis_mod = require "forage.crawl.redis"
+    local err, why
+    shared, err, why = redis_mod.open(s.redis, { prefix = s.redis_prefix or s.name, name = s.name,
+      hash = spider_mod.hash(spider), proxies = s.proxies and #s.proxies or 0, lease = s.redis_lease, log = log,
+      outputs = { items = run.output, failed = run.failed or output.failed_path(run.output) } })
+    if not shared then
+      if why == "finished" then
+        stats.finished, stats.exit_code, stats.message = "already_done", M.DONE, err
+        stats.elapsed, stats.pages_per_s, stats.cpu_seconds = 0, 0, 0
+        return stats
+      end
+      bad_input(err)
+    end
+    resume = shared.resume
+    resume.resumed = true
+    stats.redis = redis_mod.mask(s.redis)
+  end
   local pages_before = stats.pages
   stats.resumed = state and state.resumed or nil
 
@@ -148,6 +175,7 @@ function M.run(spider, overrides)
   local sink, sink_err = sink_mod.open(s, stats, log, resume)
   if not sink then
     if state then state:close() end
+    if shared then shared:leave("left") shared:close() end
     bad_input(sink_err)
   end
   local function fail_request(req, reason) sink:fail_request(req, reason) end
@@ -170,6 +198,10 @@ function M.run(spider, overrides)
         end
       end
     end
+  end
+  if leases and shared then
+    -- on Redis, this host uses the proxies Redis gives it (its share), none before
+    for i = 1, #s.proxies do leases:disable(i) end
   end
   -- without proxies, `delay` paces the one direct route (the lease table's pacing, one
   -- resource that every slot may hold)
@@ -201,10 +233,13 @@ function M.run(spider, overrides)
       log:info("resuming from %s: %d requests queued again, %d seen, %d pages and %d items before", s.state,
         state.loaded.queued, state.loaded.seen, stats.pages, stats.items)
     end
+  elseif shared then
+    fr = shared:frontier { per_host = s.per_host, batch = math.max(16, s.concurrency), now = now }
   else
     fr = frontier_mod.memory { per_host = s.per_host }
   end
-  local inflight, ninflight = {}, 0     -- id -> { req, worker } (worker nil: waiting for a backoff)
+  local inflight, ninflight = {}, 0     -- id -> { req, worker, seq } (worker nil: waiting for a backoff)
+  local dispatched = 0                  -- requests sent to workers (seq: the number of each)
   local delayed = {}                    -- { due, req }, for retries after a backoff
 
   -- Queues a request (a start request or a follow): dedupe, then the frontier.
@@ -464,8 +499,11 @@ function M.run(spider, overrides)
   -- A commit that fails (a full disk) stops the crawl; the state stays as the last commit
   -- left it.
   local last_commit = now()
+  local shared_commit_every = require("forage.crawl.redis").COMMIT_EVERY
   local proxy_summary   -- below
+  local redis_commit   -- below
   local function commit(finished)
+    if shared then return redis_commit() end
     if not state then return true end
     last_commit = now()
     local outputs, files = sink:files()
@@ -481,6 +519,82 @@ function M.run(spider, overrides)
     if not ok then
       fail_hard("forage.crawl: " .. err)
       return false
+    end
+    return true
+  end
+
+  -- The host's commit to Redis: its outputs synced, then its follows, acks, counters and
+  -- proxies' health in one script; the proxies Redis gives or takes are applied here.
+  -- Redis unreachable: the work goes on, the commit waits (nothing is lost, and nothing is
+  -- counted twice: it is sent again as it was).
+  local redis_down, reported = false, {}
+  function redis_commit()
+    last_commit = now()
+    local records, files = sink:files()
+    local proxies
+    if leases then
+      proxies = {}
+      for i, r in ipairs(leases:snapshot()) do
+        local st = r.state == "cooling" and "cooling" or r.state == "retired" and "retired" or r.state ~= "off" and "ok"
+        local key = st and (st == "ok" and "ok" or st .. (r.reason or ""))
+        if st and reported[i] ~= key then
+          proxies[i] = { state = st, cooldown = r.cooldown, reason = r.reason }
+          reported[i] = key
+        end
+      end
+    end
+    local idle = ninflight == 0 and start_done and fr:counts().local_queued == 0
+    local oldest = math.huge
+    if next(shared.draining) then
+      for _, entry in pairs(inflight) do
+        if entry.worker and entry.seq < oldest then oldest = entry.seq end
+      end
+    end
+    local ok, got, give = shared:commit(now(), { files = files, records = records, stats = stats, proxies = proxies,
+      idle = idle, oldest_running = oldest })
+    if not ok then
+      local message, kind = got, give
+      if kind == "io" or kind == "timeout" then
+        if not redis_down then
+          redis_down = true
+          log:warn("redis: %s; retrying (the requests this host holds stay its own; nothing is lost)", message)
+        end
+        for i in pairs(proxies or {}) do reported[i] = nil end
+        return true
+      elseif kind == "lost" then
+        fail_hard("forage.crawl: this host lost its place in the crawl (no commit reached Redis for "
+          .. (s.redis_lease or 30) .. " s, or Redis lost its last writes): its requests went back to the queue "
+          .. "for the other hosts, and what it wrote since its last commit does not count; run it again to rejoin")
+      else
+        fail_hard("forage.crawl: " .. tostring(message))
+      end
+      return false
+    end
+    if redis_down then
+      redis_down = false
+      log:info("redis: reachable again")
+    end
+    stats.duplicates = stats.duplicates + (shared.duplicates or 0)
+    shared.duplicates = 0
+    if leases and not next(shared.proxies_mine) and #got == 0 and shared.usable_proxies > 0
+      and (ninflight > 0 or fr:counts().local_queued > 0) then
+      -- this host holds requests but no proxy (its own retired, every live one held by the
+      -- other hosts): it leaves, and what it holds goes back to them
+      stop("no_proxy", M.NO_PROXY, "this host holds no proxy (the crawl's other hosts hold every live one); "
+        .. "what it held went back to them")
+    end
+    if leases then
+      for _, g in ipairs(got) do
+        leases:enable(g.index, g.cooldown, g.reason)
+        reported[g.index] = nil
+      end
+      for _, i in ipairs(give) do
+        if not shared.draining[i] then
+          leases:disable(i)
+          -- handed on once the requests sent before now are back
+          shared:drain_proxy(i, dispatched)
+        end
+      end
     end
     return true
   end
@@ -504,6 +618,7 @@ function M.run(spider, overrides)
   -- no more until they are out.
   local function dispatch()
     if stopping then return end
+    if shared and leases and not next(shared.proxies_mine) then return end
     if s.max_items > 0 and stats.items >= s.max_items then return end
     for _, w in ipairs(workers) do
       if w.conn and (w.queued or 0) == 0 then
@@ -513,7 +628,8 @@ function M.run(spider, overrides)
           local reqs = fr:pop(room)
           if #reqs > 0 then
             for _, req in ipairs(reqs) do
-              inflight[req.id] = { req = req, worker = w }
+              dispatched = dispatched + 1
+              inflight[req.id] = { req = req, worker = w, seq = dispatched }
               ninflight = ninflight + 1
               w.inflight[req.id] = true
             end
@@ -547,7 +663,7 @@ function M.run(spider, overrides)
       p.state, p.last_error, p.cooldown_left = r.state, r.reason, r.cooldown > 0 and r.cooldown or nil
       if r.state == "retired" then retired = retired + 1
       elseif r.state == "cooling" then cooling = cooling + 1
-      else live = live + 1 end
+      elseif r.state ~= "off" then live = live + 1 end   -- off: another host of the crawl holds it
     end
     return live, cooling, retired
   end
@@ -617,6 +733,7 @@ function M.run(spider, overrides)
   core.catch_signals()
   local ok, err = xpcall(function()
     feed_start()
+    if shared then commit() end   -- the start's requests into Redis, and this host's proxies
     for _, w in ipairs(workers) do spawn(w) end
     while true do
       check_signals()
@@ -649,7 +766,11 @@ function M.run(spider, overrides)
         if limit and (queued > 0 or not start_done) then stats.finished = limit end
         break
       end
-      if leases and leases:none_left() then
+      if shared and leases and shared.usable_proxies == 0 then
+        stop("no_proxy", M.NO_PROXY, "no live proxy left (on any host of the crawl)")
+        break
+      end
+      if leases and not shared and leases:none_left() then
         stop("no_proxy", M.NO_PROXY, "no live proxy left")
         break
       end
@@ -667,6 +788,7 @@ function M.run(spider, overrides)
         if w then read_worker(w) end
       end
       if state and now() - last_commit >= COMMIT_EVERY then commit() end
+      if shared and now() - last_commit >= shared_commit_every then commit() end
     end
   end, function(e)
     if type(e) == "string" and e:find("interrupted!$") then
@@ -737,7 +859,20 @@ function M.run(spider, overrides)
   end
 
   core.restore_signals()
-  if stats.finished == "done" and ninflight + fr:counts().queued == 0 then
+  if shared then
+    -- the last commit, retried while Redis is away (for the grace, at most), then this
+    -- host leaves: what it still holds goes back to the queue for the others
+    local until_t = now() + (run.grace or GRACE)
+    repeat
+      commit()
+      if shared.pending and not shared.lost and stats.exit_code ~= M.FATAL then forage.sleep(0.2) end
+    until not shared.pending or shared.lost or stats.exit_code == M.FATAL or now() >= until_t
+    if shared.pending and not shared.lost then
+      log:warn("redis: the last commit could not be sent; this host's requests return to the queue when its "
+        .. "lease ends (%g s)", s.redis_lease or 30)
+    end
+    shared:leave(stats.finished == "done" and "done" or "left")
+  elseif stats.finished == "done" and ninflight + fr:counts().queued == 0 then
     commit("done")
   else
     commit()
@@ -745,7 +880,8 @@ function M.run(spider, overrides)
 
   -- what was not done is not lost: it stays in the state, or goes to the failed output
   -- with the reason
-  if not state and stats.finished ~= "done" and stats.finished ~= "max_pages" and stats.finished ~= "max_items" then
+  local ended_short = stats.finished ~= "done" and stats.finished ~= "max_pages" and stats.finished ~= "max_items"
+  if not state and not shared and ended_short then
     local reason = stop_reason or stats.finished
     for _, entry in pairs(inflight) do fail_request(entry.req, "not done: " .. tostring(reason)) end
     while true do
@@ -785,6 +921,7 @@ function M.run(spider, overrides)
     stats.state = s.state
     state:close()
   end
+  if shared then shared:close() end
   if leases and leases.close then leases:close() end
   if run.stats then output.write_json(run.stats, stats) end
   if interrupted then error("interrupted", 0) end

@@ -125,6 +125,9 @@ local function decoded(blob)
   return req
 end
 
+-- For the Redis backend (lua/forage/crawl/redis.lua), which keeps the same records.
+
+
 -- frontier.memory{ per_host = 0 } -> an empty in-memory frontier; per_host: the most
 -- requests of one host in flight at once (0: no limit).
 function M.memory(opts)
@@ -201,6 +204,11 @@ local function settle(self, store, req, fname)
   store:done(host)
   return host
 end
+
+-- For the Redis backend (lua/forage/crawl/redis.lua), which keeps the same records and the
+-- same in-flight marks (_inflight, _inflight_n) in a store of its own.
+M._encoded, M._decoded, M._host_priority, M._host_of_url, M._settle = encoded, decoded, host_priority, host_of_url,
+  settle
 
 -- fr:ack(req): req is done for good (a success or a final failure).
 function Memory:ack(req)

@@ -68,7 +68,7 @@ function M.open(s, stats, log, resume)
   end
   -- with a state, items past max_items are written, not dropped: the pages that made them
   -- are acknowledged, and a crawl resumed with a larger limit would miss them otherwise
-  self.keep_past_limit = s.state ~= nil
+  self.keep_past_limit = s.state ~= nil or s.redis ~= nil
   return self
 end
 

@@ -121,6 +121,26 @@ checkers.state = function(v)
   if type(v) ~= "string" or v == "" or v:find("[%z\r\n]") then bad("state", "a directory name", v) end
   return v
 end
+-- one crawl on several hosts (docs/redis.md): the Redis it shares, its keys' prefix
+-- (the crawl's name by default), and how long a silent host keeps its requests
+checkers.redis = function(v)
+  local redis = require "forage.crawl.redis"
+  local ok, err = redis.parse_url(v)
+  if not ok then error(string.format("%s: setting 'redis': %s", FNAME, err), 0) end   -- the password masked
+  return v
+end
+checkers.redis_prefix = function(v)
+  if type(v) ~= "string" or not v:match("^[%w_.:-]+$") or #v > 200 then
+    bad("redis_prefix", "a name of letters, digits, _ . : -", v)
+  end
+  return v
+end
+checkers.redis_lease = function(v)
+  if type(v) ~= "number" or v ~= v or v < 1 or v > 86400 then
+    bad("redis_lease", "a number of seconds from 1 to 86400", v)
+  end
+  return v
+end
 checkers.banned = func("banned")
 checkers.on_item = func("on_item")
 
