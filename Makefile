@@ -20,19 +20,22 @@ WEB_LIBS   = -lcurl -lxml2
 WEB_SRC  = src/web.c src/url.c src/html.c src/http.c src/buf.c src/args.c src/hash.c src/luatype.c src/clock.c
 # forage.sqlite (sqlite.c: the crawl's crash-safe state), loaded only by a crawl with a state.
 SQLITE_SRC = src/sqlite.c src/args.c src/luatype.c src/buf.c
-CORE_SRC = $(filter-out src/web.c src/url.c src/html.c src/http.c src/sqlite.c,$(wildcard src/*.c))
+# forage.redis (redis.c: hiredis, for a crawl that several hosts share), loaded only by such a crawl.
+REDIS_SRC = src/redis.c src/args.c src/luatype.c
+CORE_SRC = $(filter-out src/web.c src/url.c src/html.c src/http.c src/sqlite.c src/redis.c,$(wildcard src/*.c))
 SRC  = $(wildcard src/*.c)
 HDR  = $(wildcard src/*.h)
-SO   = forage/core.so forage/web.so forage/sqlite.so
+SO   = forage/core.so forage/web.so forage/sqlite.so forage/redis.so
 
 # Debian packages: what building and testing need; what benchmarks and fuzzing add.
 DEPS_PKGS  = gcc make libc6-dev lua5.4 liblua5.4-dev luarocks lua-busted lua-check lua-argparse \
-             libcurl4-openssl-dev libxml2-dev libsqlite3-dev nginx-light tinyproxy openssl lua-socket lua-cjson python3
+             libcurl4-openssl-dev libxml2-dev libsqlite3-dev libhiredis-dev redis-server \
+             nginx-light tinyproxy openssl lua-socket lua-cjson python3
 BENCH_PKGS = python3 python3-requests python3-lxml python3-scrapy wrk \
              golang-go golang-github-puerkitobio-goquery-dev libnginx-mod-http-echo
 # Packages whose service Debian starts at install (package:service): the specs run their own
-# nginx and tinyproxy on 127.0.0.1, so none is left running system-wide.
-SERVICE_PKGS = nginx-light:nginx tinyproxy:tinyproxy
+# nginx, tinyproxy and redis-server on 127.0.0.1, so none is left running system-wide.
+SERVICE_PKGS = nginx-light:nginx tinyproxy:tinyproxy redis-server:redis-server
 FUZZ_PKGS  = clang libclang-rt-14-dev
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
@@ -56,6 +59,10 @@ forage/web.so: $(WEB_SRC) $(HDR) Makefile
 forage/sqlite.so: $(SQLITE_SRC) $(HDR) Makefile
 	@mkdir -p forage
 	$(CC) $(ALL_CFLAGS) -shared -o $@ $(SQLITE_SRC) -lsqlite3
+
+forage/redis.so: $(REDIS_SRC) $(HDR) Makefile
+	@mkdir -p forage
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(REDIS_SRC) -lhiredis -pthread
 
 # Installs what is missing, and nothing when all is present. A policy-rc.d that says 101
 # ("not allowed") keeps the packages' services from starting during the install; it is
@@ -141,7 +148,7 @@ rock-check: deps
 	  bash -euo pipefail -c "$$($(call readme_block,rock-use))"$$'\n''lua5.4 -e "$$ROCK_LOAD_CHECK"; test -x "$$HOME/.luarocks/bin/forage"'
 
 # The sanitizer build: one shared object, and the whole suite run against it.
-ASAN_SO = build/asan/forage/core.so build/asan/forage/web.so build/asan/forage/sqlite.so
+ASAN_SO = build/asan/forage/core.so build/asan/forage/web.so build/asan/forage/sqlite.so build/asan/forage/redis.so
 ASAN_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -I$(LUA_INC) -I$(XML2_INC) -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined
 build/asan/forage/core.so: $(CORE_SRC) $(HDR) Makefile
@@ -151,6 +158,10 @@ build/asan/forage/core.so: $(CORE_SRC) $(HDR) Makefile
 build/asan/forage/sqlite.so: $(SQLITE_SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage
 	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(SQLITE_SRC) -lsqlite3
+
+build/asan/forage/redis.so: $(REDIS_SRC) $(HDR) Makefile
+	@mkdir -p build/asan/forage
+	$(CC) $(ASAN_CFLAGS) -shared -o $@ $(REDIS_SRC) -lhiredis -pthread
 
 build/asan/forage/web.so: $(WEB_SRC) $(HDR) Makefile
 	@mkdir -p build/asan/forage

@@ -30,6 +30,7 @@ external_dependencies = {
    CURL = { library = "curl" },
    LIBXML2 = { header = "libxml2/libxml/HTMLparser.h", library = "xml2" },
    SQLITE = { header = "sqlite3.h", library = "sqlite3" },
+   HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
 }
 test = {
    type = "busted",
@@ -70,6 +71,13 @@ build = {
          libdirs = { "$(SQLITE_LIBDIR)" },
          libraries = { "sqlite3" },
       },
+      ["forage.redis"] = {
+         sources = { "src/redis.c", "src/args.c", "src/luatype.c" },
+         defines = { "_GNU_SOURCE" },
+         incdirs = { "$(HIREDIS_INCDIR)" },
+         libdirs = { "$(HIREDIS_LIBDIR)" },
+         libraries = { "hiredis", "pthread" },
+      },
       ["forage"] = "lua/forage/init.lua",
       ["forage.pool"] = "lua/forage/pool.lua",
       ["forage.worker"] = "lua/forage/worker.lua",
@@ -99,6 +107,9 @@ build = {
       ["forage.crawl.robots"] = "lua/forage/crawl/robots.lua",
       ["forage.crawl.sink"] = "lua/forage/crawl/sink.lua",
       ["forage.crawl.state"] = "lua/forage/crawl/state.lua",
+      ["forage.crawl.redis"] = "lua/forage/crawl/redis.lua",
+      ["forage.crawl.redis_scripts"] = "lua/forage/crawl/redis_scripts.lua",
       ["forage.cli.status"] = "lua/forage/cli/status.lua",
+      ["forage.cli.merge"] = "lua/forage/cli/merge.lua",
    },
 }
