@@ -99,4 +99,95 @@ function M.no_process_left(dir)
   assert(ok, ("%s: processes left: %s"):format(tostring(err), table.concat(left or {}, " ")))
 end
 
+-- The spider of the multi-host specs (spec/crawl_redis_spec.lua): M.SPIDER's, with its
+-- proxies (CHAOS_PROXIES, space-separated URLs) and a gate (CHAOS_GATE, a URL fetched as
+-- the first start request: see M.gate) from the environment too, so that every host of a
+-- crawl runs the same file (the same hash) whatever its proxies and ports.
+M.SPIDER_SHARED = [[
+local site = assert(os.getenv("CHAOS_SITE"), "CHAOS_SITE is not set")
+local start = {}
+local gate = os.getenv("CHAOS_GATE")
+if gate and gate ~= "" then start[1] = gate end
+for i = 1, assert(tonumber(os.getenv("CHAOS_PAGES")), "CHAOS_PAGES is not set") do
+  start[#start + 1] = site .. "/page/" .. i
+end
+local proxies = {}
+for url in (os.getenv("CHAOS_PROXIES") or ""):gmatch("%S+") do proxies[#proxies + 1] = url end
+return {
+  name = "chaos",
+  start = start,
+  proxies = #proxies > 0 and proxies or nil,
+  workers = 2, concurrency = 8,
+  parse = function(page) page:follow(page:css("a.name::attr(href)"), "detail") end,
+  detail = function(page)
+    return { url = page.url, directors = page:css("div.directors p.name::text") }
+  end,
+}
+]]
+
+-- A gate: an HTTP server on a loopback port, in this process, that holds every request it
+-- gets until gate:open() (then answers it, and every later one, with an empty page). A
+-- crawl whose start holds gate.url cannot finish while the gate is shut, whatever the
+-- machine's speed: the point where a spec acts "before the end" is then certain. The
+-- spec calls gate:poll() in its waits (nothing answers otherwise); gate:close() ends it.
+local Gate = {}
+Gate.__index = Gate
+
+function M.gate()
+  local socket = require "socket"
+  local server = assert(socket.bind("127.0.0.1", 0))
+  server:settimeout(0)
+  local _, port = server:getsockname()
+  return setmetatable({ server = server, url = ("http://127.0.0.1:%d/gate"):format(port), held = {},
+    requests = 0, is_open = false }, Gate)
+end
+
+local GATE_PAGE = "<html><body><p>gate</p></body></html>"
+local GATE_REPLY = ("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s")
+  :format(#GATE_PAGE, GATE_PAGE)
+
+local function gate_answer(client)
+  -- the request's head first (a close with unread bytes would reset the connection)
+  client:settimeout(1)
+  repeat
+    local line = client:receive("*l")
+  until not line or line == ""
+  client:send(GATE_REPLY)
+  client:close()
+end
+
+-- Takes the connections that came; answers them when the gate is open. Returns the number
+-- of requests the gate has had.
+function Gate:poll()
+  if not self.server then return self.requests end
+  while true do
+    local client = self.server:accept()
+    if not client then break end
+    self.requests = self.requests + 1
+    self.held[#self.held + 1] = client
+  end
+  if self.is_open then
+    for i, client in ipairs(self.held) do
+      gate_answer(client)
+      self.held[i] = nil
+    end
+  end
+  return self.requests
+end
+
+function Gate:open()
+  self.is_open = true
+  self:poll()
+end
+
+function Gate:close()
+  for i, client in ipairs(self.held) do
+    client:close()
+    self.held[i] = nil
+  end
+  if self.server then self.server:close() end
+  self.server = nil
+end
+Gate.__close = Gate.close
+
 return M

@@ -391,7 +391,7 @@ function Crawl:commit(now, opts)
     self.lost = true
     return nil, "lost", "lost"
   end
-  self.pending = nil
+  self.pending, self.last_sent = nil, argv
   for field, length in pairs(self.pending_lengths) do self.committed[field] = length end
   self.duplicates = (self.duplicates or 0) + reply[2]
   self.remote_queued, self.remote_held = reply[3], reply[4]
