@@ -2,7 +2,7 @@
 -- failed, items, each proxy's health), read without changing anything, also while the
 -- crawl runs (SQLite's write-ahead log lets a reader in beside the writer).
 local M = {
-  summary = "Show where a crawl with a state stands (also while it runs).",
+  summary = "Show where a crawl with a state, or on Redis, stands (also while it runs).",
   description = "Show where the crawl whose state is in DIR stands: running, stopped (it resumes when run "
     .. "again) or finished; pages, items, failed, queued and in-flight requests as of its last commit "
     .. "(twice a second while it runs), and each proxy's health. Reads the state without changing it.\n"

@@ -499,7 +499,18 @@ function M.run(spider, overrides)
   -- A commit that fails (a full disk) stops the crawl; the state stays as the last commit
   -- left it.
   local last_commit = now()
-  local shared_commit_every = require("forage.crawl.redis").COMMIT_EVERY
+  -- on Redis: a commit every COMMIT_EVERY while there is something to send, else a
+  -- heartbeat every IDLE_COMMIT_EVERY (it renews the lease and learns of new work and of
+  -- the end); a slow crawl thus sends a few commands a second, not ten
+  local shared_commit_every, shared_idle_every
+  if shared then
+    local redis_mod = require "forage.crawl.redis"
+    shared_commit_every, shared_idle_every = redis_mod.COMMIT_EVERY, redis_mod.IDLE_COMMIT_EVERY
+  end
+  local function shared_commit_due(t)
+    local every = shared:has_news(stats) and shared_commit_every or shared_idle_every
+    return last_commit + every - t
+  end
   local proxy_summary   -- below
   local redis_commit   -- below
   local function commit(finished)
@@ -781,6 +792,7 @@ function M.run(spider, overrides)
         if run.on_progress then run.on_progress(snap) end
       end
       local timeout = 0.25
+      if shared then timeout = math.max(0.001, math.min(timeout, shared_commit_due(t))) end
       for _, d in ipairs(delayed) do timeout = math.min(timeout, math.max(0, d.due - t)) end
       if flush_workers() then timeout = math.min(timeout, 0.002) end
       for _, conn in ipairs(forage.wait(worker_conns(), timeout)) do
@@ -788,7 +800,7 @@ function M.run(spider, overrides)
         if w then read_worker(w) end
       end
       if state and now() - last_commit >= COMMIT_EVERY then commit() end
-      if shared and now() - last_commit >= shared_commit_every then commit() end
+      if shared and shared_commit_due(now()) <= 0 then commit() end
     end
   end, function(e)
     if type(e) == "string" and e:find("interrupted!$") then

@@ -32,7 +32,8 @@ local scripts = require "forage.crawl.redis_scripts"
 local M = {}
 
 M.LEASE = 30            -- seconds a host's lease lasts without a commit (a dead host's work returns then)
-M.COMMIT_EVERY = 0.1    -- seconds between a host's commits (each one script)
+M.COMMIT_EVERY = 0.1    -- seconds between a host's commits while it has results to send (each one script)
+M.IDLE_COMMIT_EVERY = 0.3   -- seconds between its commits when it has nothing to send (a heartbeat)
 M.TIMEOUT = 5           -- seconds to connect, and for each reply
 local MAX_PRIORITY = 1048575   -- |priority| kept in the queue's score (seq + priority * 2^32 < 2^53)
 local RETRY_MIN, RETRY_MAX = 0.2, 5   -- backoff between reconnects, seconds
@@ -412,6 +413,14 @@ function Crawl:commit(now, opts)
   for i in tostring(reply[8]):gmatch("%d+") do give[#give + 1] = tonumber(i) end
   for i in pairs(mine) do self.proxies_mine[i] = true end
   return true, got, give
+end
+
+-- True when this host has something to commit: pushes, acks, seen marks, counters, an
+-- output grown, proxies to hand on, a commit to send again.
+function Crawl:has_news(stats)
+  if self.pending or #self.pushes > 0 or #self.acks > 0 or #self.seens > 0 or next(self.draining) then return true end
+  return (stats.pages or 0) ~= (self.last_stats.pages or 0) or (stats.failed or 0) ~= (self.last_stats.failed or 0)
+    or (stats.requests or 0) ~= (self.last_stats.requests or 0)
 end
 
 -- A proxy handed on: this host's slots stopped taking it; Redis is told once every request
