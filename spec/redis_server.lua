@@ -95,11 +95,15 @@ function Server:_spawn()
   -- Stops the server when the Lua state closes. Made after the pipe, so that its finalizer runs
   -- before the pipe's (Lua calls them in the reverse order of their marking): the pipe's own
   -- would pclose, that is wait for ever for a server still running.
-  self.guard = setmetatable({}, {
+  -- Only the current spawn's guard acts: the one of a spawn before a restart() is garbage then,
+  -- and its finalizer, run at some later collection, must not stop the server started since.
+  local guard
+  guard = setmetatable({}, {
     __gc = function()
-      if self.running and forage.getpid() == self.owner then pcall(self.stop, self) end
+      if self.guard == guard and self.running and forage.getpid() == self.owner then pcall(self.stop, self) end
     end,
   })
+  self.guard = guard
 end
 
 -- Reaps the process once it has left.

@@ -312,6 +312,17 @@ describe("forage.redis against a server that dies", function()
     r:close()
   end)
 
+  it("a restarted server outlives the collection of its earlier run's guard (spec/redis_server.lua)", function()
+    local srv = redis_server.start { finally = finally }
+    srv:restart()
+    srv:restart()
+    collectgarbage()
+    collectgarbage()          -- the guards of the two earlier runs are finalized now
+    local r = srv:client()
+    assert.equals("PONG", r:call("PING"))
+    r:close()
+  end)
+
   it("connects over a unix socket", function()
     local dir = helpers.make_dir("redis-sock")
     helpers.on_exit(finally, function() os.execute("rm -rf '" .. dir .. "'") end)
