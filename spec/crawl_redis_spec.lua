@@ -102,6 +102,17 @@ end
 
 -- The union of the hosts' items files, each cut at its committed length: checked against
 -- the answer (each movie once, none missing).
+-- The number of hosts whose first commit (their start's requests) reached Redis.
+local function committed_hosts(srv, prefix)
+  return with_redis(srv, function(r)
+    local n = 0
+    for _, hk in ipairs(assert(r:call("KEYS", key(prefix, "host:*")))) do
+      if (tonumber(r:call("HGET", hk, "commit_seq")) or 0) >= 1 then n = n + 1 end
+    end
+    return n
+  end)
+end
+
 local function assert_union(srv, site, paths, prefix)
   local lengths = committed(srv, prefix)
   local parts = {}
@@ -553,5 +564,100 @@ describe("forage crawl --redis, three hosts on one real redis-server", function(
     assert.matches("--state and --redis", err, 1, true)
     assert.equal(0, site:counters().requests, "a refused crawl fetched pages")
     assert.equal(0, with_redis(srv, function(r) return r:call("DBSIZE") end), "a refused crawl wrote to Redis")
+  end)
+
+  -- What a review that attacked the crawl with real processes broke: each spec below failed
+  -- on the code as reviewed.
+
+  -- A host's share counted the proxies it held, retired ones included: the first host kept
+  -- a retired proxy as its whole share, the live one the second host handed on was taken by
+  -- no one, and both waited for ever (so did "every proxy dead").
+  it("a host whose proxy is retired takes the live proxy another host hands on (no hang)", function()
+    local srv = redis_server.start { finally = finally }
+    local site <close> = testing.site { pages = 10, per_page = 5, latency = 10 }
+    local proxies <close> = testing.proxies { "ban_after:0", "good" }
+    local env = env_for(site, proxies)
+    local extra = "-s proxy.retire_after=1 -s proxy.cooldown=1"
+    local first = start(dir, host_args(srv.url, 1, extra), env)
+    -- the first host holds both proxies before the second joins; the second's joining makes
+    -- it hand on proxy 2 (the good one) and keep proxy 1 (the banning one)
+    wait_until("the first host to hold both proxies", function()
+      return with_redis(srv, function(r) return r:call("HLEN", key(nil, "proxy_owner")) end) == 2
+    end)
+    local second = start(dir, host_args(srv.url, 2, extra), env)
+    assert_all_exit_0 { first, second }
+    assert_merge(srv.url, site, "merged.jsonl")
+  end)
+
+  -- Every host reads the whole start: a dont_filter start request skipped the shared seen
+  -- set and was queued (and its items written) once per host.
+  it("queues a dont_filter start request once for the crawl, not once per host", function()
+    local srv = redis_server.start { finally = finally }
+    local site <close> = testing.site { pages = 2, per_page = 10 }
+    local gate = new_gate()
+    helpers.write(spider, [[
+local site = assert(os.getenv("CHAOS_SITE"))
+local start = { os.getenv("CHAOS_GATE") }
+for i = 1, 20 do start[#start + 1] = { url = site .. "/detail/" .. i, callback = "detail", dont_filter = true } end
+return {
+  name = "chaos", start = start, workers = 1, concurrency = 4,
+  parse = function() end,
+  detail = function(page) return { url = page.url, directors = page:css("div.directors p.name::text") } end,
+}
+]])
+    local env = env_for(site, nil, gate)
+    local hosts = { start(dir, host_args(srv.url, 1), env), start(dir, host_args(srv.url, 2), env) }
+    -- both hosts have pushed their start before the crawl can end (the gate holds it)
+    wait_until("both hosts' first commit", function() return committed_hosts(srv) == 2 end)
+    gate:open()
+    assert_all_exit_0(hosts)
+    assert_merge(srv.url, site, "merged.jsonl")
+  end)
+
+  -- An output was named by its path as given: `-o out.jsonl` and `-o ./out.jsonl` in one
+  -- directory were two outputs for Redis but one file (the second host cut the first's
+  -- committed items, and merge copied the file twice).
+  it("refuses a second host writing the same file under another spelling of its path", function()
+    local srv = redis_server.start { finally = finally }
+    local site <close> = testing.site { pages = 5, per_page = 10 }
+    local gate = new_gate()
+    local env = env_for(site, nil, gate)
+    local a = start(dir, ("crawl %s --redis %s -o out.jsonl"):format(quote(spider), quote(srv.url)), env)
+    wait_until("the first host's first commit", function() return committed_hosts(srv) == 1 end)
+    local b = start(dir, ("crawl %s --redis %s -o ./out.jsonl"):format(quote(spider), quote(srv.url)), env)
+    local code_b, err_b = b:wait()
+    assert.equal(2, code_b, err_b)
+    assert.matches("written by another host", err_b, 1, true)
+    gate:open()
+    assert_all_exit_0 { a }
+    assert_merge(srv.url, site, "merged.jsonl")
+  end)
+
+  -- A password holding '/' (base64 passwords do) defeated the mask, and one holding '@' was
+  -- split at the first '@' and shown as the host name.
+  it("never prints a password holding '/' or '@', whatever the URL's fault", function()
+    for _, url in ipairs { "redis://:abc/SECRETPW@127.0.0.1:1/0", "redis://:abc@SECRETPW@127.0.0.1:1/0",
+      "redis://user/x:SECRETPW@127.0.0.1:1/0" } do
+      for _, command in ipairs { "status --redis " .. quote(url),
+        "crawl " .. quote(spider) .. " --redis " .. quote(url) .. " -o x.jsonl" } do
+        local out, err, code = forage_cli(dir, command, { CHAOS_SITE = "http://127.0.0.1:1", CHAOS_PAGES = 1 })
+        assert.is_true(code ~= 0, command)
+        assert.is_nil((out .. err):find("SECRETPW", 1, true), ("forage %s printed the password: %s"):format(command,
+          err))
+      end
+    end
+  end)
+
+  -- A host retried a Redis gone for good for ever; past its lease its work is the others'.
+  it("a host that cannot reach Redis for longer than its lease stops with exit 1, saying so", function()
+    local srv = redis_server.start { finally = finally }
+    local site <close> = testing.site { pages = 5, per_page = 4 }
+    local gate = new_gate()
+    local a = start(dir, host_args(srv.url, 1, "-s redis_lease=2"), env_for(site, nil, gate))
+    wait_until("the host to commit its start", function() return committed_hosts(srv) == 1 end)
+    srv:kill()
+    local code, err = a:wait()
+    assert.equal(1, code, err)
+    assert.matches("unreachable for %d+ s, longer than redis_lease %(2 s%)", err)
   end)
 end)

@@ -23,6 +23,7 @@ local function join(srv, opts)
   opts = opts or {}
   local crawl, err, why = redis.open(srv.url, { prefix = opts.prefix or ("spec" .. n), name = "spec",
     hash = opts.hash or "h1", proxies = opts.proxies or 0, lease = opts.lease or 30,
+    request_timeout = opts.request_timeout,
     outputs = opts.outputs or {} })
   return crawl, err, why
 end
@@ -178,6 +179,27 @@ describe("a crawl's frontier on Redis", function()
     assert.equal("lost", kind)
     assert.is_nil(r:call("ZSCORE", "forage:{regress}:consumers", a.consumer) or nil)
     a:close() fa:close() r:close()
+  end)
+
+  it("a lost host's proxies rest for its request timeout before another host uses them", function()
+    local a = assert(join(srv, { prefix = "rest", proxies = 2, request_timeout = 31 }))
+    local b
+    a:frontier {}
+    local ok, got = a:commit(forage.now(), {})
+    assert.is_true(ok)
+    assert.equal(2, #got, "alone, a holds both proxies")
+    local r = srv:client()
+    r:call("ZADD", "forage:{rest}:consumers", 1, a.consumer)   -- a's lease ends (frozen, cut off)
+    b = assert(join(srv, { prefix = "rest", proxies = 2, request_timeout = 31 }))
+    b:frontier {}
+    ok, got = b:commit(forage.now(), {})
+    assert.is_true(ok)
+    assert.equal(2, #got, "b takes a's proxies ...")
+    for _, g in ipairs(got) do
+      assert.is_true(g.cooldown > 25 and g.cooldown <= 31, "... resting first: " .. g.cooldown)
+      assert.equal("its host stopped answering", g.reason)
+    end
+    r:close() a:close() b:close()
   end)
 
   it("join refuses another spider (both hashes named) and a live host's output; says when finished", function()

@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -232,6 +233,17 @@ static int truncate_file(lua_State *L) {
     return 1;
 }
 
+/* realpath(path) -> the canonical absolute path (symbolic links, "." and ".." resolved), or
+   nil, message, "io" when it does not exist or cannot be resolved. */
+static int real_path(lua_State *L) {
+    const char *path = check_path(L, 1);
+    char *resolved = realpath(path, NULL);
+    if (resolved == NULL) return io_failure(L, "resolve", 1, errno);
+    lua_pushstring(L, resolved);
+    free(resolved);
+    return 1;
+}
+
 /* fsync(file) -> true, once what was written to the Lua file is on the disk (stdio's
    buffer flushed, then fdatasync); nil, message, "io" when it cannot be. Raises on a
    closed file, as io's methods do. */
@@ -326,7 +338,8 @@ void forage_open_file(lua_State *L) {
     lua_pop(L, 1);
     static const luaL_Reg functions[] = {
         {"lock_file", lock_file}, {"truncate", truncate_file}, {"fsync", fsync_file},
-        {"fsync_dir", fsync_dir}, {"lock_holder", lock_holder}, {"mkdir", make_directory}, {NULL, NULL},
+        {"fsync_dir", fsync_dir}, {"lock_holder", lock_holder}, {"mkdir", make_directory},
+        {"realpath", real_path}, {NULL, NULL},
     };
     luaL_setfuncs(L, functions, 0);
 }

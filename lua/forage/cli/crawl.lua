@@ -189,8 +189,8 @@ function M.crawl(spider, opts, cli, quiet, argv)
     if stats.state then
       io.stderr:write("forage: the state is saved in ", stats.state, "; resume with: ", resume_command(argv), "\n")
     elseif stats.redis and stats.exit_code ~= crawl.BAD_INPUT then
-      io.stderr:write("forage: what this host held went back to the queue in ", stats.redis,
-        "; the same command rejoins the crawl\n")
+      io.stderr:write("forage: what this host held goes back to the crawl's queue in ", stats.redis,
+        " (at once when it could leave, else when its lease ends); the same command rejoins the crawl\n")
     end
   end
   return stats.exit_code

@@ -154,6 +154,7 @@ function M.run(spider, overrides)
     local err, why
     shared, err, why = redis_mod.open(s.redis, { prefix = s.redis_prefix or s.name, name = s.name,
       hash = spider_mod.hash(spider), proxies = s.proxies and #s.proxies or 0, lease = s.redis_lease, log = log,
+      request_timeout = s.timeout + 1,
       outputs = { items = run.output, failed = run.failed or output.failed_path(run.output) } })
     if not shared then
       if why == "finished" then
@@ -219,6 +220,10 @@ function M.run(spider, overrides)
   -- what each worker's callback is working on (a request id, 0 between callbacks), so that
   -- a worker's death is charged to the request that killed it, not to its bystanders
   local running = core.array("int64", s.workers)
+  -- on Redis: until when (forage.now) this host's proxies are surely its own: its lease as
+  -- last renewed, less a margin; workers start no request through a proxy after it
+  local usable_until = shared and leases and core.array("double", 1)
+  if usable_until then usable_until[1] = now() + (s.redis_lease or 30) * 0.9 end
 
   local fr
   if state then
@@ -321,6 +326,9 @@ function M.run(spider, overrides)
           "forage.crawl: a start request names callback '%s', which the spider does not have", copy.callback) },
           BadInput), 0)
       end
+      -- on Redis every host reads the whole start: a dont_filter start request is queued
+      -- once for the crawl by its place in the start, which the seen set keeps
+      if shared and copy.dont_filter then copy._once = "\0start\0" .. start_read end
       enqueue(copy)
     end
   end
@@ -342,7 +350,7 @@ function M.run(spider, overrides)
         if other.conn then other.conn:close() end
       end
       worker_mod.run(child_end, s, { index = w.index, first = w.first, count = w.count, leases = leases,
-        cache = cache, running = running, direct_pacer = direct_pacer })
+        cache = cache, running = running, direct_pacer = direct_pacer, usable_until = usable_until })
     end)
     proc:start()
     child_end:close()
@@ -538,7 +546,7 @@ function M.run(spider, overrides)
   -- proxies' health in one script; the proxies Redis gives or takes are applied here.
   -- Redis unreachable: the work goes on, the commit waits (nothing is lost, and nothing is
   -- counted twice: it is sent again as it was).
-  local redis_down, reported = false, {}
+  local redis_down, reported, last_ok = false, {}, now()
   function redis_commit()
     last_commit = now()
     local records, files = sink:files()
@@ -561,11 +569,20 @@ function M.run(spider, overrides)
         if entry.worker and entry.seq < oldest then oldest = entry.seq end
       end
     end
-    local ok, got, give = shared:commit(now(), { files = files, records = records, stats = stats, proxies = proxies,
-      idle = idle, oldest_running = oldest })
+    local sent_at = now()
+    local ok, got, give = shared:commit(sent_at, { files = files, records = records, stats = stats,
+      proxies = proxies, idle = idle, oldest_running = oldest })
+    local lease = s.redis_lease or 30
     if not ok then
       local message, kind = got, give
-      if kind == "io" or kind == "timeout" then
+      if (kind == "io" or kind == "timeout") and sent_at - last_ok > lease then
+        -- this long without Redis, the other hosts (when it is back) take this host's work:
+        -- it stops rather than wait for ever
+        fail_hard(("forage.crawl: Redis at %s unreachable for %d s, longer than redis_lease (%g s): this host "
+          .. "stops; what it held returns to the queue when Redis is back (%s)"):format(shared.shown,
+          math.floor(sent_at - last_ok), lease, tostring(message)))
+        return false
+      elseif kind == "io" or kind == "timeout" then
         if not redis_down then
           redis_down = true
           log:warn("redis: %s; retrying (the requests this host holds stay its own; nothing is lost)", message)
@@ -581,6 +598,8 @@ function M.run(spider, overrides)
       end
       return false
     end
+    last_ok = sent_at
+    if usable_until then usable_until[1] = sent_at + lease - math.max(0.5, lease * 0.1) end
     if redis_down then
       redis_down = false
       log:info("redis: reachable again")

@@ -56,8 +56,9 @@ function M.parse_url(url)
       .. "reach Redis through a TLS tunnel (stunnel, spiped) on loopback"):format(shown)
   end
   if scheme ~= "redis" then return nil, ("%s: expected redis://[user:password@]host:port/db"):format(shown) end
-  local userinfo, hostport, db = rest:match("^([^@/]*)@([^/]*)/?(.*)$")
-  if not userinfo then hostport, db = rest:match("^([^/]*)/?(.*)$") end
+  -- the user info ends at the last '@' (a password may hold '/' or '@')
+  local userinfo, after = rest:match("^(.*)@([^@]*)$")
+  local hostport, db = (after or rest):match("^([^/]*)/?(.*)$")
   local t = {}
   if userinfo then
     local user, password = userinfo:match("^([^:]*):(.*)$")
@@ -80,15 +81,17 @@ function M.parse_url(url)
   return t
 end
 
--- The URL with its password masked, for messages and logs.
+-- The URL with its password masked, for messages and logs: everything between the scheme
+-- (if any) and the last '@' is the user info, of which only a plain user name is shown.
 function M.mask(url)
   if type(url) ~= "string" then return args.show(url) end
-  local scheme, rest = url:match("^(%a[%w+.-]*://)(.*)$")
-  if not scheme then return url end
-  local at = rest:match("^[^/]*()@")
+  local at = url:match("^.*()@")
   if not at then return url end
-  local user = rest:sub(1, at - 1):match("^([^:]*):")
-  return scheme .. ((user and user ~= "") and user .. ":***" or "***") .. rest:sub(at)
+  local scheme, start = url:match("^(%a[%w+.-]*://)()")
+  start = start or 1
+  if at < start then return url end
+  local user = url:sub(start, at - 1):match("^([%w_.-]*):")
+  return (scheme or "") .. ((user and user ~= "") and user .. ":***" or "***") .. url:sub(at)
 end
 
 -- ---------------------------------------------------------------- the connection
@@ -134,6 +137,10 @@ function Conn:_dial()
     sha, message, kind = r:call("SCRIPT", "LOAD", source)
     if not sha then
       r:close()
+      if tostring(message):find("^NOAUTH") then
+        return nil, "authentication required: this Redis wants a password (redis://[user]:PASSWORD@host:port/db, "
+          .. "or FORAGE_REDIS_PASSWORD)", "auth"
+      end
       return nil, ("cannot load the crawl's script '%s': %s"):format(name, tostring(message)), kind
     end
     self.shas[name] = sha
@@ -197,15 +204,18 @@ local function hostname()
   return name or os.getenv("HOSTNAME") or "localhost"
 end
 
-local function absolute(path)
+-- The path as one file has one name on this machine: symbolic links, "." and ".." resolved
+-- (the file's own when it exists, else its directory's), so that two hosts given one file
+-- under two spellings are seen writing the same file.
+local function canonical(path)
+  local real = core.realpath(path)
+  if real then return real end
+  local dir, base = path:match("^(.*)/([^/]*)$")
+  if not dir then dir, base = ".", path end
+  local real_dir = core.realpath(dir == "" and "/" or dir)
+  if real_dir then return (real_dir == "/" and "" or real_dir) .. "/" .. base end
   if path:sub(1, 1) == "/" then return path end
-  local cwd = os.getenv("PWD")
-  if not cwd then
-    local p = io.popen("pwd")
-    cwd = p and p:read("l") or "."
-    if p then p:close() end
-  end
-  return cwd .. "/" .. path
+  return (os.getenv("PWD") or ".") .. "/" .. path
 end
 
 -- redis.open(url, opts) -> a crawl's coordinator, joined; or nil, message, why (why:
@@ -249,11 +259,12 @@ function M.open(url, opts)
   for _, what in ipairs { "items", "failed" } do
     local path = opts.outputs and opts.outputs[what]
     if path then
-      local field = what .. "\t" .. self.host .. "\t" .. absolute(path)
+      local field = what .. "\t" .. self.host .. "\t" .. canonical(path)
       self.fields[#self.fields + 1] = { kind = what, field = field, path = path }
     end
   end
-  local argv = { self.consumer, opts.hash, opts.name, self.host, self.lease_ms, self.proxy_count }
+  local argv = { self.consumer, opts.hash, opts.name, self.host, self.lease_ms, self.proxy_count,
+    math.floor((opts.request_timeout or 0) * 1000) }
   for _, f in ipairs(self.fields) do argv[#argv + 1] = f.field end
   local reply
   reply, message, kind = conn:script(nil, "join", self.key, argv)
@@ -411,7 +422,7 @@ function Crawl:commit(now, opts)
   end
   local give = {}
   for i in tostring(reply[8]):gmatch("%d+") do give[#give + 1] = tonumber(i) end
-  for i in pairs(mine) do self.proxies_mine[i] = true end
+  self.proxies_mine = mine   -- those handed on stay in it until Redis is told they are released
   return true, got, give
 end
 
@@ -468,20 +479,26 @@ function Frontier:push(req)
   local _, priority = frontier_mod._host_priority(req, "push")
   local fp = req.fp
   local filter = not req.dont_filter
+  -- _once: a key that queues a dont_filter request once for the crawl (a start request,
+  -- which every host reads); it is not part of the request
+  local once = req._once
+  req._once = nil
   if filter then
     if type(fp) ~= "string" then
       error(("bad argument #1 to 'push' (request needs a string fp (or dont_filter), got %s)"):format(args.show(fp)), 2)
     end
     if store:seen_has(fp) then return false end
+  elseif once and store:seen_has(once) then
+    return false
   end
   local crawl = self.crawl
   local id = crawl:_next_id()
   req.id = id
   local ok, record = pcall(frontier_mod._encoded, req, "push")
   if not ok then error(record, 2) end
-  if filter then store:seen_add(fp) end
+  if filter then store:seen_add(fp) elseif once then store:seen_add(once) end
   priority = math.max(-MAX_PRIORITY, math.min(MAX_PRIORITY, priority))
-  crawl.pushes[#crawl.pushes + 1] = { filter and fp or "", priority, id, record }
+  crawl.pushes[#crawl.pushes + 1] = { filter and fp or once or "", priority, id, record }
   crawl.remote_queued = crawl.remote_queued + 1
   return true
 end

@@ -57,8 +57,20 @@ local function release_host(c, state)
   end
   redis.call('DEL', k('held:' .. c))
   local owners = redis.call('HGETALL', k('proxy_owner'))
+  -- a host that stopped answering may still have requests running through its proxies
+  -- (cut off, not dead): they rest for its request timeout before another host uses them
+  local rest = 0
+  if state == 'lost' then rest = tonumber(redis.call('HGET', k('host:' .. c), 'timeout_ms') or '0') or 0 end
+  local now = now_ms()
   for i = 1, #owners, 2 do
-    if owners[i + 1] == c then redis.call('HDEL', k('proxy_owner'), owners[i]) end
+    if owners[i + 1] == c then
+      redis.call('HDEL', k('proxy_owner'), owners[i])
+      local st = redis.call('HGET', k('proxy_state'), owners[i])
+      local until_ms = st and tonumber(string.match(st, '^cooling\t(%d+)')) or 0
+      if rest > 0 and not (st and string.sub(st, 1, 8) == 'retired\t') and until_ms < now + rest then
+        redis.call('HSET', k('proxy_state'), owners[i], 'cooling\t' .. (now + rest) .. '\tits host stopped answering')
+      end
+    end
   end
   redis.call('ZREM', k('consumers'), c)
   redis.call('HSET', k('host:' .. c), 'state', state, 'left', now_ms())
@@ -74,7 +86,7 @@ local function counts()
 end
 ]]
 
--- join(consumer, hash, name, hostname, lease_ms, nproxies, field...) ->
+-- join(consumer, hash, name, hostname, lease_ms, nproxies, timeout_ms, field...) ->
 --   { "ok", number, length... } | { "spider", hash } | { "finished", pages, items } |
 --   { "busy", field, owner }
 M.join = COMMON .. [[
@@ -86,7 +98,7 @@ if redis.call('HGET', k('meta'), 'finished') == 'done' then
   return { 'finished', redis.call('HGET', k('stats'), 'pages') or '0', redis.call('HGET', k('stats'), 'items') or '0' }
 end
 reclaim(now)
-for j = 7, #ARGV do
+for j = 8, #ARGV do
   local owner = redis.call('HGET', k('out_owner'), ARGV[j])
   if owner and owner ~= c and redis.call('ZSCORE', k('consumers'), owner) then return { 'busy', ARGV[j], owner } end
 end
@@ -95,13 +107,13 @@ if not h then
   redis.call('SADD', 'forage:crawls', B)
 end
 local out = { 'ok', redis.call('INCR', k('consumer_n')) }
-for j = 7, #ARGV do
+for j = 8, #ARGV do
   redis.call('HSET', k('out_owner'), ARGV[j], c)
   out[#out + 1] = redis.call('HGET', k('out_len'), ARGV[j]) or '0'
 end
 redis.call('ZADD', k('consumers'), now + lease, c)
 redis.call('HSET', k('host:' .. c), 'hostname', hostname, 'state', 'running', 'joined', now, 'pop_seq', 0,
-  'commit_seq', 0, 'number', out[2], 'outputs', table.concat(ARGV, '\n', 7))
+  'commit_seq', 0, 'number', out[2], 'timeout_ms', ARGV[7], 'outputs', table.concat(ARGV, '\n', 8))
 return out
 ]]
 
@@ -273,7 +285,15 @@ if nproxies > 0 then
   kv = redis.call('HGETALL', k('proxy_state'))
   for i = 1, #kv, 2 do pstate[tonumber(kv[i])] = kv[i + 1] end
   for i = 1, nproxies do
-    if not (pstate[i] and string.sub(pstate[i], 1, 8) == 'retired\t') then usable = usable + 1 end
+    if pstate[i] and string.sub(pstate[i], 1, 8) == 'retired\t' then
+      -- a retired proxy is nobody's: it counts in no host's share
+      if owner[i] then
+        redis.call('HDEL', k('proxy_owner'), i)
+        owner[i] = nil
+      end
+    else
+      usable = usable + 1
+    end
   end
   -- an even share, the first hosts to join taking one more while some are left over
   hosts = math.max(hosts, 1)

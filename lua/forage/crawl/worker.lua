@@ -342,6 +342,9 @@ function M.run(conn, s, w)
       local p
       if proxies then
         p = leases:acquire(slot.index)   -- what it holds, unless that proxy broke meanwhile
+        -- on Redis: past the host's lease as this host last saw it renewed, its proxies may
+        -- already be another host's: no request starts until a commit renews it
+        if p and w.usable_until and now() > w.usable_until[1] then p = nil end
         slot.proxy = p
       end
       if p and p ~= slot.session_proxy then
