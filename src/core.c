@@ -16,6 +16,7 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_proc(L);
     forage_open_sys(L);
     forage_open_pipe(L);
+    forage_open_socket(L);
     forage_open_pool(L);
     forage_open_worker(L);
     forage_open_queue(L);
@@ -29,6 +30,7 @@ int luaopen_forage_core(lua_State *L) {
     forage_open_file(L);
     forage_open_signals(L);
     forage_open_digest(L);
+    forage_open_hmac(L);
     forage_open_fixture_site(L);
     forage_open_fixture_proxy(L);
     lua_pushinteger(L, WIRE_VERSION);

@@ -10,6 +10,7 @@ int luaopen_forage_core(lua_State *L);
 void forage_open_proc(lua_State *L);
 void forage_open_sys(lua_State *L);
 void forage_open_pipe(lua_State *L);
+void forage_open_socket(lua_State *L); /* socket.c: listen, connect (forage.Listener) */
 void forage_open_pool(lua_State *L);
 void forage_open_worker(lua_State *L); /* worker.c: what a task knows of its worker */
 void forage_open_queue(lua_State *L);   /* queue.c: forage.queue */
@@ -23,6 +24,7 @@ void forage_open_frontier(lua_State *L); /* frontier.c: the crawl's queue and se
 void forage_open_file(lua_State *L);    /* file.c: lock_file, truncate, fsync, fsync_dir */
 void forage_open_signals(lua_State *L); /* signals.c: SIGINT and SIGTERM counted, for a graceful stop */
 void forage_open_digest(lua_State *L);  /* digest.c: a stable hash of bytes */
+void forage_open_hmac(lua_State *L);    /* hmac.c: sha256, hmac_sha256, random_bytes, secret_equal */
 /* The crawl layer's bindings, in their own module forage.web (web.c): */
 void forage_open_url(lua_State *L);     /* url.c: forage.url (curl's URL API) */
 void forage_open_html(lua_State *L);    /* html.c: forage.html (libxml2) */
