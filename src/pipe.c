@@ -1,4 +1,6 @@
-/* forage.Connection: one end of a pipe between processes, carrying wire-encoded values. */
+/* forage.Connection: one end of a pipe or socket between processes, carrying wire-encoded
+   values. A connection from a socket (socket.c) may be limited (conn:limits): frames over
+   max_frame bytes are refused, and in data mode (code = false) no function travels. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,19 +15,24 @@
 #include "frame.h"
 #include "lauxlib.h"
 #include "luatype.h"
+#include "pipe.h"
+#include "socket.h"
 #include "wire.h"
 
 #define CONNECTION_TYPE "forage.Connection"
 
-typedef struct connection {
+struct connection {
     int fd;            /* -1 once closed */
     int readable;
     int writable;
+    int code;          /* WIRE_CODE (the default: functions travel) or WIRE_DATA */
+    size_t max_frame;  /* payload bytes a frame may have, received or sent (FRAME_MAX by default) */
+    size_t over;       /* the length of the frame that broke max_frame, for recv's message */
     frame_reader in;
     buf out;
     buf queued;        /* frames of send_nowait not yet written, from queued_at on */
     size_t queued_at;
-} connection;
+};
 
 static connection *check_open(lua_State *L, int i) {
     connection *c = type_check_fast(L, i, CONNECTION_TYPE);
@@ -38,8 +45,20 @@ static connection *new_connection(lua_State *L) {
     connection *c = lua_newuserdatauv(L, sizeof *c, 0);
     memset(c, 0, sizeof *c);
     c->fd = -1;
+    c->code = WIRE_CODE;
+    c->max_frame = FRAME_MAX;
     luaL_setmetatable(L, CONNECTION_TYPE);
     return c;
+}
+
+connection *connection_push(lua_State *L) {
+    return new_connection(L);
+}
+
+void connection_open(connection *c, int fd) {
+    c->fd = fd;
+    c->readable = 1;
+    c->writable = 1;
 }
 
 /* pipe([duplex = true]) -> conn1, conn2. With duplex false, conn1 only receives and
@@ -65,14 +84,20 @@ static int pipe_new(lua_State *L) {
     return 2;
 }
 
-/* Encodes the value at index 2 as one frame in c->out; raises when it cannot travel. */
+/* Encodes the value at index 2 as one frame in c->out; raises when it cannot travel
+   (in data mode, a function; a frame over the connection's max_frame). */
 static void encode_frame(lua_State *L, connection *c) {
     char err[256];
     size_t header_at;
     buf_reset(&c->out);
     if (frame_begin(&c->out, &header_at) != 0) luaL_error(L, "not enough memory");
-    if (wire_encode(L, 2, &c->out, WIRE_CODE, "value", err, sizeof err) != 0) luaL_error(L, "%s", err);
-    if (frame_end(&c->out, header_at) != 0) luaL_error(L, "value too large to send (%zu bytes)", c->out.len);
+    if (wire_encode(L, 2, &c->out, c->code, "value", err, sizeof err) != 0) luaL_error(L, "%s", err);
+    if (frame_end(&c->out, header_at) != 0)
+        luaL_error(L, "value too large to send (%I bytes)", (lua_Integer)c->out.len);
+    size_t payload = c->out.len - header_at - FRAME_HEADER;
+    if (payload > c->max_frame)
+        luaL_error(L, "cannot send a frame of %I bytes over the limit of %I", (lua_Integer)payload,
+                   (lua_Integer)c->max_frame);
 }
 
 /* Writes what the queue of send_nowait holds without waiting. Returns 0 (written, or the
@@ -158,11 +183,22 @@ static int connection_flush(lua_State *L) {
     return 1;
 }
 
+/* True when the next frame's header (buffered) announces more than c->max_frame bytes;
+   its length goes in c->over. Checked before the payload is read: a peer cannot make this
+   process buffer what it will refuse. */
+static int frame_over_limit(connection *c) {
+    if (c->max_frame >= FRAME_MAX) return 0;   /* frame_next's own check, as pipes always had */
+    if (c->in.in.len - c->in.pos < FRAME_HEADER) return 0;
+    c->over = get_u32(c->in.in.data + c->in.pos);
+    return c->over > c->max_frame;
+}
+
 /* Fills the reader until a frame is complete. Returns 1 (frame ready), 0 (timeout),
-   -2 (far end closed), -1 (error, errno set). */
+   -2 (far end closed), -3 (the next frame is over max_frame), -1 (error, errno set). */
 static int await_frame(connection *c, double timeout, const char **p, size_t *n) {
     double deadline = timeout < 0 ? 0 : now_seconds() + timeout;
     for (;;) {
+        if (frame_over_limit(c)) return -3;
         int got = frame_next(&c->in, p, n);
         if (got != 0) {
             if (got < 0) errno = EPROTO;
@@ -179,7 +215,13 @@ static int await_frame(connection *c, double timeout, const char **p, size_t *n)
     }
 }
 
-/* conn:recv([timeout]) -> value, or nil, "timeout", "timeout" / nil, "closed", "closed". */
+static int connection_close(lua_State *L);
+
+/* conn:recv([timeout]) -> value, or nil, "timeout", "timeout" / nil, "closed", "closed".
+   Limited connections (conn:limits) also: nil, "frame of N bytes over the limit of M",
+   "limit" (and the connection is closed: the stream cannot be resynchronised); in data
+   mode, nil, "recv: wire: ...", "malformed" for bytes data mode refuses (a function), the
+   connection still usable (the frame was whole). In code mode bad bytes raise, as ever. */
 static int connection_recv(lua_State *L) {
     connection *c = check_open(L, 1);
     double timeout = args_timeout(L, 2);
@@ -189,8 +231,17 @@ static int connection_recv(lua_State *L) {
     int rc = await_frame(c, timeout, &p, &n);
     if (rc == 1) {
         char err[256];
-        if (wire_decode(L, p, n, WIRE_CODE, err, sizeof err) != 0) return luaL_error(L, "recv: %s", err);
+        if (wire_decode(L, p, n, c->code, err, sizeof err) != 0) {
+            if (c->code) return luaL_error(L, "recv: %s", err);
+            return args_fail(L, "malformed", "recv: %s", err);
+        }
         return 1;
+    }
+    if (rc == -3) {
+        lua_Integer over = (lua_Integer)c->over, limit = (lua_Integer)c->max_frame;
+        lua_settop(L, 1);
+        connection_close(L);
+        return args_fail(L, "limit", "frame of %I bytes over the limit of %I", over, limit);
     }
     if (rc == -1) return luaL_error(L, "cannot receive: %s", strerror(errno));
     if (rc == 0) return args_fail(L, "timeout", "timeout");
@@ -219,8 +270,10 @@ static int connection_fileno(lua_State *L) {
     return 1;
 }
 
-/* True when a whole frame (or corrupt bytes) is already buffered: recv answers without reading. */
+/* True when a whole frame (or corrupt bytes, or a frame over the limit) is already buffered:
+   recv answers without reading. */
 static int frame_buffered(connection *c) {
+    if (frame_over_limit(c)) return 1;
     const char *p;
     size_t n;
     int got = frame_next(&c->in, &p, &n);
@@ -233,7 +286,8 @@ static int frame_buffered(connection *c) {
 /* forage.wait(connections [, timeout]) -> the list of those whose recv would not block (a
    message, or the far end closed), in their order; an empty list when timeout ran out. As
    Python's multiprocessing.connection.wait: no timeout (nil) waits for ever, 0 does not
-   wait. Closed and send-only connections raise. */
+   wait. The list may hold listeners too (socket.c), ready when accept would not block.
+   Closed and send-only connections raise. */
 static int connections_wait(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     double timeout = args_timeout(L, 2);
@@ -243,7 +297,17 @@ static int connections_wait(lua_State *L) {
     int any_buffered = 0;
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
-        connection *c = type_check_fast(L, -1, CONNECTION_TYPE);
+        connection *c = luaL_testudata(L, -1, CONNECTION_TYPE);
+        if (c == NULL) {
+            int fd = listener_fd(L, -1);
+            if (fd == -1) type_closed_error(L, LISTENER_TYPE);
+            if (fd == -2)
+                return luaL_error(L, "bad argument #1 to 'wait' (item %d is a %s, not a %s or %s)", (int)i,
+                                  luaL_typename(L, -1), CONNECTION_TYPE, LISTENER_TYPE);
+            lua_pop(L, 1);
+            fds[i - 1] = (struct pollfd){.fd = fd, .events = POLLIN, .revents = 0};
+            continue;
+        }
         if (c->fd < 0) type_closed_error(L, CONNECTION_TYPE);
         if (!c->readable) return luaL_error(L, "connection %d is send-only", (int)i);
         lua_pop(L, 1);
@@ -282,6 +346,24 @@ static int connection_close(lua_State *L) {
     return 0;
 }
 
+/* conn:limits{ max_frame = N, code = false } -> conn. max_frame: the payload bytes a frame
+   may have, received (recv returns nil, message, "limit" and closes) or sent (send raises);
+   code = false: values are encoded and decoded in the wire's data mode (no function
+   travels either way). A key left out keeps its current setting (at first: FRAME_MAX, true). */
+static int connection_limits(lua_State *L) {
+    static const char *const names[] = {"max_frame", "code", NULL};
+    connection *c = check_open(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    args_check_options(L, 2, "conn:limits", names);
+    lua_Integer max_frame = args_opt_integer(L, 2, "conn:limits", "max_frame", (lua_Integer)c->max_frame, 1,
+                                             (lua_Integer)FRAME_MAX);
+    int code = args_opt_boolean(L, 2, "conn:limits", "code", c->code);
+    c->max_frame = (size_t)max_frame;
+    c->code = code ? WIRE_CODE : WIRE_DATA;
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int connection_tostring(lua_State *L) {
     connection *c = type_check_fast(L, 1, CONNECTION_TYPE);
     if (c->fd < 0) lua_pushliteral(L, "forage.Connection (closed)");
@@ -292,7 +374,7 @@ static int connection_tostring(lua_State *L) {
 void forage_open_pipe(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"send", connection_send}, {"send_nowait", connection_send_nowait}, {"flush", connection_flush},
-        {"recv", connection_recv}, {"poll", connection_poll},
+        {"recv", connection_recv}, {"poll", connection_poll}, {"limits", connection_limits},
         {"fileno", connection_fileno}, {"close", connection_close}, {NULL, NULL},
     };
     static const luaL_Reg meta[] = {
