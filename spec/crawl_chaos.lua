@@ -99,6 +99,72 @@ function M.no_process_left(dir)
   assert(ok, ("%s: processes left: %s"):format(tostring(err), table.concat(left or {}, " ")))
 end
 
+-- A `forage ARGS` process (a crawl host, or any forage command) in the background, in dir,
+-- in a process group of its own (setsid: its pgid is its pid), so that kill -9 reaches its
+-- workers too; env: { NAME = value } added to its environment; poll: called in every wait
+-- (the gates of the multi-host specs). Its stdout and stderr go to files in dir.
+local Host = {}
+Host.__index = Host
+local hosts_started = 0
+
+function M.host(dir, args, env, poll)
+  hosts_started = hosts_started + 1
+  local n = hosts_started
+  local host = setmetatable({ err = ("%s/stderr-%d.txt"):format(dir, n), out = ("%s/stdout-%d.txt"):format(dir, n),
+    args = args, poll = poll }, Host)
+  local vars = {}
+  for name, value in pairs(env or {}) do vars[#vars + 1] = name .. "=" .. M.quote(tostring(value)) end
+  local cmd = ("cd %s && echo $$ && exec setsid env %s LUA_PATH=%s LUA_CPATH=%s lua5.4 %s/bin/forage %s "
+    .. "</dev/null >%s 2>%s"):format(M.quote(dir), table.concat(vars, " "), M.quote(M.LUA_PATH),
+    M.quote(M.LUA_CPATH), M.quote(M.ROOT), args, M.quote(host.out), M.quote(host.err))
+  host.pipe = assert(io.popen(cmd))
+  host.pid = assert(tonumber(host.pipe:read("l")), "no pid from the shell")
+  return host
+end
+
+function Host:stderr()
+  return helpers.read(self.err) or ""
+end
+
+function Host:stdout()
+  return helpers.read(self.out) or ""
+end
+
+-- kill -9 of the host's whole process group: its parent and its workers.
+function Host:kill_tree()
+  assert(os.execute(("kill -KILL -%d"):format(self.pid)))
+end
+
+-- Sends signal (a name: "INT", "TERM") to the host's parent only.
+function Host:signal(name)
+  os.execute(("kill -%s %d 2>/dev/null"):format(name, self.pid))
+end
+
+-- Reaps the host (ended, or ended now with SIGKILL to its group); its exit code as a shell
+-- tells it (128 + N for signal N), and its stderr.
+function Host:close()
+  if not self.code then
+    if helpers.exists(self.pid) then os.execute(("kill -KILL -%d 2>/dev/null"):format(self.pid)) end
+    local _, how, n = self.pipe:close()
+    self.code = how == "signal" and 128 + n or n
+  end
+  return self.code, self:stderr()
+end
+
+-- Waits for the host to end by itself (M.limit s at most); its exit code and stderr.
+function Host:wait()
+  local ok = pcall(M.wait_until, "the host to end", function()
+    if self.poll then self.poll() end
+    return not helpers.exists(self.pid)
+  end)
+  if not ok then
+    self:close()
+    error(("forage %s (pid %d) still running after %d s; stderr:\n%s"):format(self.args, self.pid, M.limit,
+      self:stderr()), 2)
+  end
+  return self:close()
+end
+
 -- The spider of the multi-host specs (spec/crawl_redis_spec.lua): M.SPIDER's, with its
 -- proxies (CHAOS_PROXIES, space-separated URLs) and a gate (CHAOS_GATE, a URL fetched as
 -- the first start request: see M.gate) from the environment too, so that every host of a

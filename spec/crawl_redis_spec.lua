@@ -18,7 +18,6 @@ local chaos = require "crawl_chaos"
 local LIMIT = 60   -- seconds a wait may last before the spec fails: a hang, not a slow machine
 chaos.limit = LIMIT
 
-local ROOT, LUA_PATH, LUA_CPATH = chaos.ROOT, chaos.LUA_PATH, chaos.LUA_CPATH
 local quote, tmpdir, processes_of = chaos.quote, chaos.tmpdir, chaos.processes_of
 local PREFIX = "chaos"   -- the spider's name: the crawl's key prefix by default
 
@@ -127,11 +126,6 @@ end
 
 -- ---------------------------------------------------------------- hosts
 
--- A `forage crawl` host (or any forage command) running in the background, in a process
--- group of its own (setsid: its pgid is its pid), so that kill -9 reaches its workers too.
-local Host = {}
-Host.__index = Host
-
 local running = {}   -- the hosts of the running test, reaped after it
 local gates = {}     -- the gates of the running test, polled by every wait, closed after it
 
@@ -146,56 +140,12 @@ local function wait_until(what, cond)
   end)
 end
 
--- Starts `forage ARGS` in dir; env: { NAME = value } added to the environment.
+-- Starts `forage ARGS` in dir (crawl_chaos.host: a process group of its own); its waits
+-- poll the gates.
 local function start(dir, args, env)
-  local n = #running + 1
-  local host = setmetatable({ err = ("%s/stderr-%d.txt"):format(dir, n), out = ("%s/stdout-%d.txt"):format(dir, n),
-    args = args }, Host)
-  local vars = {}
-  for name, value in pairs(env or {}) do vars[#vars + 1] = name .. "=" .. quote(tostring(value)) end
-  local cmd = ("cd %s && echo $$ && exec setsid env %s LUA_PATH=%s LUA_CPATH=%s lua5.4 %s/bin/forage %s "
-    .. "</dev/null >%s 2>%s"):format(quote(dir), table.concat(vars, " "), quote(LUA_PATH), quote(LUA_CPATH),
-    quote(ROOT), args, quote(host.out), quote(host.err))
-  host.pipe = assert(io.popen(cmd))
-  host.pid = assert(tonumber(host.pipe:read("l")), "no pid from the shell")
-  running[n] = host
+  local host = chaos.host(dir, args, env, poll_gates)
+  running[#running + 1] = host
   return host
-end
-
-function Host:stderr()
-  return helpers.read(self.err) or ""
-end
-
-function Host:stdout()
-  return helpers.read(self.out) or ""
-end
-
--- kill -9 of the host's whole process group: its parent and its workers.
-function Host:kill_tree()
-  assert(os.execute(("kill -KILL -%d"):format(self.pid)))
-end
-
--- Reaps the host (ended, or ended now with SIGKILL to its group); its exit code as a shell
--- tells it (128 + N for signal N), and its stderr.
-function Host:close()
-  if not self.code then
-    if helpers.exists(self.pid) then os.execute(("kill -KILL -%d 2>/dev/null"):format(self.pid)) end
-    local _, how, n = self.pipe:close()
-    self.code = how == "signal" and 128 + n or n
-  end
-  return self.code, self:stderr()
-end
-
--- Waits for the host to end by itself (LIMIT s at most, polling the gates meanwhile); its
--- exit code and stderr.
-function Host:wait()
-  local ok = pcall(wait_until, "the host to end", function() return not helpers.exists(self.pid) end)
-  if not ok then
-    self:close()
-    error(("forage %s (pid %d) still running after %d s; stderr:\n%s"):format(self.args, self.pid, LIMIT,
-      self:stderr()), 2)
-  end
-  return self:close()
 end
 
 -- Waits for every host to end; each must exit 0.
