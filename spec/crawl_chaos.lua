@@ -130,14 +130,15 @@ function Host:stdout()
   return helpers.read(self.out) or ""
 end
 
--- kill -9 of the host's whole process group: its parent and its workers.
-function Host:kill_tree()
-  assert(os.execute(("kill -KILL -%d"):format(self.pid)))
+-- Sends signal (a name: INT, TERM, KILL) to the host's parent, or to its whole process
+-- group with group (as a terminal's Ctrl-C does).
+function Host:signal(name, group)
+  assert(os.execute(("kill -%s %s%d"):format(name, group and "-" or "", self.pid)))
 end
 
--- Sends signal (a name: "INT", "TERM") to the host's parent only.
-function Host:signal(name)
-  os.execute(("kill -%s %d 2>/dev/null"):format(name, self.pid))
+-- kill -9 of the host's whole process group: its parent and its workers.
+function Host:kill_tree()
+  self:signal("KILL", true)
 end
 
 -- Reaps the host (ended, or ended now with SIGKILL to its group); its exit code as a shell
@@ -151,18 +152,34 @@ function Host:close()
   return self.code, self:stderr()
 end
 
--- Waits for the host to end by itself (M.limit s at most); its exit code and stderr.
-function Host:wait()
-  local ok = pcall(M.wait_until, "the host to end", function()
+-- Waits for the host to end by itself (limit, default M.limit, seconds at most: then it is
+-- killed and the spec fails); its exit code and stderr.
+function Host:wait(limit)
+  local deadline = forage.now() + (limit or M.limit)
+  while helpers.exists(self.pid) do
     if self.poll then self.poll() end
-    return not helpers.exists(self.pid)
-  end)
-  if not ok then
-    self:close()
-    error(("forage %s (pid %d) still running after %d s; stderr:\n%s"):format(self.args, self.pid, M.limit,
-      self:stderr()), 2)
+    if forage.now() > deadline then
+      self:close()
+      error(("forage %s (pid %d) still running after %d s; stderr:\n%s"):format(self.args, self.pid,
+        limit or M.limit, self:stderr()), 2)
+    end
+    forage.sleep(0.005)
   end
   return self:close()
+end
+
+-- Waits until cond() is true while the host runs; fails when it ends first, or after M.limit s.
+function Host:wait_for(what, cond)
+  local deadline = forage.now() + M.limit
+  while not cond() do
+    if not helpers.exists(self.pid) then
+      local code, err = self:close()
+      error(("the crawl ended (exit %s) before %s; stderr:\n%s"):format(tostring(code), what, err), 2)
+    end
+    if forage.now() > deadline then error(("still waiting for %s after %d s"):format(what, M.limit), 2) end
+    if self.poll then self.poll() end
+    forage.sleep(0.005)
+  end
 end
 
 -- The spider of the multi-host specs (spec/crawl_redis_spec.lua): M.SPIDER's, with its

@@ -13,9 +13,8 @@ local helpers = require "helpers"
 local LIMIT = 60   -- seconds a wait may last before the spec fails: a hang, not a slow machine
 
 local chaos = require "crawl_chaos"
-local ROOT, LUA_PATH, LUA_CPATH = chaos.ROOT, chaos.LUA_PATH, chaos.LUA_CPATH
 local quote, tmpdir, SPIDER, count_lines = chaos.quote, chaos.tmpdir, chaos.SPIDER, chaos.count_lines
-local processes_of, children_of, wait_until = chaos.processes_of, chaos.children_of, chaos.wait_until
+local processes_of, children_of = chaos.processes_of, chaos.children_of
 local no_process_left = chaos.no_process_left
 local has_open = chaos.has_open
 chaos.limit = LIMIT
@@ -57,91 +56,32 @@ local function committed_items(dir)
   return code == 0 and tonumber(text:match("pages %d+, items (%d+)")) or 0
 end
 
--- A `forage crawl` running in the background, started by start().
-local Crawl = {}
-Crawl.__index = Crawl
-
 local crawls = {}   -- those of the running test, reaped after it
 
--- Starts `forage ARGS` in dir with the site's URL and pages in its environment; the shell
--- execs forage, so that crawl.pid is forage's own. opts.setsid: in a process group (and
--- session) of its own, as a shell starts a job; its pgid is its pid.
-local function start(dir, site, args, opts)
-  local n = #crawls + 1
-  local crawl = setmetatable({ err = ("%s/stderr-%d.txt"):format(dir, n), out = ("%s/stdout-%d.txt"):format(dir, n),
-    args = args }, Crawl)
-  local cmd = ("cd %s && echo $$ && exec %s env CHAOS_SITE=%s CHAOS_PAGES=%d LUA_PATH=%s LUA_CPATH=%s "
-    .. "lua5.4 %s/bin/forage %s </dev/null >%s 2>%s"):format(quote(dir), opts and opts.setsid and "setsid" or "",
-    quote(site.url), #site:start_urls(), quote(LUA_PATH), quote(LUA_CPATH), quote(ROOT), args, quote(crawl.out),
-    quote(crawl.err))
-  crawl.pipe = assert(io.popen(cmd))
-  crawl.pid = assert(tonumber(crawl.pipe:read("l")), "no pid from the shell")
-  crawls[n] = crawl
+-- Starts `forage ARGS` in dir with the site's URL and pages in its environment, as a
+-- crawl_chaos host (in a process group of its own, as a shell starts a job).
+local function start(dir, site, args)
+  local crawl = chaos.host(dir, args, { CHAOS_SITE = site.url, CHAOS_PAGES = #site:start_urls() })
+  crawls[#crawls + 1] = crawl
   return crawl
-end
-
-function Crawl:stderr()
-  return helpers.read(self.err) or ""
-end
-
--- Sends signal (a name: INT, TERM, KILL) to the crawl's parent, or to its whole process
--- group with group.
-function Crawl:signal(name, group)
-  assert(os.execute(("kill -%s %s%d"):format(name, group and "-" or "", self.pid)))
-end
-
--- Reaps the crawl (it has ended, or is ended now with SIGKILL); returns its exit code, as
--- a shell tells it (128 + N for a signal N), and its stderr.
-function Crawl:close()
-  if not self.code then
-    if helpers.exists(self.pid) then self:signal("KILL") end
-    local _, how, n = self.pipe:close()
-    self.code = how == "signal" and 128 + n or n
-  end
-  return self.code, self:stderr()
-end
-
--- Waits for the crawl to end (LIMIT seconds at most: then it is killed and the spec
--- fails); returns its exit code and stderr.
-function Crawl:wait()
-  local ok = pcall(wait_until, "the crawl to end", function() return not helpers.exists(self.pid) end)
-  if not ok then
-    self:close()
-    error(("forage %s (pid %d) still running after %d s; stderr:\n%s"):format(self.args, self.pid, LIMIT,
-      self:stderr()), 2)
-  end
-  return self:close()
-end
-
--- Waits until cond() is true while the crawl runs; fails when the crawl ends first.
-function Crawl:wait_for(what, cond)
-  local deadline = forage.now() + LIMIT
-  while not cond() do
-    if not helpers.exists(self.pid) then
-      local code, err = self:close()
-      error(("the crawl ended (exit %s) before %s; stderr:\n%s"):format(tostring(code), what, err), 2)
-    end
-    if forage.now() > deadline then error(("still waiting for %s after %d s"):format(what, LIMIT), 2) end
-    forage.sleep(0.005)
-  end
 end
 
 -- Stops the crawl with two SIGINTs, the second once it says it drains (during its grace);
 -- returns its exit code and stderr.
-function Crawl:interrupt_twice()
-  self:signal("INT")
-  self:wait_for("the drain's line", function() return self:stderr():find("requests in flight", 1, true) end)
-  self:signal("INT")
-  return self:wait()
+local function interrupt_twice(crawl)
+  crawl:signal("INT")
+  crawl:wait_for("the drain's line", function() return crawl:stderr():find("requests in flight", 1, true) end)
+  crawl:signal("INT")
+  return crawl:wait()
 end
 
 -- Waits until the crawl has written at least n lines to path, in this run: a resumed run
 -- cuts the file back first, so that lines an earlier run wrote past its last commit count
 -- only once it says it resumes. With state, also until the state in that directory holds
 -- more than `committed` items (a commit of this run).
-function Crawl:wait_for_lines(path, n, resumed, state, committed)
-  self:wait_for(("%d lines in %s%s"):format(n, path, state and " and a commit" or ""), function()
-    return (not resumed or self:stderr():find("resuming from", 1, true)) and count_lines(path) >= n
+local function wait_for_lines(crawl, path, n, resumed, state, committed)
+  crawl:wait_for(("%d lines in %s%s"):format(n, path, state and " and a commit" or ""), function()
+    return (not resumed or crawl:stderr():find("resuming from", 1, true)) and count_lines(path) >= n
       and (not state or committed_items(state) > committed)
   end)
 end
@@ -207,10 +147,10 @@ describe("forage crawl --state, stopped in every way", function()
       local before = round > 1 and committed_items(state)
       local crawl = start(dir, site, args)
       if round == 1 then
-        crawl:wait_for_lines(out, lines)   -- before its first commit, or after: either way
+        wait_for_lines(crawl, out, lines)   -- before its first commit, or after: either way
       else
         -- after a commit of this run: what was committed before is resumed, and more added
-        crawl:wait_for_lines(out, lines, true, state, before)
+        wait_for_lines(crawl, out, lines, true, state, before)
       end
       crawl:signal("KILL")
       local code, err = crawl:wait()
@@ -283,7 +223,7 @@ describe("forage crawl --state, stopped in every way", function()
 
     -- SIGINT to the parent alone
     local crawl = start(dir, site, args)
-    crawl:wait_for_lines(out, 40)
+    wait_for_lines(crawl, out, 40)
     crawl:signal("INT")
     local code, err = crawl:wait()
     stopped(code, err, 130, "SIGINT")
@@ -292,7 +232,7 @@ describe("forage crawl --state, stopped in every way", function()
 
     -- SIGTERM
     crawl = start(dir, site, args)
-    crawl:wait_for_lines(out, 100, true)
+    wait_for_lines(crawl, out, 100, true)
     crawl:signal("TERM")
     code, err = crawl:wait()
     stopped(code, err, 143, "SIGTERM")
@@ -301,15 +241,15 @@ describe("forage crawl --state, stopped in every way", function()
     -- SIGINT, and a second one during the grace (600 s: only the second signal ends this
     -- run before LIMIT), while the holding proxy has a request
     crawl = start(dir, site, base .. HOLDING_ARGS .. "holding.txt")
-    crawl:wait_for_lines(out, 160, true)
+    wait_for_lines(crawl, out, 160, true)
     crawl:wait_for("a request held by the holding proxy", function() return proxies[4]:counters().inflight >= 1 end)
-    code, err = crawl:interrupt_twice()
+    code, err = interrupt_twice(crawl)
     stopped(code, err, 130, "a second SIGINT")
 
     -- Ctrl-C in a terminal: SIGINT to the whole process group; the workers go on until the
     -- parent has drained them (a worker dead of the signal would be logged, and charged)
-    crawl = start(dir, site, args, { setsid = true })
-    crawl:wait_for_lines(out, 220, true)
+    crawl = start(dir, site, args)
+    wait_for_lines(crawl, out, 220, true)
     local stat = helpers.read("/proc/" .. crawl.pid .. "/stat")
     assert.equal(crawl.pid, tonumber(stat:match("^%d+ %b() %a %d+ (%d+)")), "not a process group of its own")
     local workers = children_of(crawl.pid)
@@ -337,7 +277,7 @@ describe("forage crawl --state, stopped in every way", function()
     local args = "crawl spider.lua -o out.jsonl --state " .. quote(state)
     local crawl = start(dir, site, args .. HOLDING_ARGS .. "holding.txt")   -- it cannot end before the kill
     crawl:wait_for("a request held by the holding proxy", function() return holding[4]:counters().inflight >= 1 end)
-    crawl:wait_for_lines(out, 30)
+    wait_for_lines(crawl, out, 30)
     crawl:signal("KILL")
     assert.equal(128 + 9, crawl:wait())
     no_process_left(state)
@@ -466,14 +406,14 @@ describe("forage crawl --state, stopped in every way", function()
       local args = "crawl spider.lua -o out.jsonl --state " .. quote(state)
       -- the first cannot end while the holding proxy has its request
       local first = start(dir, site, args .. HOLDING_ARGS .. "holding.txt")
-      first:wait_for_lines(out, 20)
+      wait_for_lines(first, out, 20)
       first:wait_for("a request held by the holding proxy", function() return proxies[4]:counters().inflight >= 1 end)
       local code, err = start(dir, site, args):wait()
       assert.equal(2, code, err)
       assert.matches("in use by another crawl", err, 1, true)
       assert.matches("%f[%d]" .. first.pid .. "%f[%D]", err)
-      first:wait_for_lines(out, 150)
-      code, err = first:interrupt_twice()
+      wait_for_lines(first, out, 150)
+      code, err = interrupt_twice(first)
       assert.equal(130, code, err)
       code, err = start(dir, site, args):wait()
       assert.equal(0, code, err)
@@ -500,7 +440,7 @@ describe("forage crawl --state, stopped in every way", function()
       crawl:wait_for("a request held by the holding proxy", function()
         return holding[4]:counters().inflight >= 1
       end)
-      crawl:wait_for_lines(out, 30, false, state, 0)   -- the state names out.jsonl
+      wait_for_lines(crawl, out, 30, false, state, 0)   -- the state names out.jsonl
       crawl:signal("KILL")
       assert.equal(128 + 9, crawl:wait())
       no_process_left(state)
@@ -523,7 +463,7 @@ describe("forage crawl --state, stopped in every way", function()
       local args = "crawl spider.lua -o out.jsonl --state " .. quote(state)
       -- it cannot end while the holding proxy has its request
       local crawl = start(dir, site, args .. HOLDING_ARGS .. "holding.txt")
-      crawl:wait_for_lines(out, 50)
+      wait_for_lines(crawl, out, 50)
       crawl:wait_for("a request held by the holding proxy", function() return proxies[4]:counters().inflight >= 1 end)
       local text, err, code
       crawl:wait_for("a commit with items", function()
@@ -544,7 +484,7 @@ describe("forage crawl --state, stopped in every way", function()
       assert.equal("\n", committed:sub(-1))
       assert.equal(items, select(2, committed:gsub("\n", "")))
 
-      code, err = crawl:interrupt_twice()
+      code, err = interrupt_twice(crawl)
       assert.equal(130, code, err)
       text, err, code = status(state)
       assert.equal(0, code, err)

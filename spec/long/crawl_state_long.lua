@@ -46,7 +46,6 @@ local function generator(seed)
 end
 
 local chaos = require "crawl_chaos"
-local ROOT, LUA_PATH, LUA_CPATH = chaos.ROOT, chaos.LUA_PATH, chaos.LUA_CPATH
 local quote, tmpdir, SPIDER, count_lines = chaos.quote, chaos.tmpdir, chaos.SPIDER, chaos.count_lines
 local processes_of, children_of = chaos.processes_of, chaos.children_of
 local no_process_left = chaos.no_process_left
@@ -212,72 +211,14 @@ local function assert_committed(dir, path, items_of, site, what, whole)
 end
 
 -- A `forage crawl` running in the background, started by start().
-local Crawl = {}
-Crawl.__index = Crawl
-
 local crawls = {}   -- those of the running test, reaped after it
 
--- Starts `forage ARGS` in dir with the site's URL and pages in its environment; the shell
--- execs forage, so that crawl.pid is forage's own.
+-- Starts `forage ARGS` in dir with the site's URL and pages in its environment, as a
+-- crawl_chaos host.
 local function start(dir, site, args)
-  local n = #crawls + 1
-  local crawl = setmetatable({ err = ("%s/stderr-%d.txt"):format(dir, n), out = ("%s/stdout-%d.txt"):format(dir, n),
-    args = args }, Crawl)
-  local cmd = ("cd %s && echo $$ && exec env CHAOS_SITE=%s CHAOS_PAGES=%d LUA_PATH=%s LUA_CPATH=%s "
-    .. "lua5.4 %s/bin/forage %s </dev/null >%s 2>%s"):format(quote(dir), quote(site.url), #site:start_urls(),
-    quote(LUA_PATH), quote(LUA_CPATH), quote(ROOT), args, quote(crawl.out), quote(crawl.err))
-  crawl.pipe = assert(io.popen(cmd))
-  crawl.pid = assert(tonumber(crawl.pipe:read("l")), "no pid from the shell")
-  crawls[n] = crawl
+  local crawl = chaos.host(dir, args, { CHAOS_SITE = site.url, CHAOS_PAGES = #site:start_urls() })
+  crawls[#crawls + 1] = crawl
   return crawl
-end
-
-function Crawl:stderr()
-  return helpers.read(self.err) or ""
-end
-
--- Sends signal (a name: INT, TERM, KILL) to the crawl's parent.
-function Crawl:signal(name)
-  assert(os.execute(("kill -%s %d"):format(name, self.pid)))
-end
-
--- Reaps the crawl (it has ended, or is ended now with SIGKILL); returns its exit code, as
--- a shell tells it (128 + N for a signal N), and its stderr.
-function Crawl:close()
-  if not self.code then
-    if helpers.exists(self.pid) then self:signal("KILL") end
-    local _, how, n = self.pipe:close()
-    self.code = how == "signal" and 128 + n or n
-  end
-  return self.code, self:stderr()
-end
-
--- Waits for the crawl to end (limit, default LIMIT, seconds at most: then it is killed and
--- the spec fails); returns its exit code and stderr.
-function Crawl:wait(limit)
-  local deadline = forage.now() + (limit or LIMIT)
-  while helpers.exists(self.pid) do
-    if forage.now() > deadline then
-      self:close()
-      error(("forage %s (pid %d) still running after %d s; stderr:\n%s"):format(self.args, self.pid, limit or LIMIT,
-        self:stderr()), 2)
-    end
-    forage.sleep(0.005)
-  end
-  return self:close()
-end
-
--- Waits until cond() is true while the crawl runs; fails when the crawl ends first.
-function Crawl:wait_for(what, cond)
-  local deadline = forage.now() + LIMIT
-  while not cond() do
-    if not helpers.exists(self.pid) then
-      local code, err = self:close()
-      error(("the crawl ended (exit %s) before %s; stderr:\n%s"):format(tostring(code), what, err), 2)
-    end
-    if forage.now() > deadline then error(("still waiting for %s after %d s"):format(what, LIMIT), 2) end
-    forage.sleep(0.005)
-  end
 end
 
 local function write_proxies(path, urls)
