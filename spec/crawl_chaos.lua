@@ -79,6 +79,17 @@ function M.has_open(pid, path)
   return found
 end
 
+-- `forage status --state dir`: stdout, stderr, exit code.
+function M.status(dir)
+  return helpers.forage_cli("status --state " .. M.quote(dir))
+end
+
+-- The items the state in dir has committed (0 before its first commit, or with no state).
+function M.committed_items(dir)
+  local text, _, code = M.status(dir)
+  return code == 0 and tonumber(text:match("pages %d+, items (%d+)")) or 0
+end
+
 -- Waits until cond() is true; fails naming `what` after M.limit seconds.
 function M.wait_until(what, cond)
   local deadline = forage.now() + M.limit

@@ -45,16 +45,7 @@ local function assert_answer(path, site)
   assert.equal(0, #missing, ("%d movies missing, the first %s"):format(#missing, tostring(missing[1])))
 end
 
--- `forage status --state dir`: stdout, stderr, exit code.
-local function status(dir)
-  return helpers.forage_cli("status --state " .. quote(dir))
-end
-
--- The items the state in dir has committed (0 before its first commit).
-local function committed_items(dir)
-  local text, _, code = status(dir)
-  return code == 0 and tonumber(text:match("pages %d+, items (%d+)")) or 0
-end
+local status, committed_items = chaos.status, chaos.committed_items
 
 local crawls = {}   -- those of the running test, reaped after it
 

@@ -174,16 +174,7 @@ local function assert_answer(path, site, items_of)
   assert_items(items_of(text), site, true)
 end
 
--- `forage status --state dir`: stdout, stderr, exit code.
-local function status(dir)
-  return helpers.forage_cli("status --state " .. quote(dir))
-end
-
--- The items the state in dir has committed (0 before its first commit, or with no state).
-local function committed_items(dir)
-  local text, _, code = status(dir)
-  return code == 0 and tonumber(text:match("pages %d+, items (%d+)")) or 0
-end
+local status, committed_items = chaos.status, chaos.committed_items
 
 -- Checks what the state in dir says is committed of the items file at path (parsed by
 -- items_of) while no crawl runs: the file holds at least its committed length, and those

@@ -153,7 +153,7 @@ function M.run(spider, overrides)
     local redis_mod = require "forage.crawl.redis"
     local err, why
     shared, err, why = redis_mod.open(s.redis, { prefix = s.redis_prefix or s.name, name = s.name,
-      hash = spider_mod.hash(spider), proxies = s.proxies and #s.proxies or 0, lease = s.redis_lease, log = log,
+      hash = spider_mod.hash(spider), proxies = s.proxies and #s.proxies or 0, lease = s.redis_lease,
       request_timeout = s.timeout + 1,
       outputs = { items = run.output, failed = run.failed or output.failed_path(run.output) } })
     if not shared then

@@ -218,10 +218,6 @@ local function canonical(path)
   return (os.getenv("PWD") or ".") .. "/" .. path
 end
 
--- redis.open(url, opts) -> a crawl's coordinator, joined; or nil, message, why (why:
--- "finished" when the crawl was over before this host joined, with a message to print).
--- opts: prefix (the crawl's key prefix), name, hash (the spider's), proxies (count),
--- outputs ({ items = path, failed = path }), lease (seconds), log.
 -- A connection to url, dialled: conn, or nil and a message naming the URL (password masked).
 local function connect(url)
   local where, err = M.parse_url(url)
@@ -242,12 +238,16 @@ local function connect(url)
   return conn, shown
 end
 
+-- redis.open(url, opts) -> a crawl's coordinator, joined; or nil, message, why (why:
+-- "finished" when the crawl was over before this host joined, with a message to print).
+-- opts: prefix (the crawl's key prefix), name, hash (the spider's), proxies (count),
+-- outputs ({ items = path, failed = path }), lease (seconds), request_timeout (seconds).
 function M.open(url, opts)
   local conn, shown = connect(url)
   if not conn then return nil, "forage.crawl: " .. shown end
   local message, kind
   local self = setmetatable({
-    conn = conn, shown = shown, key = "forage:{" .. opts.prefix .. "}", prefix = opts.prefix, log = opts.log,
+    conn = conn, shown = shown, key = "forage:{" .. opts.prefix .. "}",
     lease_ms = math.floor((opts.lease or M.LEASE) * 1000), host = hostname(), pid = require("forage").getpid(),
     pushes = {}, acks = {}, seens = {}, pop_seq = 0, commit_seq = 0, last_stats = {},
     remote_queued = 0, remote_held = 0, finished = false, committed = {}, proxies_mine = {},
