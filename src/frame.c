@@ -92,6 +92,17 @@ int frame_next(frame_reader *r, const char **p, size_t *n) {
     return 1;
 }
 
+int frame_next_limited(frame_reader *r, size_t max, const char **p, size_t *n, size_t *over) {
+    if (max < FRAME_MAX && r->in.len - r->pos >= FRAME_HEADER) {
+        size_t len = get_u32(r->in.data + r->pos);
+        if (len > max) {
+            *over = len;
+            return -3;
+        }
+    }
+    return frame_next(r, p, n);
+}
+
 void frame_reader_free(frame_reader *r) {
     buf_free(&r->in);
     r->pos = 0;

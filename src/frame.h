@@ -37,6 +37,11 @@ long frame_fill(frame_reader *r, int fd);
 /* Returns 1 and points *p and *n at the next complete frame's payload (consumed), 0 when none is
    complete yet, -1 when the stream is corrupt (a length over FRAME_MAX). */
 int frame_next(frame_reader *r, const char **p, size_t *n);
+/* frame_next for a peer held to max payload bytes a frame: also returns -3, with the announced
+   length in *over, as soon as the next frame's header says more than max. The check comes before
+   the payload is read, so a peer cannot make this process buffer what it will refuse.
+   max >= FRAME_MAX leaves frame_next's own check alone (-1 over FRAME_MAX, as pipes always had). */
+int frame_next_limited(frame_reader *r, size_t max, const char **p, size_t *n, size_t *over);
 void frame_reader_free(frame_reader *r);
 
 static inline void put_u32(char *p, uint32_t v) {

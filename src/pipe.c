@@ -183,23 +183,13 @@ static int connection_flush(lua_State *L) {
     return 1;
 }
 
-/* True when the next frame's header (buffered) announces more than c->max_frame bytes;
-   its length goes in c->over. Checked before the payload is read: a peer cannot make this
-   process buffer what it will refuse. */
-static int frame_over_limit(connection *c) {
-    if (c->max_frame >= FRAME_MAX) return 0;   /* frame_next's own check, as pipes always had */
-    if (c->in.in.len - c->in.pos < FRAME_HEADER) return 0;
-    c->over = get_u32(c->in.in.data + c->in.pos);
-    return c->over > c->max_frame;
-}
-
 /* Fills the reader until a frame is complete. Returns 1 (frame ready), 0 (timeout),
    -2 (far end closed), -3 (the next frame is over max_frame), -1 (error, errno set). */
 static int await_frame(connection *c, double timeout, const char **p, size_t *n) {
     double deadline = timeout < 0 ? 0 : now_seconds() + timeout;
     for (;;) {
-        if (frame_over_limit(c)) return -3;
-        int got = frame_next(&c->in, p, n);
+        int got = frame_next_limited(&c->in, c->max_frame, p, n, &c->over);
+        if (got == -3) return -3;
         if (got != 0) {
             if (got < 0) errno = EPROTO;
             return got;
@@ -273,10 +263,9 @@ static int connection_fileno(lua_State *L) {
 /* True when a whole frame (or corrupt bytes, or a frame over the limit) is already buffered:
    recv answers without reading. */
 static int frame_buffered(connection *c) {
-    if (frame_over_limit(c)) return 1;
     const char *p;
     size_t n;
-    int got = frame_next(&c->in, &p, &n);
+    int got = frame_next_limited(&c->in, c->max_frame, &p, &n, &c->over);
     if (got == 1) c->in.pos -= FRAME_HEADER + n;   /* peek only */
     return got != 0;   /* a corrupt stream too: recv says so */
 }
