@@ -56,6 +56,10 @@ function forage.crawl(spider, opts)
   return require("forage.crawl").run(spider, opts)
 end
 
+-- forage.manager([opts]): objects served by a process (Python's Manager, BaseManager);
+-- forage.manager.connect{ address, authkey } from elsewhere. Pure Lua over forage.core.
+forage.manager = require "forage.manager"
+
 forage.cpu_count = core.cpu_count
 forage.getpid = core.getpid
 forage.getppid = core.getppid

@@ -1,0 +1,653 @@
+-- forage.manager: objects served by a process (Python's Manager and BaseManager), with the
+-- blog's examples (../shared/seed/) rewritten. Real server processes, real sockets on
+-- unix paths and 127.0.0.1; every wait is on an event, never on a guess of time.
+local forage = require "forage"
+local core = require "forage.core"
+local protocol = require "forage.manager.protocol"
+local helpers = require "helpers"
+
+local function start_reaped(fn, ...)
+  return helpers.reaped(finally, forage.process(fn, ...):start())
+end
+
+-- A manager shut down when the test ends, passed or failed.
+local function manager(opts)
+  local m = forage.manager(opts)
+  helpers.on_exit(finally, function() m:shutdown() end)
+  return m
+end
+
+-- Runs fn(...) in a child; returns what it returned (its results must travel) or raises
+-- what it raised.
+local function in_child(fn, ...)
+  local rd, wr = forage.pipe(false)
+  local p = start_reaped(function(...)
+    wr:send(table.pack(pcall(fn, ...)))
+  end, ...)
+  local r = rd:recv(30)
+  assert.are.equal(0, helpers.join_or_fail(p, 10))
+  assert(r, "the child sent nothing")
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
+-- Waits until pred(m:stats()) is true: the server tells when a client is parked or gone.
+local function until_stats(m, pred)
+  for _ = 1, 5000 do
+    local s = m:stats()
+    if pred(s) then return s end
+    forage.sleep(0.002)
+  end
+  error("the server never reached the state waited for")
+end
+
+-- A connection to m's server that passed the handshake, for speaking the protocol by hand.
+local function raw_client(m)
+  local proxy = require "forage.manager.proxy"
+  return assert(proxy.open(m.where))
+end
+
+describe("forage.manager", function()
+  describe("the blog's Manager example", function()
+    it("a child writes a dict and reverses a list; the parent sees both", function()
+      local m = manager()
+      local d = m:dict()
+      local l = m:list { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 }
+      local p = start_reaped(function()
+        d[1] = "1"
+        d["2"] = 2
+        d[0.25] = false   -- Python's None; nil would delete
+        l:reverse()
+      end)
+      assert.are.equal(0, helpers.join_or_fail(p, 10))
+      assert.are.same({ [1] = "1", ["2"] = 2, [0.25] = false }, d:copy())
+      assert.are.same({ 9, 8, 7, 6, 5, 4, 3, 2, 1, 0 }, l:copy())
+      assert.are.equal(3, #d)
+      assert.are.equal(10, #l)
+    end)
+
+    it("starts a server process at once, on a unix socket, and <close> stops it", function()
+      local pid, path
+      do
+        local m <close> = forage.manager()
+        pid, path = m.process.pid, m.address
+        assert.truthy(helpers.exists(pid))
+        assert.are.equal("/", path:sub(1, 1))
+        assert.truthy(m:dict())
+      end
+      assert.falsy(helpers.exists(pid))
+      assert.falsy(io.open(path))
+    end)
+  end)
+
+  describe("dict", function()
+    it("takes any key a Lua table takes and keeps integer and float values apart", function()
+      local m = manager()
+      local d = m:dict { a = 1 }
+      local keys = { "a", "", "bin\0ary", ("x"):rep(1000), 0, -7, math.maxinteger, 2.5, -0.5, true, false }
+      for i, k in ipairs(keys) do d[k] = i end
+      for i, k in ipairs(keys) do assert.are.equal(i, d[k]) end
+      d[3] = 3.0
+      assert.are.equal("float", math.type(d[3]))
+      d[4.0] = "four"   -- a float with an integer value is the integer key, as in a Lua table
+      assert.are.equal("four", d[4])
+      assert.are.equal(#keys + 2, #d)
+    end)
+
+    it("has the methods of a Python dict", function()
+      local m = manager()
+      local d = m:dict()
+      d:update { x = 1, y = 2, z = 3 }
+      assert.are.equal(1, d:get("x"))
+      assert.are.equal("default", d:get("nope", "default"))
+      assert.is_true(d:has("y"))
+      assert.is_false(d:has("nope"))
+      assert.are.equal(2, d:pop("y"))
+      assert.are.equal(0, d:pop("y", 0))
+      assert.are.equal(1, d:setdefault("x", 100))
+      assert.are.equal(100, d:setdefault("w", 100))
+      local keys = d:keys()
+      table.sort(keys)
+      assert.are.same({ "w", "x", "z" }, keys)
+      local values = d:values()
+      table.sort(values)
+      assert.are.same({ 1, 3, 100 }, values)
+      local items = d:items()
+      table.sort(items, function(a, b) return a[1] < b[1] end)
+      assert.are.same({ { "w", 100 }, { "x", 1 }, { "z", 3 } }, items)
+      local seen = {}
+      for k, v in pairs(d) do seen[k] = v end
+      assert.are.same({ w = 100, x = 1, z = 3 }, seen)
+      d.x = nil
+      assert.are.equal(2, #d)
+      d:clear()
+      assert.are.equal(0, #d)
+      assert.are.same({}, d:copy())
+    end)
+
+    it("refuses a nil or NaN key with a clear error, and serves on", function()
+      local m = manager()
+      local d = m:dict()
+      local ok, err = pcall(function() return d[nil] end)
+      assert.is_false(ok)
+      assert.are.equal("dict.get: key is nil", err)
+      ok, err = pcall(function() d[0 / 0] = 1 end)
+      assert.is_false(ok)
+      assert.matches("NaN", err)
+      d.ok = true
+      assert.is_true(d.ok)
+    end)
+  end)
+
+  describe("list", function()
+    it("indexes from 1 and has append, extend, insert, remove, pop, reverse, sort, slicing", function()
+      local m = manager()
+      local l = m:list()
+      l:append(3)
+      l:extend { 1, 2 }
+      l:insert(1, 10)
+      l:insert(5)
+      assert.are.same({ 10, 3, 1, 2, 5 }, l:copy())
+      assert.are.equal(10, l[1])
+      assert.are.equal(5, l[-1])
+      assert.is_nil(l[6])
+      assert.are.equal(5, #l)
+      l[2] = 30
+      l[6] = 6   -- one past the end appends
+      assert.are.equal(30, l:get(2))
+      assert.is_true(l:remove(30))
+      assert.is_false(l:remove(999))
+      assert.are.equal(6, l:pop())
+      assert.are.equal(10, l:pop(1))
+      assert.are.same({ 1, 2, 5 }, l:copy())
+      l:extend { 4, 3 }
+      l:sort()
+      assert.are.same({ 1, 2, 3, 4, 5 }, l:copy())
+      l:sort { reverse = true }
+      assert.are.same({ 5, 4, 3, 2, 1 }, l:copy())
+      l:reverse()
+      assert.are.same({ 2, 3, 4 }, l:slice(2, 4))
+      assert.are.same({ 4, 5 }, l:slice(-2))
+      assert.are.same({}, l:slice(4, 2))
+      assert.are.equal(3, l:index(3))
+      assert.is_nil(l:index(99))
+      l:append(3)
+      assert.are.equal(2, l:count(3))
+      local seen = {}
+      for i, v in ipairs(l) do seen[i] = v end
+      assert.are.same({ 1, 2, 3, 4, 5, 3 }, seen)
+      l:clear()
+      assert.are.equal(0, #l)
+      assert.is_nil(l:pop())
+    end)
+
+    it("says what is wrong with an index or a value", function()
+      local m = manager()
+      local l = m:list { 1, 2 }
+      local ok, err = pcall(function() l[5] = 1 end)
+      assert.is_false(ok)
+      assert.are.equal("list.set: index 5 out of range (the list has 2 items)", err)
+      ok, err = pcall(function() l:append(nil) end)
+      assert.is_false(ok)
+      assert.are.equal("list.append: a list cannot hold nil", err)
+      ok, err = pcall(function() l.x = 1 end)
+      assert.is_false(ok)
+      assert.matches("index must be an integer, got 'x'", err, 1, true)
+      l:append("a")
+      ok, err = pcall(function() l:sort() end)
+      assert.is_false(ok)
+      assert.matches("^list.sort: attempt to compare", err)
+      assert.are.same({ 1, 2, "a" }, l:copy())
+    end)
+  end)
+
+  describe("namespace, value, queue, lock, event", function()
+    it("a namespace's attributes are set in one process and read in another", function()
+      local m = manager()
+      local ns = m:namespace { x = 1 }
+      in_child(function() ns.y = "two" end)
+      assert.are.equal(1, ns.x)
+      assert.are.equal("two", ns.y)
+      local seen = {}
+      for k, v in pairs(ns) do seen[k] = v end
+      assert.are.same({ x = 1, y = "two" }, seen)
+    end)
+
+    it("a value is read and written as v.value or get/set", function()
+      local m = manager()
+      local v = m:value(0.5)
+      in_child(function() v.value = v.value * 4 end)
+      assert.are.equal(2.0, v:get())
+      v:set({ a = 1 })
+      assert.are.same({ a = 1 }, v.value)
+    end)
+
+    it("a queue's get waits in the server for another process's put", function()
+      local m = manager()
+      local q = m:queue()
+      local rd, wr = forage.pipe(false)
+      local p = start_reaped(function() wr:send(q:get()) end)
+      until_stats(m, function(s) return s.waiting == 1 end)   -- the child is parked in get
+      assert.is_true(q:put({ n = 1 }))
+      assert.are.same({ n = 1 }, rd:recv(10))
+      assert.are.equal(0, helpers.join_or_fail(p, 10))
+      local v, err, kind = q:get(0)
+      assert.is_nil(v)
+      assert.are.equal("timeout", kind)
+      assert.are.equal("timeout", err)
+      v, err, kind = q:get_nowait()
+      assert.is_nil(v)
+      assert.are.equal("empty", kind)
+      assert.are.equal("empty", err)
+    end)
+
+    it("a bounded queue's put waits while it is full", function()
+      local m = manager()
+      local q = m:queue(1)
+      assert.is_true(q:put("a"))
+      assert.is_true(q:full())
+      local _, _, kind = q:put_nowait("b")
+      assert.are.equal("full", kind)
+      _, _, kind = q:put("b", 0)
+      assert.are.equal("timeout", kind)
+      local p = start_reaped(function() assert(q:put("b")) end)
+      until_stats(m, function(s) return s.waiting == 1 end)
+      assert.are.equal("a", q:get())
+      assert.are.equal(0, helpers.join_or_fail(p, 10))
+      assert.are.equal("b", q:get(0))
+      assert.are.equal(0, q:qsize())
+      assert.is_true(q:empty())
+    end)
+
+    it("a lock is held by one process at a time", function()
+      local m = manager()
+      local lock = m:lock()
+      assert.is_true(lock:acquire())
+      assert.is_true(lock:locked())
+      assert.is_false(in_child(function() return lock:acquire(0) end))
+      local rd, wr = forage.pipe(false)
+      local p = start_reaped(function() wr:send(lock:acquire()) end)
+      until_stats(m, function(s) return s.waiting == 1 end)
+      lock:release()
+      assert.is_true(rd:recv(10))
+      assert.are.equal(0, helpers.join_or_fail(p, 10))
+      -- the child is gone: the lock it held was released with its connection
+      assert.is_true(lock:acquire(10))
+      lock:release()
+      assert.are.same({ 7 }, { lock:with(function(x) return x end, 7) })
+      assert.is_false(lock:locked())
+      local ok, err = pcall(function() lock:release() end)
+      assert.is_false(ok)
+      assert.are.equal("lock.release: release unlocked lock", err)
+    end)
+
+    it("an event wakes every waiter", function()
+      local m = manager()
+      local ev = m:event()
+      assert.is_false(ev:wait(0))
+      local rd, wr = forage.pipe(false)
+      local a = start_reaped(function() wr:send(ev:wait()) end)
+      local b = start_reaped(function() wr:send(ev:wait(60)) end)
+      until_stats(m, function(s) return s.waiting == 2 end)
+      ev:set()
+      assert.is_true(rd:recv(10))
+      assert.is_true(rd:recv(10))
+      assert.are.equal(0, helpers.join_or_fail(a, 10))
+      assert.are.equal(0, helpers.join_or_fail(b, 10))
+      assert.is_true(ev:is_set())
+      ev:clear()
+      assert.is_false(ev:is_set())
+    end)
+  end)
+
+  describe("proxies travel", function()
+    it("to pool tasks as arguments and as upvalues, and arrive as proxies", function()
+      local m = manager()
+      local d = m:dict()
+      local l = m:list()
+      local pool <close> = forage.pool(2)
+      local results = pool:starmap(function(i, dd)
+        dd[i] = i * i        -- __newindex of the proxy that arrived
+        l:append(i)          -- an upvalue
+        return getmetatable(dd) == require("forage.manager.proxy").Dict
+      end, { { 1, d }, { 2, d }, { 3, d } })
+      assert.are.same({ true, true, true }, results)
+      assert.are.same({ 1, 4, 9 }, d:copy())
+      local items = l:copy()
+      table.sort(items)
+      assert.are.same({ 1, 2, 3 }, items)
+    end)
+
+    it("a proxy is not a copy: two proxies of one object are equal", function()
+      local m = manager()
+      local l = m:list()
+      local outer = m:list { l }
+      assert.are.equal(l, outer[1])
+      assert.are_not.equal(l, m:list())
+      assert.matches("^forage.manager.List #%d+ %(/", tostring(l))
+    end)
+  end)
+
+  describe("nested proxies and copies", function()
+    it("a managed list inside a managed list (the blog's example)", function()
+      local m = manager()
+      local a, b = m:list(), m:list()
+      a:append(b)
+      assert.are.same({}, b:copy())
+      b:append("hello")
+      assert.are.equal("hello", a[1][1])
+      assert.are.equal("hello", b[1])
+      -- and from another process
+      in_child(function() a[1]:append("from a child") end)
+      assert.are.same({ "hello", "from a child" }, b:copy())
+    end)
+
+    it("changing a table fetched from a managed list does not write back; setting it does", function()
+      local m = manager()
+      local l = m:list { { count = 0 } }
+      local t = l[1]
+      t.count = 1
+      assert.are.equal(0, l[1].count)   -- t is a copy
+      l[1] = t
+      assert.are.equal(1, l[1].count)
+    end)
+
+    it("a proxy inside a plain table inside a dict stays a proxy", function()
+      local m = manager()
+      local inner = m:dict { x = 1 }
+      local d = m:dict()
+      d.box = { label = "in", obj = inner }
+      local box = d.box
+      assert.are.equal("in", box.label)
+      box.obj.x = 2
+      assert.are.equal(2, inner.x)
+    end)
+
+    it("refuses a proxy of another manager", function()
+      local m1, m2 = manager(), manager()
+      local ok, err = pcall(function() m1:list():append(m2:list()) end)
+      assert.is_false(ok)
+      assert.matches("a proxy of another manager cannot be stored here", err, 1, true)
+    end)
+  end)
+
+  describe("custom types", function()
+    local Maths = {}
+    Maths.__index = Maths
+    function Maths.new() return setmetatable({ calls = 0 }, Maths) end
+    function Maths:add(x, y) self.calls = self.calls + 1 return x + y end
+    function Maths:mul(x, y) self.calls = self.calls + 1 return x * y end
+    function Maths.fail(_, why) error("maths failed: " .. why) end
+    function Maths._secret() return "secret" end
+    function Maths:count() return self.calls end
+    function Maths.leak() return print end
+
+    it("the blog's Maths class: methods run on the server's instance", function()
+      local m = manager { types = { Maths = Maths.new } }
+      local maths = m:Maths()
+      assert.are.equal(7, maths:add(4, 3))
+      assert.are.equal(56, maths:mul(7, 8))
+      assert.are.equal(2, maths:count())
+      assert.are.equal(3, in_child(function() maths:add(1, 1) return maths:count() end))
+    end)
+
+    it("an error in a method re-raises with its message and the server's traceback", function()
+      local m = manager { types = { Maths = Maths.new } }
+      local maths = m:Maths()
+      local ok, err = pcall(maths.fail, maths, "on purpose")
+      assert.is_false(ok)
+      assert.matches("manager_spec.lua:%d+: maths failed: on purpose", err)
+      assert.matches("[manager server] stack traceback:", err, 1, true)
+      assert.matches("in function <spec/manager_spec.lua:%d+>", err)
+      assert.falsy(err:find("forage/manager", 1, true))   -- the server's own frames are left out
+      assert.are.equal(7, maths:add(3, 4))   -- and it serves on
+    end)
+
+    it("nobody calls a method starting with '_', one not exposed, or one that does not exist", function()
+      local m = manager { types = { Maths = Maths.new, Narrow = { new = Maths.new, exposed = { "add" } } } }
+      local maths, narrow = m:Maths(), m:Narrow()
+      assert.is_nil(maths._secret)   -- the proxy has no '_' methods at all
+      local call = require("forage.manager.proxy").call
+      local ok, err = pcall(call, maths, "_secret")
+      assert.is_false(ok)
+      assert.are.equal("bad request: method names starting with '_' cannot be called", err)
+      ok, err = pcall(narrow.mul, narrow, 2, 3)
+      assert.is_false(ok)
+      assert.are.equal("Narrow does not expose 'mul'", err)
+      assert.are.equal(5, narrow:add(2, 3))
+      ok, err = pcall(maths.nope, maths)
+      assert.is_false(ok)
+      assert.are.equal("Maths has no method 'nope'", err)
+      ok, err = pcall(maths.leak, maths)
+      assert.is_false(ok)
+      assert.matches("^the result cannot travel: value%[3%]: cannot send function in data mode", err)
+      ok, err = pcall(maths.add, maths, print, 1)
+      assert.is_false(ok)
+      assert.matches("^Maths.add: .*cannot send function in data mode", err)
+    end)
+
+    it("says which constructor or option is wrong", function()
+      local ok, err = pcall(forage.manager, { types = { Maths = 42 } })
+      assert.is_false(ok)
+      assert.matches("option 'types.Maths' must be a constructor function", err, 1, true)
+      ok, err = pcall(forage.manager, { types = { dict = Maths.new } })
+      assert.is_false(ok)
+      assert.matches("'dict' is a name forage.manager already has", err, 1, true)
+      ok, err = pcall(forage.manager, { typez = {} })
+      assert.is_false(ok)
+      assert.matches("forage.manager: unknown option 'typez'", err, 1, true)
+      ok, err = pcall(forage.manager, { address = "127.0.0.1:0" })
+      assert.is_false(ok)
+      assert.matches("option 'authkey' is required with a TCP address", err, 1, true)
+      local m = manager { types = { Number = function() return 42 end } }
+      ok, err = pcall(function() return m:Number() end)
+      assert.is_false(ok)
+      assert.are.equal("Number: the constructor returned a number, not an object", err)
+    end)
+  end)
+
+  describe("remote managers", function()
+    local AUTH = "abracadabra"
+
+    it("the blog's remote queue: one client puts, another gets", function()
+      local queue = forage.manager.Queue()   -- a server-side queue: the server's copy is served
+      local server = manager { address = "127.0.0.1:0", authkey = AUTH,
+        types = { get_queue = function() return queue end } }
+      server:start()
+      local address = server.address
+      assert.matches("^127%.0%.0%.1:%d+$", address)
+      in_child(function()
+        local m = assert(forage.manager.connect { address = address, authkey = AUTH, types = { "get_queue" } })
+        m:get_queue():put("hello")
+      end)
+      local got = in_child(function()
+        local m = assert(forage.manager.connect { address = address, authkey = AUTH, types = { "get_queue" } })
+        return m:get_queue():get(10)
+      end)
+      assert.are.equal("hello", got)
+    end)
+
+    it("a server that is also a client: a worker of its own puts, a remote client gets", function()
+      local queue = forage.manager.Queue()
+      local server = manager { address = "127.0.0.1:0", authkey = AUTH,
+        types = { get_queue = function() return queue end } }
+      server:start()
+      local q = server:get_queue()            -- this process is a client of its own server
+      assert.are.equal(q, server:get_queue())  -- one queue, however often it is asked for
+      local w = start_reaped(function() q:put("local hello") end)
+      assert.are.equal(0, helpers.join_or_fail(w, 10))
+      local address = server.address
+      assert.are.equal("local hello", in_child(function()
+        local c = assert(forage.manager.connect { address = address, authkey = AUTH, types = { "get_queue" } })
+        return c:get_queue():get(10)
+      end))
+    end)
+
+    it("serve() serves in the process that calls it, at the address listen() bound", function()
+      local rd, wr = forage.pipe(false)
+      local p = start_reaped(function()
+        local m = forage.manager { address = "127.0.0.1:0", authkey = AUTH,
+          types = { Echo = function() return { echo = function(_, x) return x end } end } }
+        wr:send(m:listen())
+        m:serve()
+      end)
+      local address = rd:recv(10)
+      local c = assert(forage.manager.connect { address = address, authkey = AUTH, types = { "Echo" } })
+      assert.are.same({ 1, { 2 } }, c:Echo():echo { 1, { 2 } })
+      local d = c:dict()
+      d.x = 1
+      assert.are.equal(1, d.x)
+      c:close()
+      p:kill()
+      helpers.join_or_kill(p, 5)
+    end)
+
+    it("a wrong authkey is refused with a clear error and counted by the server", function()
+      local m = manager { address = "127.0.0.1:0", authkey = AUTH }
+      m:start()
+      local c, err, kind = forage.manager.connect { address = m.address, authkey = "wrong" }
+      assert.is_nil(c)
+      assert.are.equal("auth", kind)
+      assert.are.equal("manager at " .. m.address .. ": refused: authentication failed: wrong authkey", err)
+      assert.falsy(err:find("wrong\"", 1, true))
+      assert.are.equal(1, m:stats().auth_failures)
+      assert.truthy(forage.manager.connect { address = m.address, authkey = AUTH })
+    end)
+
+    it("a client that cannot reach the server gets nil, message, kind", function()
+      local dir = helpers.make_dir("manager")
+      helpers.on_exit(finally, function() os.execute("rm -rf '" .. dir .. "'") end)
+      local c, err, kind = forage.manager.connect { address = dir .. "/none.sock", authkey = AUTH }
+      assert.is_nil(c)
+      assert.are.equal("connect", kind)
+      assert.matches("^manager at .*/none.sock is not reachable: connect ", err)
+    end)
+  end)
+
+  describe("when a process dies", function()
+    it("a dead server gives every proxy call a clear error, not a hang", function()
+      local m = manager()
+      local d = m:dict()
+      local q = m:queue()
+      d.x = 1
+      local rd, wr = forage.pipe(false)
+      local p = start_reaped(function()
+        local ok, err = pcall(q.get, q)   -- parked in the server when it dies
+        wr:send({ ok, err })
+      end)
+      until_stats(m, function(s) return s.waiting == 1 end)
+      m.process:kill()
+      m.process:join(10)
+      local r = rd:recv(10)
+      assert.is_false(r[1])
+      assert.matches("^manager closed: .* %(Queue.get%)$", r[2])
+      assert.are.equal(0, helpers.join_or_fail(p, 10))
+      local ok, err = pcall(function() return d.x end)
+      assert.is_false(ok)
+      assert.matches("^manager closed", err)
+      ok, err = pcall(function() return d.x end)   -- and again: the connection cannot be made
+      assert.is_false(ok)
+      assert.matches("is not reachable", err, 1, true)
+    end)
+
+    it("a client killed mid-call leaves the server serving the others, and nothing is lost", function()
+      local m = manager()
+      local q = m:queue()
+      local lock = m:lock()
+      local p = start_reaped(function()
+        assert(lock:acquire())
+        q:get()   -- parks for ever
+      end)
+      until_stats(m, function(s) return s.waiting == 1 end)
+      assert.is_false(lock:acquire(0))
+      p:kill()
+      p:join(10)
+      until_stats(m, function(s) return s.clients == 1 end)   -- only this process is left
+      q:put("kept")
+      assert.are.equal("kept", q:get_nowait())   -- the dead client's get took nothing
+      assert.is_true(lock:acquire(0))           -- its lock was released
+    end)
+
+    it("a call that gets no reply in time raises, and the next call works", function()
+      local rd, wr = forage.pipe(false)
+      local m = manager { timeout = 0.2, types = { Gate = function()
+        return { wait = function() return rd:recv() end, ping = function() return "pong" end }
+      end } }
+      local gate = m:Gate()
+      local ok, err = pcall(gate.wait, gate)   -- the server waits on the pipe: no reply comes
+      assert.is_false(ok)
+      assert.matches("^manager call Gate.wait timed out after 0.2 s", err)
+      wr:send("go")
+      assert.are.equal("pong", gate:ping())
+    end)
+  end)
+
+  describe("bad input to the server", function()
+    it("a client that says nothing is dropped after the handshake timeout", function()
+      local m = manager { handshake_timeout = 0.05 }
+      local conn = assert(core.connect(m.address))
+      conn:limits { code = false }
+      local hi = conn:recv(10)
+      assert.are.equal(protocol.GREETING, hi[1])
+      local refused = conn:recv(10)
+      assert.are.same({ "refused", "handshake timed out" }, refused)
+      assert.are.equal("closed", select(3, conn:recv(10)))
+      assert.are.equal(1, m:stats().handshake_timeouts)
+    end)
+
+    it("malformed requests get an error each and the connection serves on", function()
+      local m = manager()
+      local d = m:dict { x = 1 }
+      local conn = raw_client(m)
+      local function ask(req)
+        assert(conn:send(req))
+        return conn:recv(10)
+      end
+      assert.are.same({ protocol.FAILED, "bad request: a request must be a table, got string" }, ask("hi"))
+      assert.are.same({ protocol.FAILED, "bad request: a request's object must be an id" }, ask({ "x", "get", 0 }))
+      assert.are.same({ protocol.FAILED, "bad request: a request has a stray key" },
+        ask({ rawget(d, "_id"), "get", 1, "x", extra = 1 }))
+      assert.are.same({ protocol.FAILED, "no object #999 on this server" }, ask({ 999, "get", 0 }))
+      assert.are.same({ protocol.FAILED, "Dict has no method 'append'" }, ask({ rawget(d, "_id"), "append", 0 }))
+      assert.are.same({ protocol.FAILED, "no type 'nope' on this manager" }, ask({ 0, "create", 1, "nope" }))
+      assert.are.same({ protocol.FAILED, "no object #77 on this server" },
+        ask({ rawget(d, "_id"), "set", 2, "k", { [protocol.REF] = 77 }, r = true }))
+      -- a function cannot be decoded in data mode: an error, and the next frame is read
+      conn:limits { code = true }
+      assert(conn:send({ rawget(d, "_id"), "set", 2, "f", function() end }))
+      conn:limits { code = false }
+      local r = conn:recv(10)
+      assert.are.equal(protocol.FAILED, r[1])
+      assert.matches("^bad request: wire: functions or named values in data mode", r[2])
+      assert.are.same({ protocol.OK, 1, 1 }, ask({ rawget(d, "_id"), "get", 1, "x" }))
+      assert.are.equal(1, d.x)
+    end)
+
+    it("a frame over the limit closes that connection only, counted", function()
+      local m = manager { max_frame = 1024 }
+      local d = m:dict()
+      -- an honest client knows the limit from the handshake and refuses to send
+      local ok, err = pcall(function() d.big = ("x"):rep(4096) end)
+      assert.is_false(ok)
+      assert.matches("over the limit of 1024", err, 1, true)
+      -- a client that sends anyway is cut off
+      local conn = raw_client(m)
+      conn:limits { max_frame = 1 << 20 }
+      assert(conn:send({ rawget(d, "_id"), "set", 2, "big", ("x"):rep(4096) }))
+      assert.are.equal("closed", select(3, conn:recv(10)))
+      assert.are.equal(1, m:stats().refused_frames)
+      d.small = 1
+      assert.are.equal(1, d.small)
+    end)
+
+    it("a client that only pretends to be one is refused at the handshake", function()
+      local m = manager()
+      local conn = assert(core.connect(m.address))
+      conn:limits { code = false }
+      conn:recv(10)
+      assert(conn:send({ "hello", protocol.VERSION, ("\0"):rep(32), ("\0"):rep(32) }))
+      assert.are.same({ "refused", "authentication failed: wrong authkey" }, conn:recv(10))
+      assert.are.equal(1, m:stats().auth_failures)
+    end)
+  end)
+end)
