@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,6 +23,16 @@ int fd_wait(int fd, short events, double timeout) {
         if (rc > 0) return 1;
         if (rc == 0 && (ms < INT_MAX || now_seconds() >= deadline)) return 0;
         if (rc < 0 && errno != EINTR) return -1;
+    }
+}
+
+int fds_spin(struct pollfd *fds, unsigned long nfds, double seconds) {
+    double until = now_seconds() + seconds;
+    for (;;) {
+        int rc = poll(fds, (nfds_t)nfds, 0);
+        if (rc != 0 && !(rc < 0 && errno == EINTR)) return rc;
+        if (now_seconds() >= until) return 0;
+        sched_yield();
     }
 }
 

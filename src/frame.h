@@ -3,6 +3,7 @@
 #ifndef FORAGE_FRAME_H
 #define FORAGE_FRAME_H
 
+#include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,12 @@ typedef struct frame_reader {
 /* Waits until fd has the poll events in `events`; timeout < 0 waits forever.
    Returns 1 when ready, 0 on timeout, -1 on error (errno set). EINTR restarts with the time left. */
 int fd_wait(int fd, short events, double timeout);
+
+/* Looks at fds without sleeping, giving the CPU to any other runnable process between
+   looks (sched_yield), for up to `seconds`. Returns poll's count (> 0: some are ready, with
+   their revents set), 0 when the time ran out, -1 on error. A reply that comes within
+   microseconds is then taken without the cost of sleeping and being woken. */
+int fds_spin(struct pollfd *fds, unsigned long nfds, double seconds);
 
 /* Writes all n bytes to a blocking or non-blocking fd (waiting for room when needed).
    Returns 0, or -1 with errno set (EPIPE when the reader is gone). */

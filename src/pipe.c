@@ -28,6 +28,7 @@ struct connection {
     int code;          /* WIRE_CODE (the default: functions travel) or WIRE_DATA */
     size_t max_frame;  /* payload bytes a frame may have, received or sent (FRAME_MAX by default) */
     size_t over;       /* the length of the frame that broke max_frame, for recv's message */
+    double spin;       /* seconds recv and poll look for a frame before sleeping (conn:spin) */
     frame_reader in;
     buf out;
     buf queued;        /* frames of send_nowait not yet written, from queued_at on */
@@ -187,6 +188,7 @@ static int connection_flush(lua_State *L) {
    -2 (far end closed), -3 (the next frame is over max_frame), -1 (error, errno set). */
 static int await_frame(connection *c, double timeout, const char **p, size_t *n) {
     double deadline = timeout < 0 ? 0 : now_seconds() + timeout;
+    double spin = c->spin;
     for (;;) {
         int got = frame_next_limited(&c->in, c->max_frame, p, n, &c->over);
         if (got == -3) return -3;
@@ -196,7 +198,13 @@ static int await_frame(connection *c, double timeout, const char **p, size_t *n)
         }
         double left = timeout < 0 ? -1 : deadline - now_seconds();
         if (timeout >= 0 && left < 0) left = 0;
-        int ready = fd_wait(c->fd, POLLIN, left);
+        int ready = 0;
+        if (spin > 0 && left != 0) {
+            struct pollfd pfd = {.fd = c->fd, .events = POLLIN, .revents = 0};
+            ready = fds_spin(&pfd, 1, left > 0 && left < spin ? left : spin);
+            spin = 0;   /* once a call: then sleep */
+        }
+        if (ready == 0) ready = fd_wait(c->fd, POLLIN, left);
         if (ready < 0) return -1;
         if (ready == 0) return 0;
         long r = frame_fill(&c->in, c->fd);
@@ -280,6 +288,8 @@ static int frame_buffered(connection *c) {
 static int connections_wait(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     double timeout = args_timeout(L, 2);
+    double spin = luaL_optnumber(L, 3, 0);
+    luaL_argcheck(L, spin >= 0 && spin <= 0.01, 3, "spin must be from 0 to 0.01 seconds");
     lua_Integer n = luaL_len(L, 1);
     luaL_argcheck(L, n <= WAIT_MAX, 1, "too many connections (at most 4096)");
     struct pollfd fds[WAIT_MAX];
@@ -308,8 +318,12 @@ static int connections_wait(lua_State *L) {
     }
     if (!any_buffered) {
         int ms = timeout < 0 || timeout > 86400 ? -1 : (int)(timeout * 1000 + 0.999);
-        int rc;
-        do rc = poll(fds, (nfds_t)n, ms);
+        int rc = 0;
+        if (spin > 0 && ms != 0) {
+            rc = fds_spin(fds, (unsigned long)n, timeout >= 0 && timeout < spin ? timeout : spin);
+            if (rc < 0) return luaL_error(L, "cannot wait: %s", strerror(errno));
+        }
+        if (rc == 0) do rc = poll(fds, (nfds_t)n, ms);
         while (rc < 0 && errno == EINTR);
         if (rc < 0) return luaL_error(L, "cannot wait: %s", strerror(errno));
     }
@@ -353,6 +367,19 @@ static int connection_limits(lua_State *L) {
     return 1;
 }
 
+/* conn:spin(seconds) -> conn. recv and poll with a timeout look for a frame for up to
+   `seconds` without sleeping (yielding the CPU between looks) before they sleep: for a
+   request/reply exchange whose reply comes within microseconds, being woken from sleep
+   costs more than the exchange. 0 (the default) sleeps at once. At most 0.01. */
+static int connection_spin(lua_State *L) {
+    connection *c = check_open(L, 1);
+    double seconds = luaL_checknumber(L, 2);
+    luaL_argcheck(L, seconds >= 0 && seconds <= 0.01, 2, "spin must be from 0 to 0.01 seconds");
+    c->spin = seconds;
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int connection_tostring(lua_State *L) {
     connection *c = type_check_fast(L, 1, CONNECTION_TYPE);
     if (c->fd < 0) lua_pushliteral(L, "forage.Connection (closed)");
@@ -364,6 +391,7 @@ void forage_open_pipe(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"send", connection_send}, {"send_nowait", connection_send_nowait}, {"flush", connection_flush},
         {"recv", connection_recv}, {"poll", connection_poll}, {"limits", connection_limits},
+        {"spin", connection_spin},
         {"fileno", connection_fileno}, {"close", connection_close}, {NULL, NULL},
     };
     static const luaL_Reg meta[] = {
