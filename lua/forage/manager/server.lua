@@ -18,6 +18,7 @@ Server.__index = Server
 M.OUTPUT_LIMIT = 64 * 1024 * 1024   -- replies a client leaves unread before it is dropped
 M.PENDING_LIMIT = 64                -- requests a client may send while one of its calls waits
 M.CHECK_PARENT = 0.5                -- seconds between checks that the owner is alive
+M.SPIN = 50e-6   -- seconds looking for the next request before sleeping
 
 -- new{ listener, authkey, types, max_frame, handshake_timeout, parent } -> a Server.
 -- types: name -> { new = constructor, exposed = set or nil }, checked by forage.manager.
@@ -361,7 +362,7 @@ function Server:run()
     local wait = self:expire(now)
     local cap = next(self.flushing) and 0.01 or M.CHECK_PARENT
     if wait == nil or wait > cap then wait = cap end
-    local ready = core.wait(self.watch, wait)
+    local ready = core.wait(self.watch, wait, M.SPIN)
     for _, c in ipairs(ready) do
       if c == self.listener then
         self:accept()
