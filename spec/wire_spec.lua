@@ -304,6 +304,132 @@ describe("wire", function()
     end)
   end)
 
+  describe("tables with a class (code mode)", function()
+    local GEO, CLASS = "forage_wire_spec_geo", "forage_wire_spec_class"
+    local Point
+
+    -- A fresh class each time, as a module field (GEO.Point) and as a module itself (CLASS).
+    before_each(function()
+      Point = {}
+      Point.__index = Point
+      function Point:norm2() return self.x * self.x + self.y * self.y end
+    end)
+
+    after_each(function()
+      package.loaded[GEO] = nil
+      package.loaded[CLASS] = nil
+    end)
+
+    local function point(x, y) return setmetatable({ x = x, y = y }, Point) end
+
+    it("send the metatable by its field name, and methods work after the trip", function()
+      package.loaded[GEO] = { Point = Point }
+      local s = encode(point(3, 4), CODE)
+      assert.are.equal("\1\2\206\204" .. string.char(#GEO) .. GEO .. "\5Point\198", s:sub(1, 12 + #GEO))
+      local back = decode(s, CODE)
+      assert.are.equal(Point, getmetatable(back))
+      assert.are.equal(25, back:norm2())
+    end)
+
+    it("send the metatable by its module name", function()
+      package.loaded[CLASS] = Point
+      local back = roundtrip({ p = point(1, 2) }, CODE)
+      assert.are.equal(Point, getmetatable(back.p))
+      assert.are.equal(5, back.p:norm2())
+    end)
+
+    it("find a class module loaded after the index was built, in a message with no function", function()
+      roundtrip(string.format, CODE)
+      package.loaded[GEO] = { Point = Point }
+      assert.are.equal(Point, getmetatable(roundtrip({ point(0, 1) }, CODE)[1]))
+    end)
+
+    it("ignore __metatable on both sides", function()
+      Point.__metatable = "locked"
+      package.loaded[GEO] = { Point = Point }
+      local back = roundtrip(point(1, 1), CODE)
+      assert.are.equal(Point, debug.getmetatable(back))
+      assert.are.equal("locked", getmetatable(back))
+    end)
+
+    it("keep a self-referencing instance and two references to one instance", function()
+      package.loaded[GEO] = { Point = Point }
+      local p = point(3, 4)
+      p.self = p
+      local back = roundtrip({ p, p, { p } }, CODE)
+      assert.are.equal(back[1], back[2])
+      assert.are.equal(back[1], back[3][1])
+      assert.are.equal(back[1], back[1].self)
+      assert.are.equal(Point, getmetatable(back[1]))
+      assert.are.equal(25, back[1].self:norm2())
+    end)
+
+    it("send the class as a value by copy, as any table that is not a module", function()
+      package.loaded[GEO] = { Point = Point }
+      local back = roundtrip({ Point, point(1, 0) }, CODE)
+      assert.are_not.equal(Point, back[1])
+      assert.are.equal(back[1], back[1].__index)
+      assert.are.equal(Point, getmetatable(back[2]))
+    end)
+
+    it("send an instance whose metatable has no name bare, as before", function()
+      local back = roundtrip(point(3, 4), CODE)
+      assert.is_nil(getmetatable(back))
+      assert.are.same({ x = 3, y = 4 }, back)
+    end)
+
+    it("never send a class in data mode", function()
+      package.loaded[GEO] = { Point = Point }
+      local s = encode(point(3, 4))
+      assert.are.equal(encode { x = 3, y = 4 }, s)
+      assert.is_nil(getmetatable(decode(s)))
+      local v, err = decode("\1\0\206\204" .. string.char(#GEO) .. GEO .. "\5Point\198\0\0")
+      assert.is_nil(v)
+      assert.are.equal("wire: function or named value in data mode at byte 2", err)
+    end)
+
+    it("refuse a class without a name, a class that is not a table, and a class without a table", function()
+      package.loaded[CLASS] = true   -- what require leaves for a module that returns nothing
+      local cases = {
+        { "\1\2\206\131abc", "wire: class without a name at byte 3" },
+        { "\1\2\206\203" .. string.char(#CLASS) .. CLASS .. "\198\0\0", "wire: class is not a table at byte 3" },
+        { "\1\2\206\204\6string\6format\198\0\0", "wire: class is not a table at byte 3" },
+        { "\1\2\206\203\6string\1", "wire: class without a table at byte 11" },
+        { "\1\2\206", "wire: truncated input at byte 3" },
+        { "\1\2\206\203\6string", "wire: truncated input at byte 11" },
+        { "\1\2\206\203\6string\198\1\0", "wire: more values announced than bytes left at byte 11" },
+      }
+      for _, case in ipairs(cases) do
+        assert.are.same({ nil, case[2], "malformed" }, { decode(case[1], CODE) })
+      end
+      -- Well-formed, the same bytes decode.
+      assert.are.equal(string, getmetatable(decode("\1\2\206\203\6string\198\0\0", CODE)))
+    end)
+
+    it("fail to decode a class the receiver has not loaded, naming its module", function()
+      package.loaded[GEO] = { Point = Point }
+      local s = encode(point(1, 2), CODE)
+      package.loaded[GEO] = nil
+      local v, err = decode(s, CODE)
+      assert.is_nil(v)
+      assert.are.equal('wire: module "' .. GEO .. '" is not loaded at byte 3', err)
+    end)
+
+    it("reach a pool task as an argument, whose methods work there", function()
+      local forage = require "forage"
+      package.loaded[GEO] = { Point = Point }   -- before the workers are forked
+      local pool <close> = forage.pool(1)
+      local norm, class_there, p = pool:apply(function(q)
+        return q:norm2(), getmetatable(q) == package.loaded[GEO].Point, q
+      end, { point(3, 4) })
+      assert.are.equal(25, norm)
+      assert.is_true(class_there)
+      assert.are.equal(Point, getmetatable(p))
+      pool:close()
+      pool:join()
+    end)
+  end)
+
   describe("refusals", function()
     it("name the path to a userdata", function()
       local conn = io.tmpfile()

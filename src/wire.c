@@ -42,6 +42,7 @@ enum {
     TAG_MODULE = 0xcb,      /* name: package.loaded[name] */
     TAG_FIELD = 0xcc,       /* module name, field name: package.loaded[module][field] */
     TAG_SHARED = 0xcd,      /* varint id, type name: a shared object the receiver inherited */
+    TAG_CLASS = 0xce,       /* a TAG_MODULE or TAG_FIELD name, then a TAG_TABLE: the table's metatable */
     TAG_NEGINT = 0xe0       /* 0xe0..0xff: the integers -32..-1 */
 };
 
@@ -331,9 +332,10 @@ static void index_field(lua_State *L, int names, int module, int fv) {
 }
 
 /* Returns nothing; builds the reverse index of package.loaded (value -> "module" for
-   modules, value -> {module, field} for their C functions and userdata), stores it in
-   the registry and in the encoder's slot. The keys are weak: the index never keeps an
-   unloaded module alive. */
+   modules, value -> {module, field} for their C functions, userdata and tables), stores
+   it in the registry and in the encoder's slot. A table field's entry serves only to name
+   it as a metatable (encode_class): as a value, such a table travels by copy. The keys are
+   weak: the index never keeps an unloaded module alive. */
 static void names_build(encoder *e) {
     lua_State *L = e->L;
     int loaded = loaded_slot(e);
@@ -368,8 +370,8 @@ static void names_build(encoder *e) {
             lua_pushnil(L);
             while (lua_next(L, module)) {
                 int fv = lua_gettop(L);
-                if (lua_type(L, fv - 1) == LUA_TSTRING &&
-                    (lua_iscfunction(L, fv) || lua_type(L, fv) == LUA_TUSERDATA))
+                if (lua_type(L, fv - 1) == LUA_TSTRING && (lua_iscfunction(L, fv) ||
+                    lua_type(L, fv) == LUA_TUSERDATA || lua_type(L, fv) == LUA_TTABLE))
                     index_field(L, names, module, fv);
                 lua_pop(L, 1);
             }
@@ -406,7 +408,7 @@ static void names_fetch(encoder *e) {
    package.loaded is in the index, and rebuilds it otherwise. The walk costs about as much
    as the message itself for small ones, so it waits for the first value that needs names
    to be right: a Lua function (whose upvalues are where modules usually sit, and which
-   costs a lua_dump anyway), a C function or a userdata. */
+   costs a lua_dump anyway), a C function, a userdata or a table with a metatable. */
 static int names_check(encoder *e) {
     lua_State *L = e->L;
     if (e->names_checked) return ENCODE_OK;
@@ -481,11 +483,10 @@ static int name_lookup(encoder *e, int v, int required) {
     }
 }
 
-/* Returns 1 when the value at v was written by name, 0 when it has none, or ENCODE_RESTART. */
-static int encode_by_name(encoder *e, int v, int required) {
+/* Returns nothing; writes the index entry on top (a module name, or {module, field}) as
+   TAG_MODULE or TAG_FIELD, and pops it. */
+static void put_name_entry(encoder *e) {
     lua_State *L = e->L;
-    int rc = name_lookup(e, v, required);
-    if (rc != 1) return rc;
     if (lua_type(L, -1) == LUA_TSTRING) {
         put_byte(e, TAG_MODULE);
         put_name(e, -1);
@@ -499,7 +500,49 @@ static int encode_by_name(encoder *e, int v, int required) {
     }
     lua_pop(L, 1);
     e->flags |= FLAG_CODE;
+}
+
+/* Returns 1 when the value at v was written by name, 0 when it has none, or ENCODE_RESTART. */
+static int encode_by_name(encoder *e, int v, int required) {
+    int rc = name_lookup(e, v, required);
+    if (rc != 1) return rc;
+    put_name_entry(e);
     return 1;
+}
+
+/* Returns 1 when the table at t was written by name (it is a loaded module), 0 when it
+   travels by value, or ENCODE_RESTART. A table that is only a field of a module is
+   named as a class, never in place of its contents: it is data, as it always was. */
+static int encode_table_by_name(encoder *e, int t) {
+    lua_State *L = e->L;
+    int rc = name_lookup(e, t, 0);
+    if (rc != 1) return rc;
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        if (!e->names_checked) e->trusted_miss = 1;
+        return 0;
+    }
+    put_name_entry(e);
+    return 1;
+}
+
+/* Returns ENCODE_OK, or ENCODE_RESTART. Writes TAG_CLASS and the name of the metatable of
+   the table at t when that metatable is a loaded module or a field of one, as pickle sends
+   an instance's class by its qualified name; a metatable without a name is not sent. The
+   index is checked against package.loaded first, as for functions: a class module is
+   often loaded after the index was built. */
+static int encode_class(encoder *e, int t) {
+    lua_State *L = e->L;
+    if (!lua_getmetatable(L, t)) return ENCODE_OK;
+    int rc = names_check(e);
+    if (rc == ENCODE_OK) rc = name_lookup(e, lua_gettop(L), 0);
+    if (rc == 1) {
+        put_byte(e, TAG_CLASS);
+        put_name_entry(e);
+        rc = ENCODE_OK;
+    }
+    lua_pop(L, 1);
+    return rc;
 }
 
 /* ------------------------------------------------------------- tables, functions */
@@ -554,7 +597,7 @@ static int encode_table(encoder *e, int t) {
             e->flags |= FLAG_CODE;
             return ENCODE_OK;
         }
-        rc = encode_by_name(e, t, 0);
+        rc = encode_table_by_name(e, t);
         if (rc != 0) return rc < 0 ? rc : ENCODE_OK;
     }
     const void *self = lua_topointer(L, t);
@@ -563,6 +606,7 @@ static int encode_table(encoder *e, int t) {
         put_ref(e, ref);
         return ENCODE_OK;
     }
+    if (e->code && (rc = encode_class(e, t)) != ENCODE_OK) return rc;
     if ((rc = open_container(e)) != ENCODE_OK) return rc;
     seen_put(e, self, ++e->objects);
 
@@ -1196,6 +1240,28 @@ static int decode_name(decoder *d, const unsigned char *at, int with_field) {
     return 0;
 }
 
+/* Returns 0 with the table that follows pushed, its metatable set to the class named
+   before it, or -1. The name, the class and the table are one value (d->promised was
+   counted once, for TAG_CLASS); the metatable is set once the table is filled, so no
+   metamethod runs while it is built. */
+static int decode_class(decoder *d) {
+    lua_State *L = d->L;
+    if (d->p >= d->end) return truncated(d);
+    const unsigned char *name_at = d->p;
+    if (*name_at != TAG_MODULE && *name_at != TAG_FIELD) return bad(d, name_at, "class without a name");
+    d->p++;
+    if (decode_name(d, name_at, *name_at == TAG_FIELD) != 0) return -1;
+    if (!lua_istable(L, -1)) return bad(d, name_at, "class is not a table");
+    if (d->p >= d->end) return truncated(d);
+    const unsigned char *table_at = d->p;
+    if (*table_at != TAG_TABLE) return bad(d, table_at, "class without a table");
+    d->p++;
+    if (decode_table(d, table_at) != 0) return -1;
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);
+    return 0;
+}
+
 /* Returns 0 with the next value pushed, or -1 with the error in d->err. */
 static int decode_value(decoder *d) {
     lua_State *L = d->L;
@@ -1277,8 +1343,10 @@ static int decode_value(decoder *d) {
     case TAG_GLOBALS:
     case TAG_MODULE:
     case TAG_FIELD:
+    case TAG_CLASS:
         if (!d->code) return bad(d, at, "function or named value in data mode");
         if (c == TAG_FUNCTION) return decode_function(d, at);
+        if (c == TAG_CLASS) return decode_class(d);
         if (c == TAG_GLOBALS) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
             return 0;
