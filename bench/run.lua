@@ -8,7 +8,7 @@
 -- The exit status is 0 when every measurement ran, whatever the ratios; 1 when one failed.
 
 local SECTIONS = { "pool_bench", "queue_bench", "shared_bench", "html_bench", "fetch_bench", "frontier_bench",
-  "state_bench", "crawl_bench", "redis_bench" }
+  "state_bench", "crawl_bench", "redis_bench", "manager_bench" }
 
 local dir = (arg and arg[0] and arg[0]:match("^(.*)/[^/]*$")) or "."
 package.path = dir .. "/?.lua;" .. package.path
