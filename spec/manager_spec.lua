@@ -502,6 +502,21 @@ describe("forage.manager", function()
       helpers.join_or_kill(p, 5)
     end)
 
+    it("proxies outlive the connected manager they came from (collected or not)", function()
+      local m = manager { address = "127.0.0.1:0", authkey = AUTH }
+      m:start()
+      local c = assert(forage.manager.connect { address = m.address, authkey = AUTH })
+      local d = c:dict()
+      d.x = 1
+      local connections = m:stats().connections
+      c = nil   -- luacheck: ignore 311
+      collectgarbage()
+      collectgarbage()
+      d.x = 2   -- on the same connection: collecting c closed nothing a proxy uses
+      assert.are.equal(2, d.x)
+      assert.are.equal(connections, m:stats().connections)
+    end)
+
     it("a wrong authkey is refused with a clear error and counted by the server", function()
       local m = manager { address = "127.0.0.1:0", authkey = AUTH }
       m:start()

@@ -7,6 +7,7 @@
 
 #include "clock.h"
 #include "core.h"
+#include "fork.h"
 #include "lauxlib.h"
 
 /* cpu_count() -> the number of online processors. */
@@ -56,9 +57,9 @@ static int ignore_interrupts(lua_State *L) {
     return 0;
 }
 
-/* getpid() -> this process's id. */
+/* getpid() -> this process's id (cached until the next fork: no system call). */
 static int sys_getpid(lua_State *L) {
-    lua_pushinteger(L, getpid());
+    lua_pushinteger(L, current_pid());
     return 1;
 }
 

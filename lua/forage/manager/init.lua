@@ -224,7 +224,11 @@ function methods.shutdown(self)
 end
 methods.close = methods.shutdown
 Manager.__close = methods.shutdown
-Manager.__gc = methods.shutdown
+-- Collected: the server it started stops (as Python's); a connected manager's proxies may
+-- outlive it, so its connection stays for them.
+Manager.__gc = function(self)
+  if self.process and self.owner == core.getpid() then methods.shutdown(self) end
+end
 
 -- forage.manager.connect{ address, authkey, types = { "get_queue", ... }, timeout }
 --   -> a Manager connected to a server elsewhere, or nil, message, kind ("connect",
