@@ -620,8 +620,9 @@ describe("forage.manager", function()
       end
       assert.are.same({ protocol.FAILED, "bad request: a request must be a table, got string" }, ask("hi"))
       assert.are.same({ protocol.FAILED, "bad request: a request's object must be an id" }, ask({ "x", "get", 0 }))
-      assert.are.same({ protocol.FAILED, "bad request: a request has a stray key" },
-        ask({ rawget(d, "_id"), "get", 1, "x", extra = 1 }))
+      assert.are.same({ protocol.FAILED, "bad request: a request's 'r' must be true" },
+        ask({ rawget(d, "_id"), "get", 1, "x", r = 1 }))
+      assert.are.same({ protocol.OK, 1, 1 }, ask({ rawget(d, "_id"), "get", 1, "x", extra = 1 }))   -- ignored
       assert.are.same({ protocol.FAILED, "no object #999 on this server" }, ask({ 999, "get", 0 }))
       assert.are.same({ protocol.FAILED, "Dict has no method 'append'" }, ask({ rawget(d, "_id"), "append", 0 }))
       assert.are.same({ protocol.FAILED, "no type 'nope' on this manager" }, ask({ 0, "create", 1, "nope" }))

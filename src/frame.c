@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,7 +65,8 @@ int frame_end(buf *b, size_t header_at) {
     return 0;
 }
 
-long frame_fill(frame_reader *r, int fd) {
+/* One read into r: with nowait, recv(MSG_DONTWAIT) on a socket (ENOTSOCK on a pipe). */
+static long fill(frame_reader *r, int fd, int nowait) {
     /* Compact first, so the buffer does not grow with consumed frames. */
     if (r->pos > 0) {
         size_t left = r->in.len - r->pos;
@@ -82,7 +84,8 @@ long frame_fill(frame_reader *r, int fd) {
         return -1;
     }
     for (;;) {
-        ssize_t got = read(fd, r->in.data + r->in.len, r->in.cap - r->in.len);
+        ssize_t got = nowait ? recv(fd, r->in.data + r->in.len, r->in.cap - r->in.len, MSG_DONTWAIT)
+                             : read(fd, r->in.data + r->in.len, r->in.cap - r->in.len);
         if (got >= 0) {
             r->in.len += (size_t)got;
             return (long)got;
@@ -90,6 +93,10 @@ long frame_fill(frame_reader *r, int fd) {
         if (errno != EINTR) return -1;
     }
 }
+
+long frame_fill(frame_reader *r, int fd) { return fill(r, fd, 0); }
+
+long frame_fill_nowait(frame_reader *r, int fd) { return fill(r, fd, 1); }
 
 int frame_next(frame_reader *r, const char **p, size_t *n) {
     size_t avail = r->in.len - r->pos;

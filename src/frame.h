@@ -41,6 +41,9 @@ int frame_end(buf *b, size_t header_at);
 /* Reads what fd has (one read call). Returns bytes read, 0 at end of stream, -1 on error
    (errno EAGAIN when a non-blocking fd had nothing). */
 long frame_fill(frame_reader *r, int fd);
+/* The same without waiting, for a socket: -1 with errno EAGAIN when it had nothing, ENOTSOCK
+   on a pipe (then poll first). Saves a poll(2) when a caller would not wait anyway. */
+long frame_fill_nowait(frame_reader *r, int fd);
 /* Returns 1 and points *p and *n at the next complete frame's payload (consumed), 0 when none is
    complete yet, -1 when the stream is corrupt (a length over FRAME_MAX). */
 int frame_next(frame_reader *r, const char **p, size_t *n);

@@ -29,6 +29,7 @@ struct connection {
     size_t max_frame;  /* payload bytes a frame may have, received or sent (FRAME_MAX by default) */
     size_t over;       /* the length of the frame that broke max_frame, for recv's message */
     double spin;       /* seconds recv and poll look for a frame before sleeping (conn:spin) */
+    int is_socket;     /* -1 unknown, 0 a pipe, 1 a socket: recv(0) reads without a poll on sockets */
     frame_reader in;
     buf out;
     buf queued;        /* frames of send_nowait not yet written, from queued_at on */
@@ -48,6 +49,7 @@ static connection *new_connection(lua_State *L) {
     c->fd = -1;
     c->code = WIRE_CODE;
     c->max_frame = FRAME_MAX;
+    c->is_socket = -1;
     luaL_setmetatable(L, CONNECTION_TYPE);
     return c;
 }
@@ -198,6 +200,18 @@ static int await_frame(connection *c, double timeout, const char **p, size_t *n)
         }
         double left = timeout < 0 ? -1 : deadline - now_seconds();
         if (timeout >= 0 && left < 0) left = 0;
+        if (left == 0 && c->is_socket != 0) {
+            /* not waiting: one recv says whether there is anything, without a poll first */
+            long r = frame_fill_nowait(&c->in, c->fd);
+            if (r > 0) continue;
+            if (r == 0) return -2;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == ENOTSOCK) {
+                c->is_socket = 0;
+            } else {
+                return errno == ECONNRESET ? -2 : -1;
+            }
+        }
         int ready = 0;
         if (spin > 0 && left != 0) {
             struct pollfd pfd = {.fd = c->fd, .events = POLLIN, .revents = 0};

@@ -9,7 +9,8 @@
 --          or { "refused", message }                            and the connection closes
 -- Requests and replies, one reply per request, in order:
 --   client -> { object_id, method, n, arg1, ..., argn [, r = true] }
---             object 0 is the server itself; r says some argument holds proxies (REF tables)
+--             object 0 is the server itself; r says some argument holds proxies (REF tables);
+--             other keys are ignored (looking for them would cost every call)
 --   server -> { OK, n, result1, ..., resultn }
 --          or { OK_REFS, n, ... }   some result holds REF tables, to turn into proxies
 --          or { FAILED, message, traceback }
@@ -46,13 +47,8 @@ function M.check_request(v)
   if math.type(n) ~= "integer" or n < 0 or n > M.MAX_ARGS then
     return nil, "a request's argument count must be an integer from 0 to " .. M.MAX_ARGS
   end
-  for k, x in next, v do
-    if k == "r" then
-      if x ~= true then return nil, "a request's 'r' must be true" end
-    elseif math.type(k) ~= "integer" or k < 1 or k > n + 3 then
-      return nil, "a request has a stray key"
-    end
-  end
+  local r = rawget(v, "r")
+  if r ~= nil and r ~= true then return nil, "a request's 'r' must be true" end
   return v
 end
 

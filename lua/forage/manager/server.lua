@@ -9,7 +9,7 @@ local objects = require "forage.manager.objects"
 local protocol = require "forage.manager.protocol"
 
 local OK, OK_REFS, FAILED, REF = protocol.OK, protocol.OK_REFS, protocol.FAILED, protocol.REF
-local unpack, pack = table.unpack, table.pack
+local unpack = table.unpack
 
 local M = {}
 local Server = {}
@@ -26,7 +26,7 @@ function M.new(opts)
   local self = setmetatable({
     listener = opts.listener, authkey = opts.authkey, types = opts.types or {},
     max_frame = opts.max_frame, handshake_timeout = opts.handshake_timeout, parent = opts.parent,
-    clients = {}, by_conn = {}, watch = { opts.listener }, flushing = {}, next_client = 0,
+    clients = {}, by_conn = {}, handshaking = {}, watch = { opts.listener }, flushing = {}, next_client = 0,
     objects = {}, kinds = {}, ids = {}, next_id = 1,
     stats = { connections = 0, clients = 0, calls = 0, errors = 0, auth_failures = 0, handshake_timeouts = 0,
       bad_requests = 0, refused_frames = 0, dropped = 0, objects = 0 },
@@ -105,6 +105,7 @@ function Server:drop(rec)
   rec.conn:close()
   self.clients[rec.id] = nil
   self.by_conn[rec.conn] = nil
+  self.handshaking[rec] = nil
   self.flushing[rec] = nil
   if rec.ready then self.stats.clients = self.stats.clients - 1 end
   self:rewatch()
@@ -138,6 +139,7 @@ function Server:accept()
       deadline = core.now() + self.handshake_timeout, pending = {} }
     self.clients[rec.id] = rec
     self.by_conn[conn] = rec
+    self.handshaking[rec] = true
     self.stats.connections = self.stats.connections + 1
     self:rewatch()
     self:send(rec, { protocol.GREETING, protocol.VERSION, rec.challenge })
@@ -159,6 +161,7 @@ function Server:handshake(rec, v)
     return self:drop(rec)
   end
   rec.ready, rec.challenge, rec.deadline = true, nil, nil
+  self.handshaking[rec] = nil
   self.stats.clients = self.stats.clients + 1
   self:send(rec, { "welcome", protocol.answer(self.authkey, v[4]), self.max_frame })
 end
@@ -176,52 +179,77 @@ local function clean(message)
   return (tostring(message):gsub("^[^\n]-forage/manager/[%w_]+%.lua:%d+: ", ""))
 end
 
-function Server:reply(rec, kind, results)
-  local n = results.n
-  local msg = { OK, n }
-  local refs = false
-  for i = 1, n do
-    local v = results[i]
-    if type(v) == "table" or type(v) == "userdata" then
+-- reply(rec, n, ...): the results of a call, served objects among them turned to REFs.
+function Server:reply(rec, n, ...)
+  local msg = { OK, n, ... }
+  for i = 3, n + 2 do
+    local v = msg[i]
+    local t = type(v)
+    if t == "table" or t == "userdata" then
       local swapped
-      if type(v) == "userdata" then
+      if t == "userdata" then
         swapped = self.swap_out(v)
       else
         swapped = protocol.copy_swapping(v, self.swap_out)
       end
-      if swapped ~= nil and swapped ~= v then refs = true end
-      v = swapped == nil and v or swapped
+      if swapped ~= nil and swapped ~= v then
+        msg[1] = OK_REFS
+        msg[i] = swapped
+      end
     end
-    msg[i + 2] = v
   end
-  if refs then msg[1] = OK_REFS end
   self:send(rec, msg)
-  return kind
 end
 
--- Runs a method in a coroutine: it may park (objects.wait); the reply goes when it ends.
-function Server:resume(rec, co, ...)
-  objects.caller = rec.id
-  local r = pack(coroutine.resume(co, ...))
+-- Methods that may wait run in coroutines, each a loop that runs one call after another:
+-- a call that ends yields DONE and its results, and waits for the next (f, ...). One that
+-- waits yields its waiter (objects.wait). Idle ones are kept, as a thread pool keeps threads.
+local DONE = {}
+local function calls(f, ...)
+  return calls(coroutine.yield(DONE, f(...)))
+end
+local idle = {}
+
+local function settle(self, rec, co, ok, first, ...)
   objects.caller = nil
-  if coroutine.status(co) == "suspended" then
-    rec.co, rec.waiter = co, r[2]
-    r[2].rec = rec
+  if ok and first == DONE then
+    rec.co, rec.waiter = nil, nil
+    idle[#idle + 1] = co
+    self:reply(rec, select("#", ...), ...)
+    return self:run_pending(rec)
+  end
+  if ok then
+    rec.co, rec.waiter = co, first
+    first.rec = rec
     return
   end
-  rec.co, rec.waiter = nil, nil
-  if r[1] then
-    self:reply(rec, nil, pack(unpack(r, 2, r.n)))
-  else
-    fail(self, rec, clean(r[2]), debug.traceback(co))
-  end
-  self:run_pending(rec)
+  rec.co, rec.waiter = nil, nil   -- a coroutine that raised is dead: not kept
+  fail(self, rec, clean(first))
+  return self:run_pending(rec)
+end
+
+-- Runs a waiting method's call (f, obj, args...) or resumes a parked one (true/false).
+function Server:resume(rec, co, ...)
+  objects.caller = rec.id
+  return settle(self, rec, co, coroutine.resume(co, ...))
 end
 
 function Server:run_pending(rec)
   while not rec.closed and not rec.co and #rec.pending > 0 do
     self:call(rec, table.remove(rec.pending, 1))
   end
+end
+
+local function finish(self, rec, kind, ok, ...)
+  objects.caller = nil
+  if ok then return self:reply(rec, select("#", ...), ...) end
+  local message = tostring((...))
+  local traceback = message:match("\n(stack traceback:\n.*)$")
+  message = message:gsub("\nstack traceback:\n.*$", "")
+  -- the user's frames only: from xpcall down it is the server's loop
+  if traceback then traceback = traceback:gsub("\n%s*%[C%]: in function 'xpcall'.*$", "") end
+  if kind.custom then return fail(self, rec, message, traceback) end
+  return fail(self, rec, clean(message))
 end
 
 function Server:call(rec, v)
@@ -239,11 +267,10 @@ function Server:call(rec, v)
     obj, kind = self.objects[id], self.kinds[id]
     if obj == nil then return fail(self, rec, string.format("no object #%d on this server", id)) end
   end
-  local name = kind.type_name
   local f
   if kind.custom then
     if kind.exposed and not kind.exposed[method] then
-      return fail(self, rec, string.format("%s does not expose '%s'", name, method))
+      return fail(self, rec, string.format("%s does not expose '%s'", kind.type_name, method))
     end
     local ok, g = pcall(function() return obj[method] end)
     if ok then f = g end
@@ -251,7 +278,7 @@ function Server:call(rec, v)
     f = kind == Admin and Admin[method] or kind[method]
   end
   if type(f) ~= "function" then
-    return fail(self, rec, string.format("%s has no method '%s'", name, method))
+    return fail(self, rec, string.format("%s has no method '%s'", kind.type_name, method))
   end
   if req.r then
     local ok, err = pcall(function()
@@ -260,21 +287,10 @@ function Server:call(rec, v)
     if not ok then return fail(self, rec, tostring(err)) end
   end
   if kind.blocking and kind.blocking[method] then
-    return self:resume(rec, coroutine.create(f), obj, unpack(req, 4, n + 3))
+    return self:resume(rec, table.remove(idle) or coroutine.create(calls), f, obj, unpack(req, 4, n + 3))
   end
   objects.caller = rec.id
-  local r = pack(xpcall(f, debug.traceback, obj, unpack(req, 4, n + 3)))
-  objects.caller = nil
-  if r[1] then
-    return self:reply(rec, nil, pack(unpack(r, 2, r.n)))
-  end
-  local message = tostring(r[2])
-  local traceback = message:match("\n(stack traceback:\n.*)$")
-  message = message:gsub("\nstack traceback:\n.*$", "")
-  -- the user's frames only: from xpcall down it is the server's loop
-  if traceback then traceback = traceback:gsub("\n%s*%[C%]: in function 'xpcall'.*$", "") end
-  if kind.custom then return fail(self, rec, message, traceback) end
-  return fail(self, rec, clean(message))
+  return finish(self, rec, kind, xpcall(f, debug.traceback, obj, unpack(req, 4, n + 3)))
 end
 
 -- Reads what a client sent, frame by frame, without waiting for more.
@@ -328,7 +344,7 @@ function Server:expire(now)
       end
     end
   end
-  for _, rec in pairs(self.clients) do
+  for rec in pairs(self.handshaking) do
     if rec.deadline then
       if rec.deadline <= now then
         self.stats.handshake_timeouts = self.stats.handshake_timeouts + 1
