@@ -595,6 +595,27 @@ describe("forage.manager", function()
       wr:send("go")
       assert.are.equal("pong", gate:ping())
     end)
+    it("forage.manager.timeout gives one proxy its own call timeout", function()
+      local rd, wr = forage.pipe(false)
+      local m = manager { types = { Gate = function()
+        return { wait = function() return rd:recv() end, ping = function() return "pong" end }
+      end } }
+      local gate = m:Gate()
+      local quick = forage.manager.timeout(gate, 0.1)
+      assert.are.equal(gate, quick)   -- the same object
+      local ok, err = pcall(quick.wait, quick)
+      assert.is_false(ok)
+      assert.matches("^manager call Gate.wait timed out after 0.1 s", err)
+      wr:send("go")
+      assert.are.equal("pong", gate:ping())   -- the manager's proxy keeps waiting for ever
+      ok, err = pcall(forage.manager.timeout, gate, -1)
+      assert.is_false(ok)
+      assert.matches("bad argument #2 to 'timeout' (timeout must be nil or a non-negative number of seconds, got -1)",
+        err, 1, true)
+      ok, err = pcall(forage.manager.timeout, {}, 1)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to 'timeout' (a manager's proxy expected, got table)", err, 1, true)
+    end)
   end)
 
   describe("bad input to the server", function()

@@ -230,6 +230,24 @@ Manager.__gc = function(self)
   if self.process and self.owner == core.getpid() then methods.shutdown(self) end
 end
 
+-- forage.manager.timeout(proxy, seconds) -> a proxy of the same object whose calls wait
+-- at most seconds for their reply (nil: for ever), whatever the manager's timeout.
+function M.timeout(p, seconds)
+  local where = type(p) == "table" and rawget(p, "_m")
+  if type(where) ~= "table" or not rawget(p, "_id") then
+    error("bad argument #1 to 'timeout' (a manager's proxy expected, got " .. type(p) .. ")", 2)
+  end
+  if seconds ~= nil and (type(seconds) ~= "number" or seconds ~= seconds or seconds < 0) then
+    error("bad argument #2 to 'timeout' (timeout must be nil or a non-negative number of seconds, got " ..
+      args.show(seconds) .. ")", 2)
+  end
+  if seconds and seconds > 1e9 then seconds = nil end
+  local w = {}
+  for k, v in pairs(where) do w[k] = v end
+  w.timeout = seconds
+  return setmetatable({ _m = w, _id = rawget(p, "_id"), _type = rawget(p, "_type") }, getmetatable(p))
+end
+
 -- forage.manager.connect{ address, authkey, types = { "get_queue", ... }, timeout }
 --   -> a Manager connected to a server elsewhere, or nil, message, kind ("connect",
 --   "timeout", "auth", "closed").
