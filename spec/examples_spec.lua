@@ -69,6 +69,13 @@ describe("examples", function()
       "3.1415927", "0 -1 -2 -3 -4 -5 -6 -7 -8 -9" })
   end)
 
+  it("managers.lua: the blog's manager examples, local and remote", function()
+    expect_lines("managers.lua", { "dict: 0.25=false 1=1 2=2", "list: 9 8 7 6 5 4 3 2 1 0", "maths: 7 56",
+      "client 2 got: local hello", "client 2 got: hello",
+      "wrong key: auth (refused: authentication failed: wrong authkey)",
+      "nested: hello hello", "copy changed, list says: 0", "written back, list says: 1" })
+  end)
+
   it("crawl.lua: a list -> detail crawl of its own local site, which it stops", function()
     local lines = { "collected 12 detail pages from 3 list pages, 0 failures" }
     for n = 1, 12 do lines[#lines + 1] = ("/detail/%d,Director %s"):format(n, string.char(64 + n)) end
