@@ -687,4 +687,175 @@ describe("forage.manager", function()
       assert.are.equal(1, m:stats().auth_failures)
     end)
   end)
+
+  -- Attacks that the server already withstands: kept so that they go on holding.
+  describe("attacks that hold", function()
+    -- The fds the server process has open now (its listener, its clients' sockets, ...).
+    local function server_fds(m)
+      local n = 0
+      for _ in io.popen("ls /proc/" .. m.process.pid .. "/fd"):lines() do n = n + 1 end
+      return n
+    end
+
+    it("a dead server raises manager closed in every parked get, acquire and wait", function()
+      local m = manager()
+      local q, lock, ev = m:queue(), m:lock(), m:event()
+      assert.is_true(lock:acquire())
+      local rd, wr = forage.pipe(false)
+      local calls = { get = function() return q:get() end, acquire = function() return lock:acquire() end,
+        wait = function() return ev:wait() end }
+      for _, name in ipairs { "get", "acquire", "wait", "get", "acquire", "wait" } do
+        start_reaped(function()
+          local ok, err = pcall(calls[name])
+          wr:send({ name, ok, err })
+        end)
+      end
+      until_stats(m, function(s) return s.waiting == 6 end)
+      m.process:kill()
+      m.process:join(10)
+      local types = { get = "Queue.get", acquire = "Lock.acquire", wait = "Event.wait" }
+      for _ = 1, 6 do
+        local r = rd:recv(10)
+        assert(r, "a parked call never heard that the server died")
+        assert.is_false(r[2])
+        assert.are.equal("manager closed: " .. m.address .. " (" .. types[r[1]] .. ")", r[3])
+      end
+    end)
+
+    it("requests pipelined behind a parked get are answered after it, in order", function()
+      local m = manager()
+      local q, d = m:queue(), m:dict { x = 1 }
+      local conn = raw_client(m)
+      assert(conn:send({ rawget(q, "_id"), "get", 0 }))   -- parks
+      until_stats(m, function(s) return s.waiting == 1 end)
+      assert(conn:send({ rawget(q, "_id"), "qsize", 0 }))
+      assert(conn:send({ rawget(d, "_id"), "get", 1, "x" }))
+      q:put("item")   -- from this process's own connection
+      assert.are.same({ protocol.OK, 1, "item" }, conn:recv(10))
+      assert.are.same({ protocol.OK, 1, 0 }, conn:recv(10))
+      assert.are.same({ protocol.OK, 1, 1 }, conn:recv(10))
+    end)
+
+    it("cycles and shared tables keep their shape; a proxy inside a cycle stays a proxy", function()
+      local m = manager()
+      local d, inner = m:dict(), m:list { "in" }
+      local shared = { n = 1 }
+      local v = { a = shared, b = shared, obj = inner }
+      v.self = v
+      d.v = v
+      local got = d.v
+      assert.are.equal(got, got.self)
+      assert.are.equal(got.a, got.b)
+      assert.are.equal(inner, got.obj)
+      assert.are.equal("in", got.obj[1])
+      d.me = d   -- an object stored in itself
+      assert.are.equal(d, d.me.me)
+    end)
+
+    it("a value nested past the wire's limit is refused with a clear error, and the connection serves on", function()
+      local m = manager()
+      local d = m:dict()
+      local deep = {}
+      local at = deep
+      for _ = 1, 1000 do
+        at.x = {}
+        at = at.x
+      end
+      local ok, err = pcall(function() d.deep = deep end)
+      assert.is_false(ok)
+      assert.matches("^Dict.set: .*nested deeper than %d+ levels$", err)
+      d.ok = true
+      assert.is_true(d.ok)
+    end)
+
+    it("odd keys and values round-trip: mininteger, huge floats, NaN, binary strings", function()
+      local m = manager()
+      local d, l = m:dict(), m:list()
+      local bytes = {}
+      for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+      bytes = table.concat(bytes)
+      d[math.mininteger] = "min"
+      d[2 ^ 63] = "big float"
+      d[bytes] = bytes
+      d.nan = 0 / 0
+      d.inf = -math.huge
+      assert.are.equal("min", d[math.mininteger])
+      assert.are.equal("big float", d[2 ^ 63])
+      assert.are.equal(bytes, d[bytes])
+      local nan = d.nan
+      assert.is_true(nan ~= nan)
+      assert.are.equal(-math.huge, d.inf)
+      l:extend { 1, 2, 3 }
+      assert.is_nil(l[math.mininteger])
+      local ok, err = pcall(function() l[math.mininteger] = 1 end)
+      assert.is_false(ok)
+      assert.are.equal("list.set: index -9223372036854775808 out of range (the list has 3 items)", err)
+      assert.are.same({ 1, 2, 3 }, l:slice(math.mininteger, math.maxinteger))
+    end)
+
+    it("a method that returns its own object gives a proxy equal to the caller's", function()
+      local Box = {}
+      Box.__index = Box
+      function Box:me() return self end
+      function Box.other() return setmetatable({ n = 2 }, Box) end   -- never served: a copy
+      local m = manager { types = { Box = function() return setmetatable({ n = 1 }, Box) end } }
+      local box = m:Box()
+      local me = box:me()
+      assert.are.equal(box, me)
+      assert.are.equal(box, me:me())
+      local other = box:other()
+      assert.are.same({ n = 2 }, other)
+      assert.is_nil(getmetatable(other))
+    end)
+
+    it("a type constructor that raises is that caller's error; the server serves on", function()
+      local m = manager { types = { Broken = function() error("cannot build") end } }
+      local ok, err = pcall(function() return m:Broken() end)
+      assert.is_false(ok)
+      assert.matches("cannot build", err, 1, true)
+      assert.are.equal(0, m:stats().objects)
+      assert.truthy(m:dict())
+    end)
+
+    it("clients that never authenticate and send garbage are refused and leave no fd behind", function()
+      local m = manager()
+      local d = m:dict { x = 1 }   -- this process's connection, open for the count
+      local before = server_fds(m)
+      for _, junk in ipairs { "hello", 42, { "hello" }, { "hello", protocol.VERSION }, { "hello", 99, "x", "y" },
+        ("\0"):rep(1000) } do
+        local conn = assert(core.connect(m.address))
+        conn:limits { code = false }
+        assert.are.equal(protocol.GREETING, conn:recv(10)[1])
+        assert(conn:send(junk))
+        assert.are.equal("refused", conn:recv(10)[1])
+        assert.are.equal("closed", select(3, conn:recv(10)))
+        conn:close()
+      end
+      for _ = 1, 20 do   -- connected, then gone without a word
+        assert(core.connect(m.address)):close()
+      end
+      for _ = 1, 5000 do
+        if server_fds(m) == before then break end
+        forage.sleep(0.002)
+      end
+      assert.are.equal(before, server_fds(m))
+      assert.are.equal(6, m:stats().auth_failures)
+      assert.are.equal(1, d.x)
+    end)
+
+    it("hundreds of processes at once each get their own connection, and all go away", function()
+      local m = manager()
+      local d = m:dict()
+      local procs = {}
+      for i = 1, 200 do
+        procs[i] = start_reaped(function()
+          for k = 1, 5 do d[i * 10 + k] = k end
+        end)
+      end
+      for _, p in ipairs(procs) do assert.are.equal(0, helpers.join_or_fail(p, 60)) end
+      assert.are.equal(1000, #d)
+      local s = until_stats(m, function(st) return st.clients == 1 end)
+      assert.are.equal(201, s.connections)
+    end)
+  end)
 end)
