@@ -30,6 +30,7 @@ struct connection {
     size_t over;       /* the length of the frame that broke max_frame, for recv's message */
     double spin;       /* seconds recv and poll look for a frame before sleeping (conn:spin) */
     int is_socket;     /* -1 unknown, 0 a pipe, 1 a socket: recv(0) reads without a poll on sockets */
+    pid_t owner;       /* conn:own(): the one process that uses it (0: any that inherit it) */
     frame_reader in;
     buf out;
     buf queued;        /* frames of send_nowait not yet written, from queued_at on */
@@ -39,6 +40,8 @@ struct connection {
 static connection *check_open(lua_State *L, int i) {
     connection *c = type_check_fast(L, i, CONNECTION_TYPE);
     if (c->fd < 0) type_closed_error(L, CONNECTION_TYPE);
+    if (c->owner != 0 && c->owner != current_pid())
+        luaL_error(L, "this forage.Connection belongs to process %d (conn:own)", (int)c->owner);
     return c;
 }
 
@@ -351,10 +354,17 @@ static int connections_wait(lua_State *L) {
     return 1;
 }
 
-/* conn:close(), __gc and __close: idempotent. */
+/* conn:close(), __gc and __close: idempotent. An owned connection (conn:own) is closed by
+   its owner only: in a child that inherited the object the fd was closed at fork, and its
+   number may name something else there by now. */
 static int connection_close(lua_State *L) {
     connection *c = type_check_fast(L, 1, CONNECTION_TYPE);
-    if (c->fd >= 0) close(c->fd);
+    if (c->fd >= 0 && c->owner == 0) {
+        close(c->fd);
+    } else if (c->fd >= 0 && c->owner == current_pid()) {
+        fork_unregister_fd(c->fd);
+        close(c->fd);
+    }
     c->fd = -1;
     frame_reader_free(&c->in);
     buf_free(&c->out);
@@ -394,6 +404,20 @@ static int connection_spin(lua_State *L) {
     return 1;
 }
 
+/* conn:own() -> conn. From now on the connection is this process's alone: the children
+   forage forks (forage.process, a pool's workers) do not inherit its fd, so a peer sees it
+   close when this process goes, whatever its children do; using it in a child raises.
+   For a client's connection to a server that tracks clients by connection (a manager). */
+static int connection_own(lua_State *L) {
+    connection *c = check_open(L, 1);
+    if (c->owner == 0) {
+        if (fork_register_fd(c->fd) != 0) return luaL_error(L, "not enough memory");
+        c->owner = current_pid();
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int connection_tostring(lua_State *L) {
     connection *c = type_check_fast(L, 1, CONNECTION_TYPE);
     if (c->fd < 0) lua_pushliteral(L, "forage.Connection (closed)");
@@ -405,7 +429,7 @@ void forage_open_pipe(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"send", connection_send}, {"send_nowait", connection_send_nowait}, {"flush", connection_flush},
         {"recv", connection_recv}, {"poll", connection_poll}, {"limits", connection_limits},
-        {"spin", connection_spin},
+        {"spin", connection_spin}, {"own", connection_own},
         {"fileno", connection_fileno}, {"close", connection_close}, {NULL, NULL},
     };
     static const luaL_Reg meta[] = {

@@ -2,6 +2,7 @@
    pre-sized table (what the standard library lacks for the pool and its examples). */
 #include <errno.h>
 #include <signal.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,13 +48,16 @@ static int sys_getppid(lua_State *L) {
     return 1;
 }
 
-/* core.ignore_interrupts(): SIGINT and SIGTERM are ignored from now on in this process (a
-   crawl's workers: Ctrl-C reaches the whole process group, and a service manager's stop
-   sends SIGTERM to every process of the crawl; the parent stops the workers in order). */
+/* core.ignore_interrupts(["SIGINT"]): SIGINT and SIGTERM (or SIGINT only) are ignored from
+   now on in this process (a crawl's workers: Ctrl-C reaches the whole process group, and a
+   service manager's stop sends SIGTERM to every process of the crawl; the parent stops the
+   workers in order. A manager's server: Ctrl-C is for the program, which stops its server
+   with SIGTERM when it is done, as Python's manager server ignores SIGINT). */
 static int ignore_interrupts(lua_State *L) {
-    (void)L;
+    const char *which = luaL_optstring(L, 1, NULL);
+    luaL_argcheck(L, which == NULL || strcmp(which, "SIGINT") == 0, 1, "only \"SIGINT\" may be named");
     signal(SIGINT, SIG_IGN);
-    signal(SIGTERM, SIG_IGN);
+    if (which == NULL) signal(SIGTERM, SIG_IGN);
     return 0;
 }
 
