@@ -398,7 +398,7 @@ describe("forage.manager", function()
       assert.is_false(ok)
       assert.matches("manager_spec.lua:%d+: maths failed: on purpose", err)
       assert.matches("[manager server] stack traceback:", err, 1, true)
-      assert.matches("in function <spec/manager_spec.lua:%d+>", err)
+      assert.matches("\n%s*spec/manager_spec.lua:%d+: in ", err)
       assert.falsy(err:find("forage/manager", 1, true))   -- the server's own frames are left out
       assert.are.equal(7, maths:add(3, 4))   -- and it serves on
     end)
@@ -677,6 +677,33 @@ describe("forage.manager", function()
       assert.are.equal(1, d.small)
     end)
 
+    it("before the handshake a frame may have 4 KiB at most", function()
+      local m = manager()
+      local conn = assert(core.connect(m.address))
+      conn:limits { code = false }
+      conn:recv(10)
+      assert(conn:send({ "hello", protocol.VERSION, ("x"):rep(8192), ("\0"):rep(32) }))
+      assert.are.equal("closed", select(3, conn:recv(10)))
+      assert.are.equal(1, m:stats().refused_frames)
+    end)
+
+    it("connections over the server's limit are closed at once, counted; the others are served", function()
+      local server = require "forage.manager.server"
+      local saved = server.MAX_CLIENTS
+      server.MAX_CLIENTS = 2   -- the server process is forked with this
+      helpers.on_exit(finally, function() server.MAX_CLIENTS = saved end)
+      local m = manager()
+      server.MAX_CLIENTS = saved
+      local d = m:dict()   -- this process's connection: one
+      local other = raw_client(m)   -- two
+      local third = assert(core.connect(m.address))
+      assert.are.equal("closed", select(3, third:recv(10)))
+      assert.are.equal(1, m:stats().dropped)
+      d.x = 1
+      assert(other:send({ rawget(d, "_id"), "get", 1, "x" }))
+      assert.are.same({ protocol.OK, 1, 1 }, other:recv(10))
+    end)
+
     it("a client that only pretends to be one is refused at the handshake", function()
       local m = manager()
       local conn = assert(core.connect(m.address))
@@ -857,5 +884,161 @@ describe("forage.manager", function()
       local s = until_stats(m, function(st) return st.clients == 1 end)
       assert.are.equal(201, s.connections)
     end)
+  end)
+  describe("what an attack found, fixed", function()
+    it("a request parked behind one that times out does not kill the server", function()
+      local m = manager()
+      local q = m:queue()
+      local conn = raw_client(m)
+      assert(conn:send({ rawget(q, "_id"), "get", 1, 0.01 }))   -- parks, expires in the server's expire()
+      assert(conn:send({ rawget(q, "_id"), "get", 1, 60 }))     -- pending; parks while expire() walks the waiters
+      assert.are.equal(protocol.OK, conn:recv(10)[1])
+      q:put("x")                                               -- the server must still be there to take it
+      assert.are.same({ protocol.OK, 1, "x" }, conn:recv(10))
+    end)
+
+    it("a lock freed by its holder's death is handed on even when its first waiter died too", function()
+      local rd, wr = forage.pipe(false)
+      local entered_rd, entered_wr = forage.pipe(false)
+      local m = manager { types = { Gate = function()
+        return { hold = function() entered_wr:send(true) return rd:recv(10) end }
+      end } }
+      local lock, gate = m:lock(), m:Gate()
+      local id = rawget(lock, "_id")
+      local holder, w1, w2 = raw_client(m), raw_client(m), raw_client(m)
+      assert(holder:send({ id, "acquire", 0 }))
+      assert.is_true(holder:recv(10)[3])
+      assert(w1:send({ id, "acquire", 0 }))
+      until_stats(m, function(s) return s.waiting == 1 end)
+      assert(w2:send({ id, "acquire", 1, 60 }))
+      until_stats(m, function(s) return s.waiting == 2 end)
+      local busy = start_reaped(function() gate:hold() end)   -- the server is held in a method...
+      assert.is_true(entered_rd:recv(10))                      -- it is in the method now
+      holder:close()
+      w1:close()                                               -- ...while both go
+      wr:send("go")
+      assert.are.equal(0, helpers.join_or_fail(busy, 10))
+      assert.are.same({ protocol.OK, 1, true }, w2:recv(10))
+    end)
+
+    it("a process killed holding a lock releases it even when a child it forked lives on", function()
+      local m = manager()
+      local lock = m:lock()
+      local rd, wr = forage.pipe(false)
+      local holder = start_reaped(function()
+        assert(lock:acquire())
+        local child = forage.process(function() forage.sleep(60) end):start()   -- inherits the connection
+        wr:send(child.pid)
+        forage.sleep(60)
+      end)
+      local child_pid = rd:recv(10)
+      helpers.on_exit(finally, function() os.execute("kill -9 " .. child_pid) end)
+      holder:kill()
+      holder:join(10)
+      assert.is_true(lock:acquire(10))
+    end)
+
+    it("the server survives Ctrl-C (SIGINT to the process group), as Python's does", function()
+      local m = manager()
+      local d = m:dict { x = 1 }
+      os.execute("kill -INT " .. m.process.pid)
+      assert.are.equal(1, d.x)
+    end)
+
+    it("a call that times out does not release the locks this process holds", function()
+      local rd, wr = forage.pipe(false)
+      local m = manager { types = { Slow = function() return { work = function() return rd:recv(10) end } end } }
+      local lock, slow = m:lock(), m:Slow()
+      assert.is_true(lock:acquire())
+      local quick = forage.manager.timeout(slow, 0.05)
+      assert.is_false(pcall(quick.work, quick))
+      wr:send("done")
+      assert.is_true(lock:locked())
+      assert.is_false(forage.process(function() os.exit(lock:acquire(0) and 0 or 1) end):start():join(10) == 0)
+    end)
+
+    it("update/extend with a proxy of a dict/list copy its items (Python's d.update(other_proxy))", function()
+      local m = manager()
+      local d1, d2 = m:dict { a = 1 }, m:dict { b = 2 }
+      d1:update(d2)
+      assert.are.same({ a = 1, b = 2 }, d1:copy())
+      local l1, l2 = m:list { 1 }, m:list { 2, 3 }
+      l1:extend(l2)
+      assert.are.same({ 1, 2, 3 }, l1:copy())
+    end)
+
+    it("a user's method raising an error object with a failing __tostring does not kill the server", function()
+      local m = manager { types = { T = function()
+        return { bad = function() error(setmetatable({}, { __tostring = function() error("no text") end })) end }
+      end } }
+      local t = m:T()
+      assert.is_false(pcall(t.bad, t))
+      assert.truthy(m:dict())
+    end)
+
+    it("a proxy keeps its manager (and so its server) alive, as Python's proxies do", function()
+      local d = (function() return forage.manager():dict { n = 1 } end)()
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(1, d.n)
+    end)
+
+    it("a method of one's own may wait on a server-side queue without holding up the others", function()
+      local q = forage.manager.Queue()
+      local m = manager { types = { Jobs = function()
+        return { take = function(_, t) return q:get(t) end, give = function(_, v) return q:put(v) end }
+      end } }
+      local jobs = m:Jobs()
+      assert.are.same({ nil, "timeout", "timeout" }, { jobs:take(0) })
+      local rd, wr = forage.pipe(false)
+      local taker = start_reaped(function() wr:send(jobs:take()) end)
+      until_stats(m, function(s) return s.waiting == 1 end)   -- parked in the server, which serves on
+      assert.is_true(jobs:give("job 1"))
+      assert.are.equal("job 1", rd:recv(10))
+      assert.are.equal(0, helpers.join_or_fail(taker, 10))
+    end)
+
+    it("before the handshake a client cannot make the server buffer a big frame", function()
+      local m = manager()   -- max_frame 64 MiB, for clients that proved they know the key
+      local conn = assert(core.connect(m.address))
+      conn:limits { code = false }
+      assert.are.equal(protocol.GREETING, conn:recv(10)[1])
+      conn:send(("x"):rep(16 * 1024 * 1024))   -- no key needed to send this (may be cut off: "closed")
+      assert.are.equal("closed", select(3, conn:recv(10)))
+      assert.are.equal(1, m:stats().refused_frames)    -- refused from its header, never buffered
+    end)
+    it("a built-in object a method makes and returns comes back as a proxy, served from then on", function()
+      local m = manager { types = { Factory = function()
+        return { make = function() return forage.manager.List { 1, 2 } end }
+      end } }
+      local l = m:Factory():make()
+      assert.are.equal("forage.manager.List", getmetatable(l).__name)
+      l:append(3)
+      assert.are.same({ 1, 2, 3 }, l:copy())
+    end)
+
+    it("l[#l] = nil and table.remove take the last item out, as on a table", function()
+      local m = manager()
+      local l = m:list { 1, 2, 3 }
+      l[#l] = nil
+      assert.are.same({ 1, 2 }, l:copy())
+      assert.are.equal(2, table.remove(l))
+      assert.are.same({ 1 }, l:copy())
+      local ok, err = pcall(function() l[5] = nil end)
+      assert.is_false(ok)
+      assert.are.equal("list.set: a list cannot hold nil (pop or remove takes an item out)", err)
+    end)
+
+    it("a method called with '.' or given a function says so in the caller's words", function()
+      local m = manager()
+      local d = m:dict()
+      local ok, err = pcall(function() return d.get("x") end)
+      assert.is_false(ok)
+      assert.matches("call a proxy's methods with ':' (p:get(...)), not '.'", err, 1, true)
+      ok, err = pcall(function() d:set("f", print) end)
+      assert.is_false(ok)
+      assert.matches("Dict.set: argument #2: cannot send", err, 1, true)
+    end)
+
   end)
 end)

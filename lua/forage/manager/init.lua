@@ -29,7 +29,10 @@ Manager.__name = "forage.Manager"
 local function create(self, type_name, ...)
   if not self.where then error(string.format("forage.manager: %s: the manager is not started (call start)",
     type_name), 3) end
-  return proxy.call({ _m = self.where, _id = 0, _type = "Manager" }, "create", type_name, ...)
+  local p = proxy.call(setmetatable({ _m = self.where, _id = 0, _type = "Manager" }, proxy.Auto), "create",
+    type_name, ...)
+  if rawget(self, "process") then proxy.keep[p] = self end   -- the server lives while its proxies do
+  return p
 end
 
 for _, name in ipairs(BUILTIN) do
@@ -155,6 +158,8 @@ function methods.start(self)
     local listener, err = listen(self)
     wr:send(listener and { true, self.address } or { false, err })
     wr:close()
+    -- Ctrl-C is for the program, which stops its server with SIGTERM (as Python's)
+    core.ignore_interrupts("SIGINT")
     if listener then server.new(server_options(self, listener, parent)):run() end
   end)
   proc:start()
@@ -203,7 +208,7 @@ end
 -- m:stats() -> the server's counters (connections, clients, calls, errors, auth_failures, ...).
 function methods.stats(self)
   if not self.where then error("forage.manager: stats: the manager is not started", 2) end
-  return proxy.call({ _m = self.where, _id = 0, _type = "Manager" }, "stats")
+  return proxy.call(setmetatable({ _m = self.where, _id = 0, _type = "Manager" }, proxy.Auto), "stats")
 end
 
 -- m:shutdown(): stops the server (the process that started it only; a child's copy just

@@ -132,9 +132,18 @@ function Dict:copy()
   return out
 end
 
+-- The plain contents of t, or of the managed dict, list or namespace t is (a proxy passed
+-- as an argument arrives as the object itself).
+local function contents(t)
+  local mt = getmetatable(t)
+  if mt == M.Dict or mt == M.Namespace then return t.t end
+  if mt == M.List then return table.move(t.a, 1, t.n, 1, {}) end
+  return t
+end
+
 function Dict:update(t)
   if type(t) ~= "table" then error("dict.update: a table expected, got " .. type(t), 2) end
-  for k, v in next, t do self:set(k, v) end
+  for k, v in next, contents(t) do self:set(k, v) end
 end
 
 function Dict:clear()
@@ -184,9 +193,15 @@ function List:get(i)
   return self.a[p]
 end
 
--- set(i, v): i from 1 to n replaces, n + 1 appends; nil is refused.
+-- set(i, v): i from 1 to n replaces, n + 1 appends; nil at n removes the last item (as
+-- t[#t] = nil, so table.remove works on a proxy); nil elsewhere is refused.
 function List:set(i, v)
-  no_nil(v, "list.set")
+  if v == nil and (i == self.n or i == -1) and self.n > 0 then
+    self.a[self.n] = nil
+    self.n = self.n - 1
+    return
+  end
+  if v == nil then error("list.set: a list cannot hold nil (pop or remove takes an item out)", 2) end
   local p = position(self, i, "list.set", 1)
   self.a[p] = v
   if p > self.n then self.n = p end
@@ -200,6 +215,7 @@ end
 
 function List:extend(t)
   if type(t) ~= "table" then error("list.extend: a table expected, got " .. type(t), 2) end
+  t = contents(t)
   local a, n = self.a, self.n
   for i = 1, #t do
     a[n + i] = t[i]
@@ -304,7 +320,7 @@ function M.namespace(t)
   local self = setmetatable({ t = {} }, Namespace)
   if t ~= nil then
     if type(t) ~= "table" then error("namespace: a table expected, got " .. type(t), 2) end
-    for k, v in next, t do self:set(k, v) end
+    for k, v in next, contents(t) do self:set(k, v) end
   end
   return self
 end

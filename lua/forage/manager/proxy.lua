@@ -21,8 +21,12 @@ M.CONNECT_TIMEOUT = 5   -- seconds to connect and shake hands
 -- within tens of microseconds, and being woken costs more than that on most machines.
 M.SPIN = 50e-6
 
--- key -> { pid, conn }: this process's connection to each server.
+-- key -> { pid, conn, owed }: this process's connection to each server.
 local conns = {}
+
+-- proxy -> the manager that started its server: a proxy keeps it alive, as Python's
+-- proxies hold their manager (weak keys: an ephemeron, the manager lives while the proxy does).
+M.keep = setmetatable({}, { __mode = "k" })
 
 -- where(address, authkey, timeout) -> the table a proxy carries.
 function M.where(address, authkey, timeout)
@@ -38,7 +42,7 @@ function M.open(where)
     return nil, string.format("manager at %s is not reachable: %s", address, err), kind == "timeout" and kind or
       "connect"
   end
-  conn:limits { code = false }
+  conn:limits { code = false, max_frame = 4096 }   -- a handshake's frames are small
   local function failed(message, k)
     conn:close()
     return nil, string.format("manager at %s: %s", address, message), k
@@ -64,25 +68,44 @@ function M.open(where)
   if not protocol.verify(where.authkey, mine, ok[2]) then
     return failed("the server does not know the authkey", "auth")
   end
-  if math.type(ok[3]) == "integer" and ok[3] > 0 then conn:limits { max_frame = ok[3] } end
+  conn:limits { max_frame = math.type(ok[3]) == "integer" and ok[3] > 0 and ok[3] or 1 << 31 }
   conn:spin(M.SPIN)
+  conn:own()   -- the server tracks this process by it: children it forks must not hold it open
   return conn
 end
 
 -- The connection to where's server for this process, opened when there is none.
-local function connection(where)
+-- This process's connection to where's server ({ pid, conn, owed }), opened when there is
+-- none. owed counts replies of calls that timed out, still to come: they are read and
+-- dropped before the next call's, so a timeout never closes the connection (the server
+-- would take that for this process gone, and release its locks).
+local function connection(where, what, timeout)
   local c = conns[where.key]
-  if c and c.pid == getpid() then return c.conn end
-  local conn, err = M.open(where)
-  if not conn then error(err, 0) end
-  conns[where.key] = { pid = getpid(), conn = conn }
-  return conn
+  if not c or c.pid ~= getpid() then
+    local conn, err = M.open(where)
+    if not conn then error(err, 0) end
+    c = { pid = getpid(), conn = conn, owed = 0 }
+    conns[where.key] = c
+  end
+  while c.owed > 0 do
+    local r, _, kind = c.conn:recv(timeout)
+    if r == nil then
+      if kind == "timeout" then
+        error(string.format("manager call %s timed out after %g s waiting for an earlier call's reply (%s)", what,
+          timeout, where.address), 0)
+      end
+      M.forget(where)
+      error(string.format("manager closed: %s (%s)", where.address, what), 0)
+    end
+    c.owed = c.owed - 1
+  end
+  return c
 end
 
 -- adopt(where, conn): conn (just opened) becomes this process's connection to that server.
 function M.adopt(where, conn)
   M.forget(where)
-  conns[where.key] = { pid = getpid(), conn = conn }
+  conns[where.key] = { pid = getpid(), conn = conn, owed = 0 }
 end
 
 -- forget(where): closes this process's connection to that server, if any.
@@ -108,8 +131,18 @@ end
 -- Calls method on p's object in the server and returns its results; waiting is how long
 -- the method itself may wait in the server (nil: it does not wait), added to the timeout.
 local function call_waiting(p, waiting, method, ...)
+  if not IS_CLASS[getmetatable(p)] then
+    error(string.format("forage.manager: call a proxy's methods with ':' (p:%s(...)), not '.'", method), 3)
+  end
   local where = rawget(p, "_m")
-  local conn = connection(where)
+  local timeout = where.timeout
+  if waiting == true then
+    timeout = nil
+  elseif waiting and timeout then
+    timeout = timeout + waiting
+  end
+  local c = connection(where, describe(p, method), where.timeout)
+  local conn = c.conn
   local n = select("#", ...)
   local req = { rawget(p, "_id"), method, n, ... }
   for i = 4, n + 3 do
@@ -132,25 +165,24 @@ local function call_waiting(p, waiting, method, ...)
   end
   local ok, sent = pcall(conn.send, conn, req)
   if not ok then
-    error(string.format("%s: %s", describe(p, method), tostring(sent):gsub("^.-:%d+: ", "")), 0)
+    -- "value[5]: cannot send function" names a slot of the request: say which argument
+    local why = tostring(sent):gsub("^.-:%d+: ", ""):gsub("^value%[(%d+)%]", function(i)
+      return "argument #" .. (tonumber(i) - 3)
+    end)
+    error(string.format("%s: %s", describe(p, method), why), 0)
   end
   if not sent then
     M.forget(where)
     error(string.format("manager closed: %s (%s)", where.address, describe(p, method)), 0)
   end
-  local timeout = where.timeout
-  if waiting == true then
-    timeout = nil
-  elseif waiting and timeout then
-    timeout = timeout + waiting
-  end
   local r, _, kind = conn:recv(timeout)
   if r == nil then
-    M.forget(where)   -- a late reply must not be taken for the next call's
     if kind == "timeout" then
+      c.owed = c.owed + 1   -- its reply is still to come: the next call drops it
       error(string.format("manager call %s timed out after %g s (%s)", describe(p, method), timeout,
         where.address), 0)
     end
+    M.forget(where)
     error(string.format("manager closed: %s (%s)", where.address, describe(p, method)), 0)
   end
   local status = r[1]
@@ -159,7 +191,11 @@ local function call_waiting(p, waiting, method, ...)
     for i = 3, r[2] + 2 do
       r[i] = protocol.swap_in_place(r[i], function(t)
         local id = rawget(t, REF)
-        if id ~= nil then return make(where, id, t.t, t.c) end
+        if id ~= nil then
+          local q = make(where, id, t.t, t.c)
+          M.keep[q] = M.keep[p]
+          return q
+        end
       end)
     end
     return unpack(r, 3, r[2] + 2)

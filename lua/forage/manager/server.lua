@@ -17,6 +17,10 @@ Server.__index = Server
 
 M.OUTPUT_LIMIT = 64 * 1024 * 1024   -- replies a client leaves unread before it is dropped
 M.PENDING_LIMIT = 64                -- requests a client may send while one of its calls waits
+M.TURN = 32                         -- requests served from one client before the next client's
+M.MAX_CLIENTS = 4000                -- connections at once (forage.wait takes 4096 in all)
+M.HELLO_FRAME = 4096                -- bytes a frame may have before the handshake is done
+M.ACCEPT_PAUSE = 0.1                -- seconds without accepting after accept failed (out of fds)
 M.CHECK_PARENT = 0.5                -- seconds between checks that the owner is alive
 M.SPIN = 50e-6   -- seconds looking for the next request before sleeping
 
@@ -29,12 +33,18 @@ function M.new(opts)
     clients = {}, by_conn = {}, handshaking = {}, watch = { opts.listener }, flushing = {}, next_client = 0,
     objects = {}, kinds = {}, ids = {}, next_id = 1,
     stats = { connections = 0, clients = 0, calls = 0, errors = 0, auth_failures = 0, handshake_timeouts = 0,
-      bad_requests = 0, refused_frames = 0, dropped = 0, objects = 0 },
+      bad_requests = 0, refused_frames = 0, dropped = 0, objects = 0, connections_open = 0 },
   }, Server)
   self.admin = { server = self }
   self.swap_out = function(t)
     local id = self.ids[t]
-    if id then return { [REF] = id, t = self.kinds[id].type_name, c = self.kinds[id].custom } end
+    if id == nil then
+      -- a built-in object a method made and returned (or stored) is served from now on
+      local class = objects.class_of(t)
+      if class == nil then return nil end
+      id = self:register(t, class)
+    end
+    return { [REF] = id, t = self.kinds[id].type_name, c = self.kinds[id].custom }
   end
   self.swap_in = function(t)
     local id = rawget(t, REF)
@@ -48,7 +58,7 @@ end
 
 -- ------------------------------------------------------------------ the administrator (object 0)
 
-local Admin = { type_name = "Manager", exposed = { create = true, stats = true, ping = true } }
+local Admin = { type_name = "Manager", exposed = { create = true, stats = true, ping = true }, blocking = {} }
 
 function Admin.ping() return true end
 
@@ -74,24 +84,35 @@ function Admin.create(admin, type_name, ...)
   if t ~= "table" and t ~= "userdata" then
     error(string.format("%s: the constructor returned a %s, not an object", type_name, t), 0)
   end
-  local id = self.ids[obj]
-  if id == nil then
-    id = self.next_id
-    self.next_id = id + 1
-    self.objects[id], self.ids[obj] = obj, id
-    self.kinds[id] = objects.class_of(obj) or
-      { type_name = type_name, exposed = custom and custom.exposed, custom = true }
-    self.stats.objects = self.stats.objects + 1
+  if self.ids[obj] == nil then
+    self:register(obj, objects.class_of(obj) or
+      { type_name = type_name, exposed = custom and custom.exposed, custom = true })
   end
   return obj
 end
 
+-- register(obj, kind) -> the id obj is served under from now on.
+function Server:register(obj, kind)
+  local id = self.next_id
+  self.next_id = id + 1
+  self.objects[id], self.ids[obj], self.kinds[id] = obj, id, kind
+  self.stats.objects = self.stats.objects + 1
+  return id
+end
+
 -- ------------------------------------------------------------------ clients
 
-local function short(s) return tostring(s):sub(1, 200) end
+-- tostring that cannot raise: an error object of a user's may have a __tostring that does.
+local function text(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return "(an error object that tostring cannot show)"
+end
+
+local function short(s) return text(s):sub(1, 200) end
 
 function Server:rewatch()
-  local w = { self.listener }
+  local w = { self.accept_after == nil and self.listener or nil }
   for _, rec in pairs(self.clients) do w[#w + 1] = rec.conn end
   self.watch = w
 end
@@ -104,6 +125,7 @@ function Server:drop(rec)
   objects.release_all(rec.id)
   rec.conn:close()
   self.clients[rec.id] = nil
+  self.stats.connections_open = self.stats.connections_open - 1
   self.by_conn[rec.conn] = nil
   self.handshaking[rec] = nil
   self.flushing[rec] = nil
@@ -131,13 +153,27 @@ end
 
 function Server:accept()
   for _ = 1, 64 do
-    local conn = self.listener:accept(0)
-    if not conn then return end
-    conn:limits { max_frame = self.max_frame, code = false }
+    local conn, _, kind = self.listener:accept(0)
+    if not conn then
+      if kind ~= "timeout" then
+        -- out of fds, say: the listener stays readable; look again in a while, not at once
+        self.accept_after = core.now() + M.ACCEPT_PAUSE
+        self:rewatch()
+      end
+      return
+    end
+    if self.stats.connections_open >= M.MAX_CLIENTS then
+      self.stats.dropped = self.stats.dropped + 1
+      conn:close()
+      return
+    end
+    -- a stranger's frames are small until it has shown it knows the key
+    conn:limits { max_frame = M.HELLO_FRAME, code = false }
     self.next_client = self.next_client + 1
     local rec = { id = self.next_client, conn = conn, challenge = protocol.challenge(),
       deadline = core.now() + self.handshake_timeout, pending = {} }
     self.clients[rec.id] = rec
+    self.stats.connections_open = self.stats.connections_open + 1
     self.by_conn[conn] = rec
     self.handshaking[rec] = true
     self.stats.connections = self.stats.connections + 1
@@ -162,6 +198,7 @@ function Server:handshake(rec, v)
   end
   rec.ready, rec.challenge, rec.deadline = true, nil, nil
   self.handshaking[rec] = nil
+  rec.conn:limits { max_frame = self.max_frame }
   self.stats.clients = self.stats.clients + 1
   self:send(rec, { "welcome", protocol.answer(self.authkey, v[4]), self.max_frame })
 end
@@ -176,7 +213,7 @@ end
 -- A built-in object's error names itself ("dict.get: key is nil"): where in forage it
 -- was raised is no news to the caller.
 local function clean(message)
-  return (tostring(message):gsub("^[^\n]-forage/manager/[%w_]+%.lua:%d+: ", ""))
+  return (text(message):gsub("^[^\n]-forage/manager/[%w_]+%.lua:%d+: ", ""))
 end
 
 -- reply(rec, n, ...): the results of a call, served objects among them turned to REFs.
@@ -218,13 +255,24 @@ local function settle(self, rec, co, ok, first, ...)
     self:reply(rec, select("#", ...), ...)
     return self:run_pending(rec)
   end
-  if ok then
+  if ok and objects.waiting[first] and first.co == co then
     rec.co, rec.waiter = co, first
     first.rec = rec
     return
   end
+  if ok then
+    -- a method of the user's yielded something else: it cannot be resumed
+    first = "a method yielded outside a coroutine of its own"
+    co = coroutine.create(function() end)
+  end
   rec.co, rec.waiter = nil, nil   -- a coroutine that raised is dead: not kept
-  fail(self, rec, clean(first))
+  if rec.kind and rec.kind.custom then
+    -- the user's frames only: the loop that ran the call is the server's
+    local traceback = debug.traceback(co):gsub("\n[^\n]*forage/manager/[^\n]*", "")
+    fail(self, rec, text(first), traceback)
+  else
+    fail(self, rec, clean(first))
+  end
   return self:run_pending(rec)
 end
 
@@ -243,7 +291,7 @@ end
 local function finish(self, rec, kind, ok, ...)
   objects.caller = nil
   if ok then return self:reply(rec, select("#", ...), ...) end
-  local message = tostring((...))
+  local message = text((...))
   local traceback = message:match("\n(stack traceback:\n.*)$")
   message = message:gsub("\nstack traceback:\n.*$", "")
   -- the user's frames only: from xpcall down it is the server's loop
@@ -284,9 +332,11 @@ function Server:call(rec, v)
     local ok, err = pcall(function()
       for i = 4, n + 3 do req[i] = protocol.swap_in_place(req[i], self.swap_in) end
     end)
-    if not ok then return fail(self, rec, tostring(err)) end
+    if not ok then return fail(self, rec, text(err)) end
   end
-  if kind.blocking and kind.blocking[method] then
+  if kind.custom or kind.blocking[method] then
+    -- a method of the user's may wait too (on a server-side queue or lock it holds)
+    rec.kind = kind
     return self:resume(rec, table.remove(idle) or coroutine.create(calls), f, obj, unpack(req, 4, n + 3))
   end
   objects.caller = rec.id
@@ -295,7 +345,8 @@ end
 
 -- Reads what a client sent, frame by frame, without waiting for more.
 function Server:read(rec)
-  while not rec.closed do
+  for _ = 1, M.TURN do   -- then the others: what is left is still buffered, forage.wait says so
+    if rec.closed then return end
     local v, err, kind = rec.conn:recv(0)
     if kind == "timeout" then return end
     if kind == "closed" then return self:drop(rec) end
@@ -327,22 +378,33 @@ end
 function Server:wake()
   while #objects.ready > 0 do
     local w = table.remove(objects.ready, 1)
-    if w.rec and not w.rec.closed then self:resume(w.rec, w.co, true) end
+    if w.rec and not w.rec.closed then
+      self:resume(w.rec, w.co, true)
+    elseif w.list then
+      -- woken, but its client is gone (killed with the lock's holder, say): the next one
+      -- of the list gets the wake-up, or a free lock would stay unclaimed
+      objects.notify(w.list, 1)
+    end
   end
 end
 
 -- Returns the seconds until the next deadline (nil: none), after expiring those passed.
 function Server:expire(now)
-  local next_at
+  local next_at, expired
   for w in pairs(objects.waiting) do
     if w.deadline then
       if w.deadline <= now then
-        objects.forget(w)
-        if w.rec and not w.rec.closed then self:resume(w.rec, w.co, false) end
+        expired = expired or {}
+        expired[#expired + 1] = w
       elseif not next_at or w.deadline < next_at then
         next_at = w.deadline
       end
     end
+  end
+  -- resumed after the walk: a resumed call may park again (a request it left pending)
+  for _, w in ipairs(expired or {}) do
+    objects.forget(w)
+    if w.rec and not w.rec.closed then self:resume(w.rec, w.co, false) end
   end
   for rec in pairs(self.handshaking) do
     if rec.deadline then
@@ -375,7 +437,12 @@ function Server:run()
   local next_check = core.now() + M.CHECK_PARENT
   while not self.stopping do
     local now = core.now()
+    if self.accept_after and now >= self.accept_after then
+      self.accept_after = nil
+      self:rewatch()
+    end
     local wait = self:expire(now)
+    if self.accept_after and (wait == nil or wait > self.accept_after - now) then wait = self.accept_after - now end
     local cap = next(self.flushing) and 0.01 or M.CHECK_PARENT
     if wait == nil or wait > cap then wait = cap end
     local ready = core.wait(self.watch, wait, M.SPIN)
