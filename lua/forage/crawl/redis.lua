@@ -113,6 +113,12 @@ local function new_conn(where, shown, timeout)
     wait = RETRY_MIN, next_try = 0 }, Conn)
 end
 
+-- A Redis that restarts answers -LOADING until its data is read back (AOF or RDB): that is
+-- "not now", as a refused connection is, never a fatal reply.
+local function loading(message)
+  return tostring(message):find("^LOADING") ~= nil
+end
+
 function Conn:_dial()
   local lib = client_lib()
   local w = self.where
@@ -137,6 +143,7 @@ function Conn:_dial()
     sha, message, kind = r:call("SCRIPT", "LOAD", source)
     if not sha then
       r:close()
+      if loading(message) then return nil, message, "io" end
       if tostring(message):find("^NOAUTH") then
         return nil, "authentication required: this Redis wants a password (redis://[user]:PASSWORD@host:port/db, "
           .. "or FORAGE_REDIS_PASSWORD)", "auth"
@@ -185,6 +192,7 @@ function Conn:script(now, name, key, argv)
     reply, message, kind = r:call("EVALSHA", self.shas[name], 1, key, table.unpack(argv))
   end
   if not reply and kind ~= "reply" then self:broken(message) end
+  if not reply and kind == "reply" and loading(message) then kind = "io" end
   return reply, message, kind
 end
 
